@@ -1,0 +1,255 @@
+//! Numbered outcomes and drop reasons. The numbers are stable: they index the per-CPU counter
+//! arrays (`WIRE_STATS`, `TENANT_STATS`) and are what operators see in `vpnctl stats`.
+//! Never renumber; only append.
+
+/// Entries in each per-CPU counter array: outcomes at `0..DROP_BASE`, drops above.
+pub const COUNTER_SLOTS: u32 = 128;
+/// Index of `DropReason` 0 in a counter array.
+pub const DROP_BASE: u32 = 64;
+
+/// What happened to a packet that was not dropped.
+#[repr(u32)]
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Raw ESP (IP protocol 50) passed the SA and replay pre-checks and went to AF_XDP.
+    WireRedirectEsp = 0,
+    /// ESP in UDP/4500 (RFC 3948) passed the pre-checks and went to AF_XDP.
+    WireRedirectEspUdp = 1,
+    /// An outer IP fragment carrying ESP (or UDP from a known peer) went to AF_XDP for reassembly.
+    WireRedirectFragment = 2,
+    /// IKE: UDP/500, or UDP/4500 with the non-ESP marker. Left to the kernel stack for `vpnd`.
+    WirePassIke = 3,
+    /// Not ESP, not IKE: left untouched to the stack.
+    WirePassNotEsp = 4,
+    /// ESP with an SPI we do not own, passed because the coexistence setting asks for it.
+    WirePassUnknownSpi = 5,
+    /// IPv6 extension-header chain longer than the fast path walks: left to the stack.
+    WirePassUnparsed = 6,
+
+    /// Tenant traffic matched an outbound policy and went to AF_XDP.
+    TenantRedirect = 16,
+    /// No tenant for this VLAN id / VNI / interface: not ours.
+    TenantPassNoTenant = 17,
+    /// Tenant known, destination matches no policy: passed untouched.
+    TenantPassNoPolicy = 18,
+    /// Not IPv4/IPv6 inside (ARP, LLDP, ...): passed untouched.
+    TenantPassNotIp = 19,
+    /// A policy with action BYPASS matched: passed untouched.
+    TenantPassBypass = 20,
+}
+
+impl Outcome {
+    pub const ALL: [Outcome; 12] = [
+        Outcome::WireRedirectEsp,
+        Outcome::WireRedirectEspUdp,
+        Outcome::WireRedirectFragment,
+        Outcome::WirePassIke,
+        Outcome::WirePassNotEsp,
+        Outcome::WirePassUnknownSpi,
+        Outcome::WirePassUnparsed,
+        Outcome::TenantRedirect,
+        Outcome::TenantPassNoTenant,
+        Outcome::TenantPassNoPolicy,
+        Outcome::TenantPassNotIp,
+        Outcome::TenantPassBypass,
+    ];
+
+    pub const fn name(self) -> &'static str {
+        match self {
+            Outcome::WireRedirectEsp => "redirect_esp",
+            Outcome::WireRedirectEspUdp => "redirect_esp_udp",
+            Outcome::WireRedirectFragment => "redirect_fragment",
+            Outcome::WirePassIke => "pass_ike",
+            Outcome::WirePassNotEsp => "pass_not_esp",
+            Outcome::WirePassUnknownSpi => "pass_unknown_spi",
+            Outcome::WirePassUnparsed => "pass_unparsed",
+            Outcome::TenantRedirect => "redirect_outbound",
+            Outcome::TenantPassNoTenant => "pass_no_tenant",
+            Outcome::TenantPassNoPolicy => "pass_no_policy",
+            Outcome::TenantPassNotIp => "pass_not_ip",
+            Outcome::TenantPassBypass => "pass_bypass",
+        }
+    }
+
+    pub const fn counter(self) -> u32 {
+        self as u32
+    }
+}
+
+/// Why a packet was dropped. Numbered and stable (like cilium's drop reasons).
+#[repr(u32)]
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum DropReason {
+    TruncatedEthernet = 1,
+    TruncatedVlan = 2,
+    TruncatedIpv4 = 3,
+    /// Version not 4, IHL < 5, or total length shorter than the header.
+    BadIpv4Header = 4,
+    TruncatedIpv6 = 5,
+    BadIpv6Header = 6,
+    TruncatedUdp = 7,
+    /// Too short to hold the ESP header (SPI + sequence number).
+    TruncatedEsp = 8,
+    /// RFC 3948 NAT-keepalive (a single 0xFF byte on UDP/4500): consumed here.
+    NatKeepalive = 9,
+    UnknownSpi = 10,
+    /// Sequence number left of the replay window (RFC 4303 3.4.3).
+    ReplayTooOld = 11,
+    /// Sequence number already seen inside the window.
+    ReplayDuplicate = 12,
+    /// Sequence number 0 is never sent (RFC 4303 3.3.3).
+    ReplaySeqZero = 13,
+    /// Shorter than ESP header + IV + ICV + trailer for this SA.
+    EspRunt = 14,
+    /// No AF_XDP socket bound on this rx queue.
+    NoXskSocket = 15,
+    /// `bpf_xdp_adjust_meta` refused (no headroom).
+    MetadataFailed = 16,
+    /// The SA names a slot with no replay state (map contract broken).
+    SaStateMissing = 17,
+    TruncatedVxlan = 18,
+    /// VXLAN header without the I flag (RFC 7348 5).
+    BadVxlan = 19,
+    /// `bpf_xdp_adjust_head` refused while popping a tag.
+    HeadAdjustFailed = 20,
+    /// An outbound policy with action DISCARD matched.
+    PolicyDiscard = 21,
+}
+
+impl DropReason {
+    pub const ALL: [DropReason; 21] = [
+        DropReason::TruncatedEthernet,
+        DropReason::TruncatedVlan,
+        DropReason::TruncatedIpv4,
+        DropReason::BadIpv4Header,
+        DropReason::TruncatedIpv6,
+        DropReason::BadIpv6Header,
+        DropReason::TruncatedUdp,
+        DropReason::TruncatedEsp,
+        DropReason::NatKeepalive,
+        DropReason::UnknownSpi,
+        DropReason::ReplayTooOld,
+        DropReason::ReplayDuplicate,
+        DropReason::ReplaySeqZero,
+        DropReason::EspRunt,
+        DropReason::NoXskSocket,
+        DropReason::MetadataFailed,
+        DropReason::SaStateMissing,
+        DropReason::TruncatedVxlan,
+        DropReason::BadVxlan,
+        DropReason::HeadAdjustFailed,
+        DropReason::PolicyDiscard,
+    ];
+
+    pub const fn name(self) -> &'static str {
+        match self {
+            DropReason::TruncatedEthernet => "truncated_ethernet",
+            DropReason::TruncatedVlan => "truncated_vlan",
+            DropReason::TruncatedIpv4 => "truncated_ipv4",
+            DropReason::BadIpv4Header => "bad_ipv4_header",
+            DropReason::TruncatedIpv6 => "truncated_ipv6",
+            DropReason::BadIpv6Header => "bad_ipv6_header",
+            DropReason::TruncatedUdp => "truncated_udp",
+            DropReason::TruncatedEsp => "truncated_esp",
+            DropReason::NatKeepalive => "nat_keepalive",
+            DropReason::UnknownSpi => "unknown_spi",
+            DropReason::ReplayTooOld => "replay_too_old",
+            DropReason::ReplayDuplicate => "replay_duplicate",
+            DropReason::ReplaySeqZero => "replay_seq_zero",
+            DropReason::EspRunt => "esp_runt",
+            DropReason::NoXskSocket => "no_xsk_socket",
+            DropReason::MetadataFailed => "metadata_failed",
+            DropReason::SaStateMissing => "sa_state_missing",
+            DropReason::TruncatedVxlan => "truncated_vxlan",
+            DropReason::BadVxlan => "bad_vxlan",
+            DropReason::HeadAdjustFailed => "head_adjust_failed",
+            DropReason::PolicyDiscard => "policy_discard",
+        }
+    }
+
+    pub const fn counter(self) -> u32 {
+        DROP_BASE + self as u32
+    }
+}
+
+/// Any slot of a counter array, decoded.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum Counter {
+    Outcome(Outcome),
+    Drop(DropReason),
+}
+
+impl Counter {
+    pub const fn index(self) -> u32 {
+        match self {
+            Counter::Outcome(o) => o.counter(),
+            Counter::Drop(d) => d.counter(),
+        }
+    }
+
+    pub const fn name(self) -> &'static str {
+        match self {
+            Counter::Outcome(o) => o.name(),
+            Counter::Drop(d) => d.name(),
+        }
+    }
+
+    /// Every named counter, outcomes first.
+    pub fn all() -> impl Iterator<Item = Counter> {
+        Outcome::ALL
+            .into_iter()
+            .map(Counter::Outcome)
+            .chain(DropReason::ALL.into_iter().map(Counter::Drop))
+    }
+
+    pub fn from_index(index: u32) -> Option<Counter> {
+        Counter::all().find(|c| c.index() == index)
+    }
+}
+
+const _: () = {
+    // Every index fits the array, drops above outcomes.
+    let mut i = 0;
+    while i < Outcome::ALL.len() {
+        assert!(Outcome::ALL[i].counter() < DROP_BASE);
+        i += 1;
+    }
+    let mut i = 0;
+    while i < DropReason::ALL.len() {
+        assert!(DropReason::ALL[i].counter() < COUNTER_SLOTS);
+        i += 1;
+    }
+};
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn indices_are_unique_and_names_too() {
+        let all: [Counter; 33] = {
+            let mut a = [Counter::Outcome(Outcome::WirePassIke); 33];
+            for (slot, c) in a.iter_mut().zip(Counter::all()) {
+                *slot = c;
+            }
+            a
+        };
+        assert_eq!(Counter::all().count(), 33);
+        for (i, a) in all.iter().enumerate() {
+            for b in &all[i + 1..] {
+                assert_ne!(a.index(), b.index());
+                assert_ne!(a.name(), b.name());
+            }
+            assert_eq!(Counter::from_index(a.index()), Some(*a));
+        }
+    }
+
+    #[test]
+    fn drop_numbers_are_stable() {
+        // The numbers are an operator-visible contract.
+        assert_eq!(DropReason::UnknownSpi as u32, 10);
+        assert_eq!(DropReason::ReplayDuplicate as u32, 12);
+        assert_eq!(DropReason::PolicyDiscard as u32, 21);
+        assert_eq!(DropReason::UnknownSpi.counter(), 74);
+    }
+}
