@@ -1,0 +1,183 @@
+//! `tenant_ingress`: the tenant side. Tag -> tenant -> outbound policy -> AF_XDP.
+
+use aya_ebpf::{
+    bindings::xdp_action, helpers::bpf_xdp_adjust_head, maps::lpm_trie::Key, programs::XdpContext,
+};
+use vpn_common::{
+    DropReason, Outcome, XdpMeta,
+    maps::{
+        NO_TENANT, POLICY_BYPASS, POLICY_DISCARD, PolicyKeyV4, PolicyKeyV6, PolicyValue,
+        policy_prefix_len,
+    },
+    meta::{META_F_FROM_VLAN, META_F_FROM_VXLAN, META_F_IPV6, META_KIND_OUTBOUND, META_MAGIC},
+};
+
+use crate::{
+    Verdict,
+    maps::{IFACES, POLICY_V4, POLICY_V6, TENANT_BY_VLAN, TENANT_BY_VNI, TENANT_XSKS, count_sa},
+    parse::{
+        ETH_P_8021Q, ETH_P_IP, ETH_P_IPV6, IPPROTO_UDP, L3, L3Result, VXLAN_PORT, parse_ipv4,
+        parse_ipv6, ptr_at, u16_at,
+    },
+    wire::write_meta,
+};
+
+const ETH_LEN: usize = 14;
+const VXLAN_LEN: usize = 8;
+const VXLAN_F_I: u8 = 0x08;
+
+enum Ingress {
+    Untagged,
+    Vlan,
+    /// Bytes of outer Ethernet/IP/UDP/VXLAN in front of the inner Ethernet header.
+    Vxlan(usize),
+}
+
+#[inline(always)]
+fn parse_l3(ctx: &XdpContext, proto: u16, off: usize) -> Result<Option<L3>, DropReason> {
+    if proto == ETH_P_IP {
+        Ok(Some(parse_ipv4(ctx, off)?))
+    } else if proto == ETH_P_IPV6 {
+        match parse_ipv6(ctx, off)? {
+            L3Result::Ip(l3) => Ok(Some(l3)),
+            L3Result::Unparsed => Ok(None),
+        }
+    } else {
+        Ok(None)
+    }
+}
+
+#[inline(always)]
+pub fn try_tenant_ingress(ctx: &XdpContext) -> Result<Verdict, DropReason> {
+    let ifindex = ctx.ingress_ifindex() as u32;
+    // SAFETY: read-only lookup of a plain value.
+    let iface = unsafe { IFACES.get(&ifindex) };
+    let (default_tenant, xsk_base) = match iface {
+        Some(i) => (i.default_tenant, i.xsk_base),
+        None => (NO_TENANT, 0),
+    };
+
+    let ethertype = u16_at(ctx, 12).ok_or(DropReason::TruncatedEthernet)?;
+    let (tenant, ingress, l3) = if ethertype == ETH_P_8021Q {
+        let tci = u16_at(ctx, ETH_LEN).ok_or(DropReason::TruncatedVlan)?;
+        let inner = u16_at(ctx, ETH_LEN + 2).ok_or(DropReason::TruncatedVlan)?;
+        let vid = (tci & 0x0fff) as u32;
+        let Some(tenant) = (unsafe { TENANT_BY_VLAN.get(&vid) }) else {
+            return Ok(Verdict::Pass(Outcome::TenantPassNoTenant));
+        };
+        let tenant = *tenant;
+        let Some(l3) = parse_l3(ctx, inner, ETH_LEN + 4)? else {
+            return Ok(Verdict::Pass(Outcome::TenantPassNotIp));
+        };
+        (tenant, Ingress::Vlan, l3)
+    } else {
+        let Some(outer) = parse_l3(ctx, ethertype, ETH_LEN)? else {
+            return Ok(Verdict::Pass(Outcome::TenantPassNotIp));
+        };
+        let vxlan = outer.proto == IPPROTO_UDP
+            && !outer.fragment
+            && u16_at(ctx, outer.l4_off + 2).ok_or(DropReason::TruncatedUdp)? == VXLAN_PORT;
+        if vxlan {
+            let vx_off = outer.l4_off + 8;
+            let vx = ptr_at::<[u8; VXLAN_LEN]>(ctx, vx_off).ok_or(DropReason::TruncatedVxlan)?;
+            let vx = unsafe { *vx };
+            if vx[0] & VXLAN_F_I == 0 {
+                return Err(DropReason::BadVxlan);
+            }
+            let vni = u32::from_be_bytes([0, vx[4], vx[5], vx[6]]);
+            let Some(tenant) = (unsafe { TENANT_BY_VNI.get(&vni) }) else {
+                return Ok(Verdict::Pass(Outcome::TenantPassNoTenant));
+            };
+            let tenant = *tenant;
+            let inner_eth = vx_off + VXLAN_LEN;
+            let inner = u16_at(ctx, inner_eth + 12).ok_or(DropReason::TruncatedVxlan)?;
+            let Some(l3) = parse_l3(ctx, inner, inner_eth + ETH_LEN)? else {
+                return Ok(Verdict::Pass(Outcome::TenantPassNotIp));
+            };
+            (tenant, Ingress::Vxlan(inner_eth), l3)
+        } else {
+            if default_tenant == NO_TENANT {
+                return Ok(Verdict::Pass(Outcome::TenantPassNoTenant));
+            }
+            (default_tenant, Ingress::Untagged, outer)
+        }
+    };
+
+    let tenant_be = tenant.to_be_bytes();
+    let policy: Option<&PolicyValue> = if l3.ipv6 {
+        let dst = ptr_at::<[u8; 16]>(ctx, l3.dst_off).ok_or(DropReason::TruncatedIpv6)?;
+        let key = Key::new(
+            policy_prefix_len(128),
+            PolicyKeyV6 {
+                tenant_be,
+                addr: unsafe { *dst },
+            },
+        );
+        POLICY_V6.get(&key)
+    } else {
+        let dst = ptr_at::<[u8; 4]>(ctx, l3.dst_off).ok_or(DropReason::TruncatedIpv4)?;
+        let key = Key::new(
+            policy_prefix_len(32),
+            PolicyKeyV4 {
+                tenant_be,
+                addr: unsafe { *dst },
+            },
+        );
+        POLICY_V4.get(&key)
+    };
+    let Some(policy) = policy else {
+        return Ok(Verdict::Pass(Outcome::TenantPassNoPolicy));
+    };
+    if policy.action == POLICY_BYPASS {
+        return Ok(Verdict::Pass(Outcome::TenantPassBypass));
+    }
+    if policy.action == POLICY_DISCARD {
+        return Err(DropReason::PolicyDiscard);
+    }
+    let slot = policy.sa_slot;
+    let mut flags = if l3.ipv6 { META_F_IPV6 } else { 0 };
+
+    // Pop the tag: the worker sees a plain Ethernet frame with the IP packet at offset 14.
+    let l3_start = match ingress {
+        Ingress::Untagged => ETH_LEN,
+        Ingress::Vlan => ETH_LEN + 4,
+        Ingress::Vxlan(inner_eth) => inner_eth + ETH_LEN,
+    };
+    let bytes = (l3.ip_end - l3_start) as u64;
+    match ingress {
+        Ingress::Untagged => {}
+        Ingress::Vlan => {
+            flags |= META_F_FROM_VLAN;
+            let macs = ptr_at::<[u8; 12]>(ctx, 0).ok_or(DropReason::TruncatedEthernet)?;
+            let macs = unsafe { *macs };
+            if unsafe { bpf_xdp_adjust_head(ctx.ctx, 4) } != 0 {
+                return Err(DropReason::HeadAdjustFailed);
+            }
+            let dst = ptr_at::<[u8; 12]>(ctx, 0).ok_or(DropReason::HeadAdjustFailed)?;
+            unsafe { core::ptr::write(dst as *mut [u8; 12], macs) };
+        }
+        Ingress::Vxlan(inner_eth) => {
+            flags |= META_F_FROM_VXLAN;
+            if unsafe { bpf_xdp_adjust_head(ctx.ctx, inner_eth as i32) } != 0 {
+                return Err(DropReason::HeadAdjustFailed);
+            }
+        }
+    }
+
+    let meta = XdpMeta {
+        magic: META_MAGIC,
+        kind: META_KIND_OUTBOUND,
+        flags,
+        slot,
+        tenant,
+        l3_off: ETH_LEN as u16,
+        esp_off: 0,
+    };
+    write_meta(ctx, &meta)?;
+    let key = xsk_base + ctx.rx_queue_index();
+    TENANT_XSKS
+        .redirect(key, xdp_action::XDP_ABORTED as u64)
+        .map_err(|_| DropReason::NoXskSocket)?;
+    count_sa(slot, bytes);
+    Ok(Verdict::Redirect(Outcome::TenantRedirect))
+}

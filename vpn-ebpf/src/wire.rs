@@ -1,0 +1,196 @@
+//! `esp_ingress`: the wire side.
+
+use aya_ebpf::{bindings::xdp_action, helpers::bpf_xdp_adjust_meta, programs::XdpContext};
+use vpn_common::{
+    DropReason, Outcome, ReplayError, XdpMeta,
+    maps::{AF_INET, AF_INET6, PeerKey, WIRE_F_UNKNOWN_SPI_PASS},
+    meta::{
+        META_F_IPV6, META_F_UDP_ENCAP, META_KIND_ESP_IN, META_KIND_FRAGMENT, META_MAGIC, NO_SLOT,
+    },
+};
+
+use crate::{
+    Verdict,
+    maps::{PEERS, REPLAY, SA_IN, WIRE_CONFIG, XSKS, count_sa},
+    parse::{
+        ETH_P_IP, ETH_P_IPV6, IKE_PORT, IPPROTO_ESP, IPPROTO_UDP, L3, L3Result, NAT_T_PORT,
+        parse_eth, parse_ipv4, parse_ipv6, ptr_at, u8_at, u16_at, u32_at,
+    },
+};
+
+const UDP_HDR: usize = 8;
+const ESP_HDR: usize = 8;
+
+#[inline(always)]
+pub fn try_esp_ingress(ctx: &XdpContext) -> Result<Verdict, DropReason> {
+    let (proto, l3_off) = parse_eth(ctx)?;
+    let l3 = if proto == ETH_P_IP {
+        parse_ipv4(ctx, l3_off)?
+    } else if proto == ETH_P_IPV6 {
+        match parse_ipv6(ctx, l3_off)? {
+            L3Result::Ip(l3) => l3,
+            L3Result::Unparsed => return Ok(Verdict::Pass(Outcome::WirePassUnparsed)),
+        }
+    } else {
+        return Ok(Verdict::Pass(Outcome::WirePassNotEsp));
+    };
+
+    if l3.proto == IPPROTO_ESP {
+        if l3.fragment {
+            return fragment(ctx, &l3, l3_off);
+        }
+        return esp(ctx, &l3, l3_off, l3.l4_off, false);
+    }
+    if l3.proto != IPPROTO_UDP {
+        return Ok(Verdict::Pass(Outcome::WirePassNotEsp));
+    }
+    if l3.fragment {
+        // Only the first fragment carries the port; ESP-in-UDP and IKE from a peer look alike
+        // after it. Fragments from a known peer go to the worker, which reassembles and hands
+        // IKE to vpnd; everything else is the stack's.
+        let key = if l3.ipv6 {
+            let a = ptr_at::<[u8; 16]>(ctx, l3.src_off).ok_or(DropReason::TruncatedIpv6)?;
+            PeerKey {
+                family: AF_INET6,
+                addr: unsafe { *a },
+            }
+        } else {
+            let a = ptr_at::<[u8; 4]>(ctx, l3.src_off).ok_or(DropReason::TruncatedIpv4)?;
+            let a = unsafe { *a };
+            PeerKey {
+                family: AF_INET,
+                addr: [a[0], a[1], a[2], a[3], 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+            }
+        };
+        // SAFETY: read-only lookup of a plain value.
+        if unsafe { PEERS.get(&key) }.is_some() {
+            return fragment(ctx, &l3, l3_off);
+        }
+        return Ok(Verdict::Pass(Outcome::WirePassNotEsp));
+    }
+
+    let dport = u16_at(ctx, l3.l4_off + 2).ok_or(DropReason::TruncatedUdp)?;
+    if dport == IKE_PORT {
+        return Ok(Verdict::Pass(Outcome::WirePassIke));
+    }
+    if dport != NAT_T_PORT {
+        return Ok(Verdict::Pass(Outcome::WirePassNotEsp));
+    }
+    // RFC 3948 2.2 / 2.3: keepalive (one 0xFF byte), non-ESP marker (IKE), or ESP.
+    let payload = l3.l4_off + UDP_HDR;
+    if payload > l3.ip_end {
+        return Err(DropReason::TruncatedUdp);
+    }
+    let payload_len = l3.ip_end - payload;
+    if payload_len == 1 {
+        if u8_at(ctx, payload).ok_or(DropReason::TruncatedUdp)? == 0xff {
+            return Err(DropReason::NatKeepalive);
+        }
+        return Err(DropReason::TruncatedEsp);
+    }
+    if payload_len >= 4 && u32_at(ctx, payload) == Some(0) {
+        return Ok(Verdict::Pass(Outcome::WirePassIke));
+    }
+    esp(ctx, &l3, l3_off, payload, true)
+}
+
+#[inline(always)]
+fn esp(
+    ctx: &XdpContext,
+    l3: &L3,
+    l3_off: usize,
+    esp_off: usize,
+    udp: bool,
+) -> Result<Verdict, DropReason> {
+    if esp_off + ESP_HDR > l3.ip_end {
+        return Err(DropReason::TruncatedEsp);
+    }
+    let spi = u32_at(ctx, esp_off).ok_or(DropReason::TruncatedEsp)?;
+    let seq = u32_at(ctx, esp_off + 4).ok_or(DropReason::TruncatedEsp)?;
+
+    // SAFETY: read-only lookup of a plain value.
+    let Some(sa) = (unsafe { SA_IN.get(&spi) }) else {
+        let pass = WIRE_CONFIG
+            .get(0)
+            .is_some_and(|c| c.flags & WIRE_F_UNKNOWN_SPI_PASS != 0);
+        return if pass {
+            Ok(Verdict::Pass(Outcome::WirePassUnknownSpi))
+        } else {
+            Err(DropReason::UnknownSpi)
+        };
+    };
+    let slot = sa.slot;
+    let tenant = sa.tenant;
+    if l3.ip_end - esp_off < sa.min_esp_len as usize {
+        return Err(DropReason::EspRunt);
+    }
+    let window = REPLAY.get(slot).ok_or(DropReason::SaStateMissing)?;
+    match window.check(seq) {
+        Ok(_) => {}
+        Err(ReplayError::TooOld) => return Err(DropReason::ReplayTooOld),
+        Err(ReplayError::Duplicate) => return Err(DropReason::ReplayDuplicate),
+        Err(ReplayError::Zero) => return Err(DropReason::ReplaySeqZero),
+    }
+
+    let mut flags = if udp { META_F_UDP_ENCAP } else { 0 };
+    if l3.ipv6 {
+        flags |= META_F_IPV6;
+    }
+    let bytes = (l3.ip_end - l3_off) as u64;
+    let meta = XdpMeta {
+        magic: META_MAGIC,
+        kind: META_KIND_ESP_IN,
+        flags,
+        slot,
+        tenant,
+        l3_off: l3_off as u16,
+        esp_off: esp_off as u16,
+    };
+    redirect(ctx, &meta)?;
+    count_sa(slot, bytes);
+    Ok(Verdict::Redirect(if udp {
+        Outcome::WireRedirectEspUdp
+    } else {
+        Outcome::WireRedirectEsp
+    }))
+}
+
+#[inline(always)]
+fn fragment(ctx: &XdpContext, l3: &L3, l3_off: usize) -> Result<Verdict, DropReason> {
+    let meta = XdpMeta {
+        magic: META_MAGIC,
+        kind: META_KIND_FRAGMENT,
+        flags: if l3.ipv6 { META_F_IPV6 } else { 0 },
+        slot: NO_SLOT,
+        tenant: 0,
+        l3_off: l3_off as u16,
+        esp_off: 0,
+    };
+    redirect(ctx, &meta)?;
+    Ok(Verdict::Redirect(Outcome::WireRedirectFragment))
+}
+
+/// Writes the metadata in front of the frame and redirects to this rx queue's AF_XDP socket.
+#[inline(always)]
+pub fn write_meta(ctx: &XdpContext, meta: &XdpMeta) -> Result<(), DropReason> {
+    // SAFETY: helper call on our own context; pointers are re-read afterwards.
+    if unsafe { bpf_xdp_adjust_meta(ctx.ctx, -(XdpMeta::LEN as i32)) } != 0 {
+        return Err(DropReason::MetadataFailed);
+    }
+    let m = ctx.metadata();
+    if m + XdpMeta::LEN > ctx.data() {
+        return Err(DropReason::MetadataFailed);
+    }
+    unsafe { core::ptr::write_unaligned(m as *mut XdpMeta, *meta) };
+    Ok(())
+}
+
+#[inline(always)]
+fn redirect(ctx: &XdpContext, meta: &XdpMeta) -> Result<(), DropReason> {
+    write_meta(ctx, meta)?;
+    // With no socket on this queue the helper returns the low bits of the flags (XDP_ABORTED
+    // here, never XDP_REDIRECT): counted and dropped by the caller.
+    XSKS.redirect(ctx.rx_queue_index(), xdp_action::XDP_ABORTED as u64)
+        .map(|_| ())
+        .map_err(|_| DropReason::NoXskSocket)
+}
