@@ -1,0 +1,481 @@
+//! Loading the XDP object, pinning its maps under `/sys/fs/bpf/<instance>/`, attaching, and
+//! typed access to every map of the contract in `vpn_common::maps`.
+
+use std::{
+    net::{Ipv4Addr, Ipv6Addr},
+    os::fd::{AsFd, AsRawFd},
+    path::{Path, PathBuf},
+};
+
+use anyhow::{Context, Result, anyhow, bail};
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{
+        Array, HashMap, Map, MapData, PerCpuArray, XskMap,
+        lpm_trie::{Key, LpmTrie},
+    },
+    programs::{Xdp, XdpMode},
+};
+use vpn_common::{
+    Counter, ReplayWindow,
+    maps::{
+        DEFAULT_SA_IN_ENTRIES, DEFAULT_SA_SLOTS, IfaceConfig, PIN_ROOT, PeerKey, PolicyKeyV4,
+        PolicyKeyV6, PolicyValue, SaIn, SaStats, TenantEncap, WireConfig, names, policy_prefix_len,
+        programs,
+    },
+};
+
+use super::{EBPF_OBJECT, ReplayTable};
+
+/// Which program's counters.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum Side {
+    Wire,
+    Tenant,
+}
+
+#[derive(Clone, Debug)]
+pub struct LoadOptions {
+    /// Name of the instance: maps are pinned under `/sys/fs/bpf/<instance>/`.
+    pub instance: String,
+    /// SA slots (replay windows and per-SA counters).
+    pub sa_slots: u32,
+    /// Capacity of the inbound SPI map.
+    pub sa_in_entries: u32,
+    /// Remove the pins when the `Dataplane` is dropped (vpnd's `--keep-pinned` turns it off).
+    pub unpin_on_drop: bool,
+}
+
+impl LoadOptions {
+    pub fn new(instance: impl Into<String>) -> LoadOptions {
+        LoadOptions {
+            instance: instance.into(),
+            sa_slots: DEFAULT_SA_SLOTS,
+            sa_in_entries: DEFAULT_SA_IN_ENTRIES,
+            unpin_on_drop: true,
+        }
+    }
+}
+
+pub struct Dataplane {
+    // Field order: the replay mapping goes before the object that owns the map fd.
+    replay: ReplayTable,
+    ebpf: Ebpf,
+    pin_dir: PathBuf,
+    unpin_on_drop: bool,
+}
+
+fn validate_instance(name: &str) -> Result<()> {
+    if name.is_empty()
+        || name.len() > 64
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    {
+        bail!("instance name {name:?} must be 1-64 characters of [A-Za-z0-9_-]");
+    }
+    Ok(())
+}
+
+impl Dataplane {
+    /// Loads the programs (not attached yet) and pins their maps. Existing pins of the same
+    /// instance are adopted, so a restarted daemon keeps the SAs and windows.
+    pub fn load(opts: &LoadOptions) -> Result<Dataplane> {
+        validate_instance(&opts.instance)?;
+        if opts.sa_slots == 0 || opts.sa_in_entries == 0 {
+            bail!("sa_slots and sa_in_entries must be positive");
+        }
+        ensure_bpffs(Path::new(PIN_ROOT))?;
+        let pin_dir = Path::new(PIN_ROOT).join(&opts.instance);
+        let adopting = pin_dir.exists();
+        std::fs::create_dir_all(&pin_dir).with_context(|| {
+            format!(
+                "creating {} (is bpffs mounted at {PIN_ROOT}, and are we root?)",
+                pin_dir.display()
+            )
+        })?;
+        let loaded = Self::load_pinned(opts, &pin_dir);
+        if loaded.is_err() && !adopting {
+            // Maps may have been pinned before the verifier said no: leave nothing behind.
+            let _ = remove_pins(&pin_dir);
+        }
+        loaded
+    }
+
+    fn load_pinned(opts: &LoadOptions, pin_dir: &Path) -> Result<Dataplane> {
+        let mut ebpf = EbpfLoader::new()
+            .default_map_pin_directory(pin_dir)
+            .map_max_entries(names::REPLAY, opts.sa_slots)
+            .map_max_entries(names::SA_STATS, opts.sa_slots)
+            .map_max_entries(names::SA_IN, opts.sa_in_entries)
+            .load(EBPF_OBJECT)
+            .context("loading the XDP object")?;
+        for name in [
+            programs::ESP_INGRESS,
+            programs::TENANT_INGRESS,
+            programs::NOOP,
+        ] {
+            let prog: &mut Xdp = ebpf
+                .program_mut(name)
+                .with_context(|| format!("program {name} missing from the object"))?
+                .try_into()?;
+            prog.load()
+                .with_context(|| format!("verifier rejected {name}"))?;
+        }
+        let replay_map = ebpf.map(names::REPLAY).context("REPLAY map missing")?;
+        let Map::Array(data) = replay_map else {
+            bail!("REPLAY is not an array");
+        };
+        let replay = ReplayTable::map(&data.fd().as_fd(), opts.sa_slots)?;
+        Ok(Dataplane {
+            replay,
+            ebpf,
+            pin_dir: pin_dir.to_path_buf(),
+            unpin_on_drop: opts.unpin_on_drop,
+        })
+    }
+
+    pub fn pin_dir(&self) -> &Path {
+        &self.pin_dir
+    }
+
+    pub fn program(&self, name: &str) -> Result<&Xdp> {
+        Ok(self
+            .ebpf
+            .program(name)
+            .with_context(|| format!("no program {name}"))?
+            .try_into()?)
+    }
+
+    fn attach(&mut self, name: &str, iface: &str, mode: XdpMode) -> Result<()> {
+        let prog: &mut Xdp = self
+            .ebpf
+            .program_mut(name)
+            .with_context(|| format!("no program {name}"))?
+            .try_into()?;
+        prog.attach(iface, mode)
+            .with_context(|| format!("attaching {name} to {iface} ({mode:?})"))?;
+        Ok(())
+    }
+
+    /// Attaches `esp_ingress` to the wire-side interface. Detached when `self` drops.
+    pub fn attach_wire(&mut self, iface: &str, mode: XdpMode) -> Result<()> {
+        self.attach(programs::ESP_INGRESS, iface, mode)
+    }
+
+    /// Attaches `tenant_ingress` to a tenant-side interface. Detached when `self` drops.
+    pub fn attach_tenant(&mut self, iface: &str, mode: XdpMode) -> Result<()> {
+        self.attach(programs::TENANT_INGRESS, iface, mode)
+    }
+
+    fn map_mut(&mut self, name: &str) -> Result<&mut Map> {
+        self.ebpf
+            .map_mut(name)
+            .with_context(|| format!("map {name} missing from the object"))
+    }
+
+    fn map(&self, name: &str) -> Result<&Map> {
+        self.ebpf
+            .map(name)
+            .with_context(|| format!("map {name} missing from the object"))
+    }
+
+    pub fn replay(&self) -> &ReplayTable {
+        &self.replay
+    }
+
+    /// Installs an inbound SA: its replay window first, then the SPI that makes it reachable.
+    pub fn add_sa_in(&mut self, spi: u32, sa: SaIn, window: ReplayWindow) -> Result<()> {
+        if spi <= 255 {
+            bail!("SPI {spi} is reserved (RFC 4303 2.1: 1-255 are reserved, 0 is invalid)");
+        }
+        self.replay.init(sa.slot, window)?;
+        let mut m: HashMap<_, u32, SaIn> = HashMap::try_from(self.map_mut(names::SA_IN)?)?;
+        m.insert(spi, sa, 0)
+            .with_context(|| format!("inserting SPI {spi:#010x} (SA_IN full?)"))?;
+        Ok(())
+    }
+
+    pub fn remove_sa_in(&mut self, spi: u32) -> Result<()> {
+        let mut m: HashMap<_, u32, SaIn> = HashMap::try_from(self.map_mut(names::SA_IN)?)?;
+        m.remove(&spi)
+            .with_context(|| format!("removing SPI {spi:#010x}"))?;
+        Ok(())
+    }
+
+    pub fn set_policy_v4(
+        &mut self,
+        tenant: u32,
+        prefix: Ipv4Addr,
+        plen: u8,
+        value: PolicyValue,
+    ) -> Result<()> {
+        if plen > 32 {
+            bail!("IPv4 prefix length {plen} > 32");
+        }
+        let addr = mask_v4(prefix, plen);
+        let mut m: LpmTrie<_, PolicyKeyV4, PolicyValue> =
+            LpmTrie::try_from(self.map_mut(names::POLICY_V4)?)?;
+        let key = Key::new(
+            policy_prefix_len(plen as u32),
+            PolicyKeyV4 {
+                tenant_be: tenant.to_be_bytes(),
+                addr: addr.octets(),
+            },
+        );
+        m.insert(&key, value, 0)
+            .with_context(|| format!("policy tenant {tenant} {addr}/{plen}"))?;
+        Ok(())
+    }
+
+    pub fn set_policy_v6(
+        &mut self,
+        tenant: u32,
+        prefix: Ipv6Addr,
+        plen: u8,
+        value: PolicyValue,
+    ) -> Result<()> {
+        if plen > 128 {
+            bail!("IPv6 prefix length {plen} > 128");
+        }
+        let addr = mask_v6(prefix, plen);
+        let mut m: LpmTrie<_, PolicyKeyV6, PolicyValue> =
+            LpmTrie::try_from(self.map_mut(names::POLICY_V6)?)?;
+        let key = Key::new(
+            policy_prefix_len(plen as u32),
+            PolicyKeyV6 {
+                tenant_be: tenant.to_be_bytes(),
+                addr: addr.octets(),
+            },
+        );
+        m.insert(&key, value, 0)
+            .with_context(|| format!("policy tenant {tenant} {addr}/{plen}"))?;
+        Ok(())
+    }
+
+    pub fn set_vlan_tenant(&mut self, vlan_id: u16, tenant: u32) -> Result<()> {
+        if vlan_id == 0 || vlan_id >= 4095 {
+            bail!("VLAN id {vlan_id} out of range 1-4094");
+        }
+        let mut m: HashMap<_, u32, u32> = HashMap::try_from(self.map_mut(names::TENANT_BY_VLAN)?)?;
+        m.insert(vlan_id as u32, tenant, 0)?;
+        Ok(())
+    }
+
+    pub fn set_vni_tenant(&mut self, vni: u32, tenant: u32) -> Result<()> {
+        if vni >= 1 << 24 {
+            bail!("VNI {vni} does not fit 24 bits");
+        }
+        let mut m: HashMap<_, u32, u32> = HashMap::try_from(self.map_mut(names::TENANT_BY_VNI)?)?;
+        m.insert(vni, tenant, 0)?;
+        Ok(())
+    }
+
+    pub fn set_iface(&mut self, ifindex: u32, cfg: IfaceConfig) -> Result<()> {
+        let mut m: HashMap<_, u32, IfaceConfig> = HashMap::try_from(self.map_mut(names::IFACES)?)?;
+        m.insert(ifindex, cfg, 0)?;
+        Ok(())
+    }
+
+    pub fn set_tenant_encap(&mut self, tenant: u32, encap: TenantEncap) -> Result<()> {
+        let mut m: HashMap<_, u32, TenantEncap> =
+            HashMap::try_from(self.map_mut(names::TENANT_ENCAP)?)?;
+        m.insert(tenant, encap, 0)?;
+        Ok(())
+    }
+
+    pub fn set_wire_config(&mut self, cfg: WireConfig) -> Result<()> {
+        let mut m: Array<_, WireConfig> = Array::try_from(self.map_mut(names::WIRE_CONFIG)?)?;
+        m.set(0, cfg, 0)?;
+        Ok(())
+    }
+
+    pub fn add_peer(&mut self, peer: PeerKey) -> Result<()> {
+        let mut m: HashMap<_, PeerKey, u32> = HashMap::try_from(self.map_mut(names::PEERS)?)?;
+        m.insert(peer, 1, 0)?;
+        Ok(())
+    }
+
+    /// Registers a wire-side AF_XDP socket for rx queue `queue`.
+    pub fn set_wire_xsk(&mut self, queue: u32, fd: impl AsRawFd) -> Result<()> {
+        let mut m: XskMap<_> = XskMap::try_from(self.map_mut(names::XSKS)?)?;
+        m.set(queue, fd, 0)
+            .with_context(|| format!("XSKS[{queue}]"))?;
+        Ok(())
+    }
+
+    /// Removes the wire-side socket of rx queue `queue`.
+    pub fn unset_wire_xsk(&mut self, queue: u32) -> Result<()> {
+        let mut m: XskMap<_> = XskMap::try_from(self.map_mut(names::XSKS)?)?;
+        m.unset(queue).with_context(|| format!("XSKS[{queue}]"))?;
+        Ok(())
+    }
+
+    pub fn unset_tenant_xsk(&mut self, index: u32) -> Result<()> {
+        let mut m: XskMap<_> = XskMap::try_from(self.map_mut(names::TENANT_XSKS)?)?;
+        m.unset(index)
+            .with_context(|| format!("TENANT_XSKS[{index}]"))?;
+        Ok(())
+    }
+
+    /// Registers a tenant-side AF_XDP socket at `IfaceConfig.xsk_base + queue`.
+    pub fn set_tenant_xsk(&mut self, index: u32, fd: impl AsRawFd) -> Result<()> {
+        let mut m: XskMap<_> = XskMap::try_from(self.map_mut(names::TENANT_XSKS)?)?;
+        m.set(index, fd, 0)
+            .with_context(|| format!("TENANT_XSKS[{index}]"))?;
+        Ok(())
+    }
+
+    /// Every named counter of one program, summed over CPUs.
+    pub fn counters(&self, side: Side) -> Result<Vec<(Counter, u64)>> {
+        let name = match side {
+            Side::Wire => names::WIRE_STATS,
+            Side::Tenant => names::TENANT_STATS,
+        };
+        read_counters(self.map(name)?)
+    }
+
+    /// One counter, summed over CPUs.
+    pub fn counter(&self, side: Side, c: Counter) -> Result<u64> {
+        Ok(self
+            .counters(side)?
+            .into_iter()
+            .find(|(k, _)| *k == c)
+            .map(|(_, v)| v)
+            .unwrap_or(0))
+    }
+
+    /// Per-SA counters of `slot`, summed over CPUs.
+    pub fn sa_stats(&self, slot: u32) -> Result<SaStats> {
+        let m: PerCpuArray<_, SaStats> = PerCpuArray::try_from(self.map(names::SA_STATS)?)?;
+        let per_cpu = m
+            .get(&slot, 0)
+            .with_context(|| format!("SA_STATS[{slot}]"))?;
+        Ok(per_cpu.iter().fold(SaStats::default(), |a, s| SaStats {
+            packets: a.packets + s.packets,
+            bytes: a.bytes + s.bytes,
+        }))
+    }
+
+    /// Removes the pinned maps of this instance now.
+    pub fn unpin(&mut self) -> Result<()> {
+        self.unpin_on_drop = false;
+        remove_pins(&self.pin_dir)
+    }
+}
+
+/// Reads a per-CPU counter array (`WIRE_STATS` / `TENANT_STATS`) into named totals.
+pub fn read_counters(map: &Map) -> Result<Vec<(Counter, u64)>> {
+    let m: PerCpuArray<&MapData, u64> = PerCpuArray::try_from(map)?;
+    Counter::all()
+        .map(|c| {
+            let v = m
+                .get(&c.index(), 0)
+                .map_err(|e| anyhow!("counter {}: {e}", c.name()))?;
+            Ok((c, v.iter().sum()))
+        })
+        .collect()
+}
+
+const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+
+/// Mounts bpffs at `root` unless it already is (as systemd does at boot on most nodes).
+pub fn ensure_bpffs(root: &Path) -> Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(root.as_os_str().as_bytes())?;
+    // SAFETY: statfs into a zeroed struct.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statfs(c.as_ptr(), &mut st) } == 0 && st.f_type as i64 == BPF_FS_MAGIC {
+        return Ok(());
+    }
+    std::fs::create_dir_all(root).with_context(|| format!("creating {}", root.display()))?;
+    let fstype = c"bpf";
+    // SAFETY: mount(2) with valid C strings.
+    let rc = unsafe {
+        libc::mount(
+            fstype.as_ptr(),
+            c.as_ptr(),
+            fstype.as_ptr(),
+            0,
+            std::ptr::null(),
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error())
+            .with_context(|| format!("mounting bpffs at {}", root.display()));
+    }
+    Ok(())
+}
+
+/// Removes every pin of the contract under `dir`, then `dir` itself if empty.
+pub fn remove_pins(dir: &Path) -> Result<()> {
+    for name in names::ALL {
+        let p = dir.join(name);
+        match std::fs::remove_file(&p) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e).with_context(|| format!("removing {}", p.display())),
+        }
+    }
+    match std::fs::remove_dir(dir) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e).with_context(|| format!("removing {}", dir.display())),
+    }
+}
+
+impl Drop for Dataplane {
+    fn drop(&mut self) {
+        if self.unpin_on_drop {
+            let _ = remove_pins(&self.pin_dir);
+        }
+    }
+}
+
+fn mask_v4(a: Ipv4Addr, plen: u8) -> Ipv4Addr {
+    let bits = u32::from(a);
+    let mask = if plen == 0 {
+        0
+    } else {
+        u32::MAX << (32 - plen as u32)
+    };
+    Ipv4Addr::from(bits & mask)
+}
+
+fn mask_v6(a: Ipv6Addr, plen: u8) -> Ipv6Addr {
+    let bits = u128::from(a);
+    let mask = if plen == 0 {
+        0
+    } else {
+        u128::MAX << (128 - plen as u32)
+    };
+    Ipv6Addr::from(bits & mask)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn masks() {
+        assert_eq!(
+            mask_v4(Ipv4Addr::new(10, 1, 2, 3), 24),
+            Ipv4Addr::new(10, 1, 2, 0)
+        );
+        assert_eq!(
+            mask_v4(Ipv4Addr::new(10, 1, 2, 3), 0),
+            Ipv4Addr::UNSPECIFIED
+        );
+        assert_eq!(
+            mask_v6("2001:db8::1".parse().unwrap(), 64),
+            "2001:db8::".parse::<Ipv6Addr>().unwrap()
+        );
+    }
+
+    #[test]
+    fn instance_names() {
+        assert!(validate_instance("east-1").is_ok());
+        assert!(validate_instance("").is_err());
+        assert!(validate_instance("../etc").is_err());
+    }
+}

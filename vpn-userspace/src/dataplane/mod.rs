@@ -1,0 +1,12 @@
+//! The kernel side of the data plane from user space: loading and attaching the XDP programs,
+//! writing the maps, reading the counters, and the AF_XDP sockets.
+
+mod loader;
+mod replay;
+pub mod xsk;
+
+pub use loader::{Dataplane, LoadOptions, Side};
+pub use replay::ReplayTable;
+
+/// The XDP programs, built by `build.rs` from the `vpn-ebpf` crate.
+pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/vpn"));

@@ -1,0 +1,192 @@
+//! An AF_XDP socket with its own UMEM (xdpilone), in copy mode with need-wakeup (veth has no
+//! zero-copy). Frames arrive with our `XdpMeta` right in front of them.
+
+use std::{ffi::CString, num::NonZeroU32, ptr::NonNull};
+
+use anyhow::{Context, Result, anyhow};
+use vpn_common::XdpMeta;
+use xdpilone::{DeviceQueue, IfInfo, RingRx, RingTx, Socket, SocketConfig, Umem, UmemConfig, User};
+
+pub const FRAME_SIZE: u32 = 2048;
+const XDP_COPY: u16 = 1 << 1;
+const XDP_USE_NEED_WAKEUP: u16 = 1 << 3;
+
+/// An mmap'd, page-aligned area for the UMEM.
+struct Area {
+    ptr: NonNull<u8>,
+    len: usize,
+}
+
+impl Area {
+    fn new(len: usize) -> Result<Area> {
+        // SAFETY: anonymous private mapping, checked below.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            return Err(std::io::Error::last_os_error()).context("mmap of the UMEM area");
+        }
+        Ok(Area {
+            ptr: NonNull::new(p.cast()).context("mmap returned null")?,
+            len,
+        })
+    }
+}
+
+impl Drop for Area {
+    fn drop(&mut self) {
+        // SAFETY: exactly the mapping made in new().
+        unsafe { libc::munmap(self.ptr.as_ptr().cast(), self.len) };
+    }
+}
+
+/// One received frame: our metadata and the packet bytes.
+pub struct RxFrame<'a> {
+    pub meta: XdpMeta,
+    pub data: &'a [u8],
+}
+
+pub struct XskSocket {
+    // Drop order: rings and socket before the UMEM, the UMEM before its memory.
+    rx: RingRx,
+    _tx: RingTx,
+    user: User,
+    device: DeviceQueue,
+    _socket: Socket,
+    _umem: Umem,
+    area: Area,
+    frames: u32,
+    /// Frame addresses not currently owned by the kernel.
+    free: Vec<u64>,
+}
+
+// SAFETY: owned rings and memory; used by one thread at a time.
+unsafe impl Send for XskSocket {}
+
+fn errno(what: &str, e: xdpilone::Errno) -> anyhow::Error {
+    anyhow!("{what}: {e}")
+}
+
+impl XskSocket {
+    /// Binds a socket to `ifname` queue `queue` with `frames` UMEM frames, half of them given
+    /// to the fill ring at once.
+    pub fn bind(ifname: &str, queue: u32, frames: u32) -> Result<XskSocket> {
+        let frames = frames.next_power_of_two().max(64);
+        let area = Area::new(frames as usize * FRAME_SIZE as usize)?;
+        let ring = frames / 2;
+        let cfg = UmemConfig {
+            fill_size: ring,
+            complete_size: ring,
+            frame_size: FRAME_SIZE,
+            headroom: 0,
+            flags: 0,
+        };
+        let slice = NonNull::slice_from_raw_parts(area.ptr, area.len);
+        // SAFETY: the area is page aligned and lives as long as the UMEM (field order).
+        let umem = unsafe { Umem::new(cfg, slice) }.map_err(|e| errno("UMEM registration", e))?;
+        let mut info = IfInfo::invalid();
+        let name = CString::new(ifname)?;
+        info.from_name(&name)
+            .map_err(|e| errno(&format!("interface {ifname}"), e))?;
+        info.set_queue(queue);
+        let socket = Socket::with_shared(&info, &umem).map_err(|e| errno("AF_XDP socket", e))?;
+        let device = umem
+            .fq_cq(&socket)
+            .map_err(|e| errno("fill/completion rings", e))?;
+        let user = umem
+            .rx_tx(
+                &socket,
+                &SocketConfig {
+                    rx_size: NonZeroU32::new(ring),
+                    tx_size: NonZeroU32::new(ring),
+                    bind_flags: XDP_COPY | XDP_USE_NEED_WAKEUP,
+                },
+            )
+            .map_err(|e| errno("rx/tx rings", e))?;
+        let rx = user.map_rx().map_err(|e| errno("rx ring mmap", e))?;
+        let tx = user.map_tx().map_err(|e| errno("tx ring mmap", e))?;
+        umem.bind(&user)
+            .map_err(|e| errno(&format!("bind to {ifname} queue {queue}"), e))?;
+        let mut s = XskSocket {
+            rx,
+            _tx: tx,
+            user,
+            device,
+            _socket: socket,
+            _umem: umem,
+            area,
+            frames,
+            free: (0..frames as u64).map(|i| i * FRAME_SIZE as u64).collect(),
+        };
+        s.refill();
+        Ok(s)
+    }
+
+    /// The socket fd, for `XSKS` / `TENANT_XSKS`.
+    pub fn fd(&self) -> i32 {
+        self.user.as_raw_fd()
+    }
+
+    pub fn frames(&self) -> u32 {
+        self.frames
+    }
+
+    /// Gives free frames to the kernel's fill ring (at most half of the UMEM outstanding).
+    pub fn refill(&mut self) {
+        let want = (self.frames / 2).min(self.free.len() as u32);
+        if want == 0 {
+            return;
+        }
+        let mut w = self.device.fill(want);
+        let n = w.insert(self.free.iter().rev().copied().take(want as usize));
+        w.commit();
+        drop(w);
+        self.free.truncate(self.free.len() - n as usize);
+        if self.device.needs_wakeup() {
+            self.device.wake();
+        }
+    }
+
+    /// Receives up to `max` frames, calls `f` on each, returns their frames to the fill ring.
+    pub fn recv(&mut self, max: u32, mut f: impl FnMut(RxFrame<'_>)) -> usize {
+        let mut n = 0;
+        let base = self.area.ptr.as_ptr();
+        let mut r = self.rx.receive(max);
+        while let Some(desc) = r.read() {
+            let addr = desc.addr as usize;
+            let len = desc.len as usize;
+            let meta_at = addr.checked_sub(XdpMeta::LEN);
+            if addr + len <= self.area.len {
+                // SAFETY: the descriptor lies in our UMEM, and the kernel handed it to us.
+                let data = unsafe { std::slice::from_raw_parts(base.add(addr), len) };
+                let meta = match meta_at {
+                    Some(m) => {
+                        let mut b = [0u8; XdpMeta::LEN];
+                        // SAFETY: in our UMEM: the metadata sits in the frame's headroom.
+                        unsafe {
+                            std::ptr::copy_nonoverlapping(base.add(m), b.as_mut_ptr(), b.len())
+                        };
+                        XdpMeta::from_bytes(&b)
+                    }
+                    None => XdpMeta::default(),
+                };
+                f(RxFrame { meta, data });
+            }
+            // Frame back to the free list at its frame start.
+            self.free
+                .push((desc.addr / FRAME_SIZE as u64) * FRAME_SIZE as u64);
+            n += 1;
+        }
+        r.release();
+        drop(r);
+        self.refill();
+        n
+    }
+}

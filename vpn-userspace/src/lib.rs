@@ -1,0 +1,4 @@
+//! User space of the ESP forwarding plane: the data-plane loader and map writer, the AF_XDP
+//! sockets, and (in later issues) IKE, ESP workers and the control API.
+
+pub mod dataplane;
