@@ -1,0 +1,6 @@
+//! Shared helpers of the root-only integration tests and the benchmark harness: a packet
+//! builder, network namespaces that clean up after themselves, the XDP fixture runner.
+
+pub mod fixture;
+pub mod netns;
+pub mod pkt;
