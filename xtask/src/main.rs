@@ -1,0 +1,381 @@
+//! `cargo xtask`: installs the toolchain, builds, tests and benchmarks the workspace.
+//!
+//! Every subcommand except `demo` first calls [`ensure_toolchain`], which installs whatever is
+//! missing (Debian's rustc-web + rust-src + LLVM 22, bpf-linker 0.13.0, the `debian-web` rustup
+//! toolchain); see `../shared/notes/toolchain.md` and the README for why this toolchain.
+
+use std::{
+    env,
+    ffi::OsString,
+    os::unix::fs::MetadataExt,
+    path::{Path, PathBuf},
+    process::{Command, ExitCode},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+
+/// Debian packages the build and the tests need.
+const DEB_PACKAGES: &[&str] = &[
+    "rustc-web",
+    "cargo-web",
+    "rust-web-src",
+    "llvm-22-dev",
+    "iproute2",
+    "tcpdump",
+    "iperf3",
+    "libelf-dev",
+    "zlib1g-dev",
+];
+const BPF_LINKER_VERSION: &str = "0.13.0";
+const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
+/// The rustup name of Debian's compiler; `vpn-userspace/build.rs` builds the eBPF crate with it.
+const EBPF_TOOLCHAIN: &str = "debian-web";
+const RUST_SRC: &str = "/usr/lib/rustlib/src/rust/library";
+/// `vpn-ebpf` only builds for bpfel-unknown-none (through `vpn-userspace/build.rs`), so
+/// host-side `--workspace` invocations leave it out, like `default-members` does.
+const HOST_EXCLUDE: [&str; 2] = ["--exclude", "vpn-ebpf"];
+
+#[derive(Parser)]
+#[command(
+    name = "cargo xtask",
+    bin_name = "cargo xtask",
+    about = "Build, test and benchmark the ESP fast path"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Install what is missing: Debian packages, bpf-linker, the `debian-web` rustup toolchain.
+    Setup,
+    /// Build all binaries in release mode (the eBPF object is built by vpn-userspace/build.rs).
+    Build,
+    /// cargo fmt --check, cargo clippy -D warnings, cargo test (root-only tests need root).
+    Test {
+        /// Extra arguments for `cargo test` (after `--`), e.g. a test name filter.
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
+    /// Run the fast-path benchmark; writes bench/results.json.
+    Bench {
+        /// Extra arguments for the benchmark binary (after `--`), e.g. `--quick`.
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
+    /// The two-site demo (not implemented yet).
+    Demo,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Cmd::Setup => ensure_toolchain(),
+        Cmd::Build => build(),
+        Cmd::Test { args } => test(&args),
+        Cmd::Bench { args } => bench(&args),
+        Cmd::Demo => return demo(),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("cargo xtask: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Subcommands
+
+/// Installs whatever of the toolchain is missing; prints one line per item.
+fn ensure_toolchain() -> Result<()> {
+    ensure_deb_packages()?;
+    ensure_bpf_linker()?;
+    ensure_rustup_toolchain()?;
+    if !Path::new(RUST_SRC).is_dir() {
+        bail!("{RUST_SRC} does not exist although rust-web-src is installed");
+    }
+    item(
+        &format!("rust library source {RUST_SRC}"),
+        "ok (already present)",
+    );
+    Ok(())
+}
+
+fn build() -> Result<()> {
+    ensure_toolchain()?;
+    header("cargo build --release");
+    let mut c = cargo();
+    c.args(["build", "--release", "--workspace", "--bins"])
+        .args(HOST_EXCLUDE);
+    run(&mut c)
+}
+
+fn test(extra: &[String]) -> Result<()> {
+    ensure_toolchain()?;
+    if !is_root() {
+        eprintln!(
+            "WARNING: not running as root: the root-only integration tests (network namespaces, \
+             veth, XDP attach, BPF_PROG_TEST_RUN) in vpn-tests will fail"
+        );
+    }
+
+    let mut fmt = cargo();
+    fmt.args(["fmt", "--all", "--", "--check"]);
+    let mut clippy = cargo();
+    clippy
+        .args(["clippy", "--workspace"])
+        .args(HOST_EXCLUDE)
+        .args(["--all-targets", "--", "-D", "warnings"]);
+    let mut test = cargo();
+    test.args(["test", "--workspace"])
+        .args(HOST_EXCLUDE)
+        .arg("--release")
+        .args(extra);
+
+    let mut steps: Vec<(&str, Command)> = vec![
+        ("cargo fmt --check", fmt),
+        ("cargo clippy -D warnings", clippy),
+        ("cargo test --release", test),
+    ];
+    let mut times: Vec<(&str, Duration)> = Vec::new();
+    let mut result = Ok(());
+    for (name, cmd) in &mut steps {
+        header(name);
+        let start = Instant::now();
+        result = run(cmd);
+        times.push((name, start.elapsed()));
+        if result.is_err() {
+            break;
+        }
+    }
+
+    println!("==> elapsed");
+    for (name, t) in &times {
+        println!("    {name:<28} {:>7.1} s", t.as_secs_f64());
+    }
+    result
+}
+
+fn bench(extra: &[String]) -> Result<()> {
+    ensure_toolchain()?;
+    let out = workspace_root().join("bench/results.json");
+    header("cargo run --release -p vpn-tests --bin fastpath-bench");
+    let mut c = cargo();
+    c.args([
+        "run",
+        "--release",
+        "-p",
+        "vpn-tests",
+        "--bin",
+        "fastpath-bench",
+        "--",
+    ])
+    .arg("--out")
+    .arg(&out)
+    .args(extra);
+    run(&mut c)?;
+    println!("==> results in {}", out.display());
+    Ok(())
+}
+
+fn demo() -> ExitCode {
+    eprintln!(
+        "cargo xtask demo: the two-site demo arrives with the operator-surface issue (#5); \
+         nothing was run"
+    );
+    ExitCode::from(2)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Setup items
+
+fn ensure_deb_packages() -> Result<()> {
+    let mut missing = Vec::new();
+    for pkg in DEB_PACKAGES {
+        if deb_installed(pkg)? {
+            item(&format!("debian package {pkg}"), "ok (already present)");
+        } else {
+            missing.push(*pkg);
+        }
+    }
+    if missing.is_empty() {
+        return Ok(());
+    }
+    if !is_root() {
+        bail!(
+            "Debian packages missing: {}; run `cargo xtask setup` as root, or install them with \
+             `apt-get install {}`",
+            missing.join(" "),
+            missing.join(" ")
+        );
+    }
+    println!("setup: installing {} with apt-get", missing.join(" "));
+    run(cmd("apt-get").arg("update"))?;
+    run(cmd("apt-get")
+        .env("DEBIAN_FRONTEND", "noninteractive")
+        .args(["install", "-y", "--no-install-recommends"])
+        .args(&missing))?;
+    for pkg in missing {
+        if !deb_installed(pkg)? {
+            bail!("apt-get install finished but {pkg} is still not installed");
+        }
+        item(&format!("debian package {pkg}"), "installed");
+    }
+    Ok(())
+}
+
+/// `dpkg-query` fails for packages it has never heard of; that counts as not installed.
+fn deb_installed(pkg: &str) -> Result<bool> {
+    let out = cmd("dpkg-query")
+        .args(["-W", "-f=${Status}", pkg])
+        .output()
+        .context("failed to run `dpkg-query` (is this a Debian system?)")?;
+    Ok(out.status.success()
+        && String::from_utf8_lossy(&out.stdout).trim() == "install ok installed")
+}
+
+fn ensure_bpf_linker() -> Result<()> {
+    let what = format!("bpf-linker {BPF_LINKER_VERSION}");
+    if bpf_linker_ok() {
+        item(&what, "ok (already present)");
+        return Ok(());
+    }
+    println!("setup: building {what} against LLVM 22 with `cargo install` (takes about 40 s) ...");
+    let mut c = cargo();
+    c.env("LLVM_PREFIX", LLVM_PREFIX)
+        .arg("install")
+        .arg(format!("bpf-linker@{BPF_LINKER_VERSION}"))
+        .args(["--locked", "--no-default-features", "--features", "llvm-22"]);
+    run(&mut c)?;
+    if !bpf_linker_ok() {
+        bail!(
+            "`cargo install bpf-linker` succeeded but `bpf-linker --version` is not {BPF_LINKER_VERSION}"
+        );
+    }
+    item(&what, "installed");
+    Ok(())
+}
+
+/// Looks on PATH and in ~/.cargo/bin (both are on the PATH that [`cmd`] gives children).
+fn bpf_linker_ok() -> bool {
+    cmd("bpf-linker").arg("--version").output().is_ok_and(|o| {
+        o.status.success() && String::from_utf8_lossy(&o.stdout).contains(BPF_LINKER_VERSION)
+    })
+}
+
+fn ensure_rustup_toolchain() -> Result<()> {
+    let what = format!("rustup toolchain {EBPF_TOOLCHAIN} -> /usr");
+    let list = cmd("rustup")
+        .args(["toolchain", "list"])
+        .output()
+        .context("failed to run `rustup toolchain list` (is rustup installed?)")?;
+    if !list.status.success() {
+        bail!("`rustup toolchain list` failed ({})", list.status);
+    }
+    let linked = String::from_utf8_lossy(&list.stdout)
+        .lines()
+        .any(|l| l.starts_with(EBPF_TOOLCHAIN));
+    if linked {
+        item(&what, "ok (already present)");
+    } else {
+        run(cmd("rustup").args(["toolchain", "link", EBPF_TOOLCHAIN, "/usr"]))?;
+        item(&what, "installed");
+    }
+
+    let version = cmd("rustup")
+        .args(["run", EBPF_TOOLCHAIN, "rustc", "--version"])
+        .output()
+        .with_context(|| format!("failed to run `rustup run {EBPF_TOOLCHAIN} rustc --version`"))?;
+    if !version.status.success() {
+        bail!(
+            "`rustup run {EBPF_TOOLCHAIN} rustc --version` failed ({}): {}",
+            version.status,
+            String::from_utf8_lossy(&version.stderr).trim()
+        );
+    }
+    println!(
+        "setup: {EBPF_TOOLCHAIN} is {}",
+        String::from_utf8_lossy(&version.stdout).trim()
+    );
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Helpers
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives one level below the workspace root")
+        .to_path_buf()
+}
+
+/// A command run in the workspace root, with the cargo bin directory on its PATH (that is where
+/// `cargo install` puts bpf-linker, and aya-build needs to find it).
+fn cmd(program: &str) -> Command {
+    let mut c = Command::new(program);
+    c.current_dir(workspace_root()).env("PATH", search_path());
+    c
+}
+
+/// The cargo that runs us (`CARGO`), else `cargo` from PATH.
+fn cargo() -> Command {
+    let program = env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    cmd(&program)
+}
+
+/// PATH with `$CARGO_HOME/bin` (default `~/.cargo/bin`) prepended if it is not already on it.
+fn search_path() -> OsString {
+    let path = env::var_os("PATH").unwrap_or_default();
+    let cargo_bin = env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .or_else(|| env::var_os("HOME").map(|h| Path::new(&h).join(".cargo")))
+        .map(|d| d.join("bin"));
+    let Some(cargo_bin) = cargo_bin else {
+        return path;
+    };
+    let mut dirs: Vec<PathBuf> = env::split_paths(&path).collect();
+    if dirs.contains(&cargo_bin) {
+        return path;
+    }
+    dirs.insert(0, cargo_bin);
+    env::join_paths(dirs).unwrap_or(path)
+}
+
+/// Runs a command to completion with inherited stdio; a non-zero exit is an error naming it.
+fn run(c: &mut Command) -> Result<()> {
+    let line = describe(c);
+    let status = c
+        .status()
+        .with_context(|| format!("failed to start `{line}`"))?;
+    if !status.success() {
+        bail!("`{line}` failed ({status})");
+    }
+    Ok(())
+}
+
+fn describe(c: &Command) -> String {
+    std::iter::once(c.get_program())
+        .chain(c.get_args())
+        .map(|s| s.to_string_lossy())
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn header(name: &str) {
+    println!("==> {name}");
+}
+
+fn item(what: &str, state: &str) {
+    println!("setup: {what}: {state}");
+}
+
+/// `/proc/self` belongs to the effective uid of the process.
+fn is_root() -> bool {
+    std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0)
+}
