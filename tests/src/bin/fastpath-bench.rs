@@ -1,0 +1,289 @@
+//! `cargo xtask bench` (fast-path part): ns per packet of the XDP programs through
+//! BPF_PROG_TEST_RUN, each beside the no-op program measured in the same run (rounds
+//! alternate, the median is kept), and the SPI lookup with 1 vs 100,000 SAs installed.
+//!
+//! What is measured: everything the programs do up to the verdict (parsing, tenant and SPI
+//! lookups, LPM, replay check, counters), on paths that leave the frame as it was.
+//! BPF_PROG_TEST_RUN reuses one frame across repetitions, so the redirect path (metadata
+//! write, head adjustment, XSKMAP redirect) would see its own output again; it is measured
+//! with live frames by the traffic-generation benchmark instead.
+
+use std::{path::PathBuf, process::Command};
+
+use anyhow::{Context, Result, bail};
+use aya::programs::{TestRun, TestRunOptions};
+use clap::Parser;
+use serde::{Deserialize, Serialize};
+use vpn_common::{
+    Counter, DropReason, Outcome, ReplayWindow,
+    maps::{POLICY_BYPASS, PolicyValue, SaIn, programs},
+};
+use vpn_tests::{netns::unique, pkt::Packet};
+use vpn_userspace::dataplane::{Dataplane, LoadOptions, Side};
+
+#[derive(Parser)]
+struct Args {
+    /// Results file (records are replaced by name, others kept).
+    #[arg(long, default_value = "bench/results.json")]
+    out: PathBuf,
+    /// Fewer rounds (CI keeps the harness alive with it; figures are then rougher).
+    #[arg(long)]
+    quick: bool,
+    /// BPF_PROG_TEST_RUN repetitions per measurement.
+    #[arg(long, default_value_t = 1_000_000)]
+    repeat: u32,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug)]
+struct Record {
+    name: String,
+    value: f64,
+    unit: String,
+    baseline_name: Option<String>,
+    baseline_value: Option<f64>,
+    ratio: Option<f64>,
+    machine: String,
+    date: String,
+}
+
+fn input_ctx(len: usize) -> [u8; 24] {
+    let mut c = [0u8; 24];
+    c[4..8].copy_from_slice(&(len as u32).to_ne_bytes());
+    c
+}
+
+/// ns per run of `prog` on `frame`, checking the verdict and that `counter` moved by
+/// `repeat` (so the path measured is the one named).
+fn ns_per_packet(
+    dp: &Dataplane,
+    prog: &str,
+    frame: &[u8],
+    repeat: u32,
+    expect: Option<(Side, Counter)>,
+) -> Result<f64> {
+    let before = match expect {
+        Some((side, c)) => dp.counter(side, c)?,
+        None => 0,
+    };
+    let ctx = input_ctx(frame.len());
+    let r = dp
+        .program(prog)?
+        .test_run(TestRunOptions {
+            data_in: Some(frame),
+            ctx_in: Some(&ctx),
+            repeat,
+            ..Default::default()
+        })
+        .with_context(|| format!("test_run {prog}"))?;
+    if let Some((side, c)) = expect {
+        let after = dp.counter(side, c)?;
+        if after - before != repeat as u64 {
+            bail!(
+                "{prog}: counter {} moved by {} in {repeat} runs: not the path meant",
+                c.name(),
+                after - before
+            );
+        }
+    }
+    Ok(r.duration.as_nanos() as f64)
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+fn machine() -> String {
+    let kernel = Command::new("uname")
+        .arg("-r")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default();
+    let cpus = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(0);
+    let model = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|m| m.trim().to_string())
+        })
+        .unwrap_or_default();
+    format!("{model}, {cpus} CPUs, kernel {kernel}")
+}
+
+fn today() -> String {
+    Command::new("date")
+        .args(["-u", "+%Y-%m-%d"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default()
+}
+
+const SPI: u32 = 0x0001_0000;
+
+fn load(sa_count: u32) -> Result<Dataplane> {
+    let mut o = LoadOptions::new(unique("vpnbench"));
+    o.sa_slots = sa_count.max(16) + 16;
+    o.sa_in_entries = sa_count.max(16) + 16;
+    let mut dp = Dataplane::load(&o)?;
+    let sa = |slot| SaIn {
+        slot,
+        tenant: 1,
+        flags: 0,
+        min_esp_len: SaIn::min_esp_len_for(8, 16),
+        _pad: 0,
+    };
+    dp.add_sa_in(SPI, sa(1), ReplayWindow::new(1024, false))?;
+    // Seen: sequence number 1 is a duplicate from now on, so the pre-check path runs to
+    // its end and the frame is never modified.
+    dp.replay().advance(1, 1)?;
+    for i in 1..sa_count {
+        dp.add_sa_in(SPI + i, sa(2 + i), ReplayWindow::new(64, false))?;
+    }
+    dp.set_vlan_tenant(100, 1)?;
+    dp.set_policy_v4(
+        1,
+        "10.2.0.0".parse()?,
+        24,
+        PolicyValue {
+            sa_slot: 0,
+            action: POLICY_BYPASS,
+        },
+    )?;
+    Ok(dp)
+}
+
+fn main() -> Result<()> {
+    let args = Args::parse();
+    let rounds = if args.quick { 3 } else { 9 };
+    let esp = Packet::eth()
+        .ipv4("172.24.4.233", "172.24.4.226")
+        .esp(SPI, 1)
+        .payload_len(1400)
+        .build();
+    let esp_udp = Packet::eth()
+        .ipv4("172.24.4.233", "172.24.4.226")
+        .udp(4500, 4500)
+        .esp(SPI, 1)
+        .payload_len(1400)
+        .build();
+    let tenant = Packet::eth()
+        .vlan(100)
+        .ipv4("10.1.0.5", "10.2.0.9")
+        .payload_len(1400)
+        .build();
+    let dup = Counter::Drop(DropReason::ReplayDuplicate);
+
+    eprintln!("loading: 1 SA, then 100,000 SAs");
+    let one = load(1)?;
+    let many = load(100_000)?;
+
+    let mut noop = vec![];
+    let mut esp_pre = vec![];
+    let mut esp_udp_pre = vec![];
+    let mut ten = vec![];
+    let mut esp_many = vec![];
+    for r in 0..rounds {
+        eprintln!("round {}/{rounds}", r + 1);
+        noop.push(ns_per_packet(&one, programs::NOOP, &esp, args.repeat, None)?);
+        esp_pre.push(ns_per_packet(
+            &one,
+            programs::ESP_INGRESS,
+            &esp,
+            args.repeat,
+            Some((Side::Wire, dup)),
+        )?);
+        esp_udp_pre.push(ns_per_packet(
+            &one,
+            programs::ESP_INGRESS,
+            &esp_udp,
+            args.repeat,
+            Some((Side::Wire, dup)),
+        )?);
+        ten.push(ns_per_packet(
+            &one,
+            programs::TENANT_INGRESS,
+            &tenant,
+            args.repeat,
+            Some((Side::Tenant, Counter::Outcome(Outcome::TenantPassBypass))),
+        )?);
+        esp_many.push(ns_per_packet(
+            &many,
+            programs::ESP_INGRESS,
+            &esp,
+            args.repeat,
+            Some((Side::Wire, dup)),
+        )?);
+    }
+    let (noop, esp_pre, esp_udp_pre, ten, esp_many) = (
+        median(noop),
+        median(esp_pre),
+        median(esp_udp_pre),
+        median(ten),
+        median(esp_many),
+    );
+
+    let machine = machine();
+    let date = today();
+    let rec = |name: &str, value: f64, base: Option<(&str, f64)>| Record {
+        name: name.into(),
+        value: (value * 100.0).round() / 100.0,
+        unit: "ns/packet".into(),
+        baseline_name: base.map(|b| b.0.into()),
+        baseline_value: base.map(|b| (b.1 * 100.0).round() / 100.0),
+        ratio: base.map(|b| ((value / b.1) * 1000.0).round() / 1000.0),
+        machine: machine.clone(),
+        date: date.clone(),
+    };
+    let new = vec![
+        rec("xdp_noop", noop, None),
+        rec(
+            "esp_ingress_precheck_esp_1sa",
+            esp_pre,
+            Some(("xdp_noop", noop)),
+        ),
+        rec(
+            "esp_ingress_precheck_esp_in_udp_1sa",
+            esp_udp_pre,
+            Some(("xdp_noop", noop)),
+        ),
+        rec(
+            "tenant_ingress_vlan_lpm_bypass",
+            ten,
+            Some(("xdp_noop", noop)),
+        ),
+        rec(
+            "esp_ingress_precheck_esp_100000sa",
+            esp_many,
+            Some(("esp_ingress_precheck_esp_1sa", esp_pre)),
+        ),
+    ];
+
+    println!("{:<40} {:>10} {:>10}  baseline", "benchmark", "ns/pkt", "ratio");
+    for r in &new {
+        println!(
+            "{:<40} {:>10.2} {:>10}  {}",
+            r.name,
+            r.value,
+            r.ratio.map(|x| format!("{x:.3}")).unwrap_or_default(),
+            r.baseline_name.clone().unwrap_or_default()
+        );
+    }
+
+    let mut all: Vec<Record> = match std::fs::read_to_string(&args.out) {
+        Ok(s) => serde_json::from_str(&s)
+            .with_context(|| format!("{} is not a results list", args.out.display()))?,
+        Err(_) => vec![],
+    };
+    all.retain(|r| !new.iter().any(|n| n.name == r.name));
+    all.extend(new);
+    if let Some(dir) = args.out.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    std::fs::write(&args.out, serde_json::to_string_pretty(&all)? + "\n")?;
+    eprintln!("wrote {}", args.out.display());
+    Ok(())
+}
