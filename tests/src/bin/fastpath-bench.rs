@@ -188,7 +188,13 @@ fn main() -> Result<()> {
     let mut esp_many = vec![];
     for r in 0..rounds {
         eprintln!("round {}/{rounds}", r + 1);
-        noop.push(ns_per_packet(&one, programs::NOOP, &esp, args.repeat, None)?);
+        noop.push(ns_per_packet(
+            &one,
+            programs::NOOP,
+            &esp,
+            args.repeat,
+            None,
+        )?);
         esp_pre.push(ns_per_packet(
             &one,
             programs::ESP_INGRESS,
@@ -262,7 +268,10 @@ fn main() -> Result<()> {
         ),
     ];
 
-    println!("{:<40} {:>10} {:>10}  baseline", "benchmark", "ns/pkt", "ratio");
+    println!(
+        "{:<40} {:>10} {:>10}  baseline",
+        "benchmark", "ns/pkt", "ratio"
+    );
     for r in &new {
         println!(
             "{:<40} {:>10.2} {:>10}  {}",
