@@ -844,3 +844,115 @@ fn tenant_ingress_fixtures() -> Result<()> {
     drop(sock);
     Ok(())
 }
+
+/// Fuzz-style robustness check: thousands of mutated and truncated frames, derived from valid
+/// ESP, VLAN and VXLAN frames, through both programs. Whatever the bytes, the verdict is one
+/// of pass/drop/redirect, exactly one counter moves, a passed frame is untouched and a
+/// redirected one carries our metadata.
+#[test]
+fn mutated_frames_always_get_one_counted_verdict() -> Result<()> {
+    use vpn_tests::fixture::{XDP_DROP, XDP_PASS, XDP_REDIRECT, run_once};
+    require_root();
+    let (_ns, sock) = xsk_env()?;
+    let mut dp = load("vpnfix-fuzz")?;
+    dp.set_wire_xsk(0, sock.fd())?;
+    dp.set_tenant_xsk(0, sock.fd())?;
+    dp.add_sa_in(
+        SPI_A,
+        SaIn {
+            slot: 1,
+            tenant: 7,
+            flags: 0,
+            min_esp_len: SaIn::min_esp_len_for(8, 16),
+            _pad: 0,
+        },
+        ReplayWindow::new(64, true),
+    )?;
+    dp.add_peer(PeerKey::v4([192, 0, 2, 1]))?;
+    dp.set_vlan_tenant(TENANT_VLAN_A, 7)?;
+    dp.set_vni_tenant(VNI_B, 8)?;
+    dp.set_policy_v4(7, "10.2.0.0".parse()?, 24, protect(10))?;
+    dp.set_policy_v4(8, "10.2.0.0".parse()?, 16, protect(11))?;
+    dp.set_policy_v6(7, "2001:db8:2::".parse()?, 48, protect(13))?;
+
+    let seeds = [
+        esp_v4(SPI_A, 1),
+        Packet::eth()
+            .ipv6_with(V6_PEER, V6_US, |h| {
+                h.ext.push((IPV6_HOPOPTS, vec![1, 4, 0, 0, 0, 0]))
+            })
+            .esp(SPI_A, 2)
+            .payload_len(48)
+            .build(),
+        Packet::eth()
+            .qinq(10)
+            .vlan(42)
+            .ipv4_with(V4_PEER, V4_US, |h| h.options = vec![1; 8])
+            .udp(4500, 4500)
+            .esp(SPI_A, 3)
+            .payload_len(48)
+            .build(),
+        Packet::eth()
+            .ipv4_with(V4_PEER, V4_US, |h| {
+                h.frag = 185;
+                h.proto = Some(17)
+            })
+            .payload_len(64)
+            .build(),
+        vlan_frame(TENANT_VLAN_A, "10.2.0.5"),
+        vxlan_frame(VNI_B, "10.2.0.5"),
+        Packet::eth()
+            .vlan(TENANT_VLAN_A)
+            .ipv6("2001:db8:1::5", "2001:db8:2::7")
+            .payload_len(32)
+            .build(),
+    ];
+    let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+    let mut next = move || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    let mut verdicts = [0u32; 5];
+    for i in 0..3000 {
+        let mut f = seeds[i % seeds.len()].clone();
+        // A few byte flips, biased to the headers, and sometimes a truncation.
+        for _ in 0..(1 + next() % 4) {
+            let at = (next() % (f.len().min(90) as u64)) as usize;
+            f[at] ^= 1 << (next() % 8);
+        }
+        if next() % 3 == 0 {
+            let keep = 14 + (next() % (f.len() as u64 - 13)) as usize;
+            f.truncate(keep);
+        }
+        for (prog, side) in [
+            (programs::ESP_INGRESS, Side::Wire),
+            (programs::TENANT_INGRESS, Side::Tenant),
+        ] {
+            let before = dp.counters(side)?;
+            let r = run_once(&dp, prog, &f)?;
+            let after = dp.counters(side)?;
+            let moved: u64 = before.iter().zip(&after).map(|(b, a)| a.1 - b.1).sum();
+            let ctx = || format!("{prog} on {f:02x?}");
+            assert_eq!(moved, 1, "exactly one counter per packet: {}", ctx());
+            match r.action {
+                XDP_PASS => assert_eq!(r.out, f, "passed frame modified: {}", ctx()),
+                XDP_DROP => {}
+                XDP_REDIRECT => {
+                    assert_eq!(r.meta_len, XdpMeta::LEN, "{}", ctx());
+                    let m = XdpMeta::from_bytes(r.out[..XdpMeta::LEN].try_into()?);
+                    assert_eq!(m.magic, META_MAGIC, "{}", ctx());
+                }
+                a => panic!("unexpected action {a}: {}", ctx()),
+            }
+            verdicts[r.action as usize] += 1;
+        }
+    }
+    // The mutations must reach every verdict, or this test checks less than it claims.
+    assert!(verdicts[XDP_PASS as usize] > 0 && verdicts[XDP_DROP as usize] > 0);
+    assert!(verdicts[XDP_REDIRECT as usize] > 0);
+    println!("verdicts (aborted, drop, pass, tx, redirect): {verdicts:?}");
+    drop(sock);
+    Ok(())
+}

@@ -56,11 +56,7 @@ pub fn try_esp_ingress(ctx: &XdpContext) -> Result<Verdict, DropReason> {
             }
         } else {
             let a = ptr_at::<[u8; 4]>(ctx, l3.src_off).ok_or(DropReason::TruncatedIpv4)?;
-            let a = unsafe { *a };
-            PeerKey {
-                family: AF_INET,
-                addr: [a[0], a[1], a[2], a[3], 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
-            }
+            peer_key_v4(unsafe { *a })
         };
         // SAFETY: read-only lookup of a plain value.
         if unsafe { PEERS.get(&key) }.is_some() {
@@ -92,6 +88,23 @@ pub fn try_esp_ingress(ctx: &XdpContext) -> Result<Verdict, DropReason> {
         return Ok(Verdict::Pass(Outcome::WirePassIke));
     }
     esp(ctx, &l3, l3_off, payload, true)
+}
+
+/// `PeerKey::v4`, built with word stores: LLVM would otherwise turn the zero padding into a
+/// call to compiler_builtins' memset (a BPF-to-BPF call on this path).
+#[inline(always)]
+fn peer_key_v4(a: [u8; 4]) -> PeerKey {
+    let mut key = core::mem::MaybeUninit::<PeerKey>::uninit();
+    let w = key.as_mut_ptr() as *mut u32;
+    // SAFETY: PeerKey is 5 aligned u32 words of plain bytes (size asserted in vpn-common).
+    unsafe {
+        core::ptr::write_volatile(w, AF_INET);
+        core::ptr::write_volatile(w.add(1), u32::from_ne_bytes(a));
+        core::ptr::write_volatile(w.add(2), 0);
+        core::ptr::write_volatile(w.add(3), 0);
+        core::ptr::write_volatile(w.add(4), 0);
+        key.assume_init()
+    }
 }
 
 #[inline(always)]
