@@ -114,10 +114,30 @@ pub enum DropReason {
     HeadAdjustFailed = 20,
     /// An outbound policy with action DISCARD matched.
     PolicyDiscard = 21,
+
+    // ---- counted by the AF_XDP workers (user space), same numbering ----
+    /// ICV verification failed (RFC 4303 3.4.4): forged, corrupted or wrong key.
+    BadIcv = 32,
+    /// Pad length larger than the payload, or padding bytes not 1, 2, 3, ... (RFC 4303 2.4).
+    BadPadding = 33,
+    /// Next header neither IPv4 (4) nor IPv6 (41) in tunnel mode.
+    BadNextHeader = 34,
+    /// Decrypted packet outside the SA's traffic selectors (RFC 4301 5.2).
+    PolicyMismatch = 35,
+    /// Outbound sequence number exhausted without ESN: the SA must be rekeyed (RFC 4303 3.3.3).
+    SeqExhausted = 36,
+    /// TFC dummy packet (next header 59, RFC 4303 2.6): consumed.
+    DummyPacket = 37,
+    /// The decrypted inner IP header is truncated or inconsistent.
+    BadInnerPacket = 38,
+    /// Encapsulated packet would not fit the frame buffer.
+    NoRoom = 39,
+    /// No SA state in the worker for the slot the XDP program named.
+    WorkerNoSa = 40,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 21] = [
+    pub const ALL: [DropReason; 30] = [
         DropReason::TruncatedEthernet,
         DropReason::TruncatedVlan,
         DropReason::TruncatedIpv4,
@@ -139,6 +159,15 @@ impl DropReason {
         DropReason::BadVxlan,
         DropReason::HeadAdjustFailed,
         DropReason::PolicyDiscard,
+        DropReason::BadIcv,
+        DropReason::BadPadding,
+        DropReason::BadNextHeader,
+        DropReason::PolicyMismatch,
+        DropReason::SeqExhausted,
+        DropReason::DummyPacket,
+        DropReason::BadInnerPacket,
+        DropReason::NoRoom,
+        DropReason::WorkerNoSa,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -164,6 +193,15 @@ impl DropReason {
             DropReason::BadVxlan => "bad_vxlan",
             DropReason::HeadAdjustFailed => "head_adjust_failed",
             DropReason::PolicyDiscard => "policy_discard",
+            DropReason::BadIcv => "bad_icv",
+            DropReason::BadPadding => "bad_padding",
+            DropReason::BadNextHeader => "bad_next_header",
+            DropReason::PolicyMismatch => "policy_mismatch",
+            DropReason::SeqExhausted => "seq_exhausted",
+            DropReason::DummyPacket => "dummy_packet",
+            DropReason::BadInnerPacket => "bad_inner_packet",
+            DropReason::NoRoom => "no_room",
+            DropReason::WorkerNoSa => "worker_no_sa",
         }
     }
 
@@ -227,14 +265,14 @@ mod tests {
 
     #[test]
     fn indices_are_unique_and_names_too() {
-        let all: [Counter; 33] = {
-            let mut a = [Counter::Outcome(Outcome::WirePassIke); 33];
+        let all: [Counter; 42] = {
+            let mut a = [Counter::Outcome(Outcome::WirePassIke); 42];
             for (slot, c) in a.iter_mut().zip(Counter::all()) {
                 *slot = c;
             }
             a
         };
-        assert_eq!(Counter::all().count(), 33);
+        assert_eq!(Counter::all().count(), 42);
         for (i, a) in all.iter().enumerate() {
             for b in &all[i + 1..] {
                 assert_ne!(a.index(), b.index());

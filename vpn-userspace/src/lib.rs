@@ -2,3 +2,4 @@
 //! sockets, and (in later issues) IKE, ESP workers and the control API.
 
 pub mod dataplane;
+pub mod esp;
