@@ -78,7 +78,7 @@ impl Outcome {
 
 /// Why a packet was dropped. Numbered and stable (like cilium's drop reasons).
 #[repr(u32)]
-#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
 pub enum DropReason {
     TruncatedEthernet = 1,
     TruncatedVlan = 2,

@@ -58,8 +58,8 @@ impl LoadOptions {
 }
 
 pub struct Dataplane {
-    // Field order: the replay mapping goes before the object that owns the map fd.
-    replay: ReplayTable,
+    // An mmap keeps the map alive on its own, so workers may hold the table past this.
+    replay: std::sync::Arc<ReplayTable>,
     ebpf: Ebpf,
     pin_dir: PathBuf,
     unpin_on_drop: bool,
@@ -128,7 +128,7 @@ impl Dataplane {
         };
         let replay = ReplayTable::map(&data.fd().as_fd(), opts.sa_slots)?;
         Ok(Dataplane {
-            replay,
+            replay: std::sync::Arc::new(replay),
             ebpf,
             pin_dir: pin_dir.to_path_buf(),
             unpin_on_drop: opts.unpin_on_drop,
@@ -182,6 +182,11 @@ impl Dataplane {
 
     pub fn replay(&self) -> &ReplayTable {
         &self.replay
+    }
+
+    /// The replay table for a worker thread.
+    pub fn replay_shared(&self) -> std::sync::Arc<ReplayTable> {
+        self.replay.clone()
     }
 
     /// Installs an inbound SA: its replay window first, then the SPI that makes it reachable.

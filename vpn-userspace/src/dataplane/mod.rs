@@ -3,6 +3,7 @@
 
 mod loader;
 mod replay;
+pub mod worker;
 pub mod xsk;
 
 pub use loader::{Dataplane, LoadOptions, Side};

@@ -47,16 +47,16 @@ impl Drop for Area {
     }
 }
 
-/// One received frame: our metadata and the packet bytes.
+/// One received frame: our metadata and the packet bytes (writable: decryption is in place).
 pub struct RxFrame<'a> {
     pub meta: XdpMeta,
-    pub data: &'a [u8],
+    pub data: &'a mut [u8],
 }
 
 pub struct XskSocket {
     // Drop order: rings and socket before the UMEM, the UMEM before its memory.
     rx: RingRx,
-    _tx: RingTx,
+    tx: RingTx,
     user: User,
     device: DeviceQueue,
     _socket: Socket,
@@ -65,6 +65,12 @@ pub struct XskSocket {
     frames: u32,
     /// Frame addresses not currently owned by the kernel.
     free: Vec<u64>,
+    /// Frames given to the fill ring and not yet received back.
+    in_fill: u32,
+    /// Descriptors written but not yet handed to the TX ring.
+    tx_pending: Vec<xdpilone::xdp::XdpDesc>,
+    /// Frames handed to the TX ring and not yet completed.
+    in_tx: u32,
 }
 
 // SAFETY: owned rings and memory; used by one thread at a time.
@@ -116,7 +122,7 @@ impl XskSocket {
             .map_err(|e| errno(&format!("bind to {ifname} queue {queue}"), e))?;
         let mut s = XskSocket {
             rx,
-            _tx: tx,
+            tx,
             user,
             device,
             _socket: socket,
@@ -124,6 +130,9 @@ impl XskSocket {
             area,
             frames,
             free: (0..frames as u64).map(|i| i * FRAME_SIZE as u64).collect(),
+            in_fill: 0,
+            tx_pending: Vec::with_capacity(ring as usize),
+            in_tx: 0,
         };
         s.refill();
         Ok(s)
@@ -138,17 +147,21 @@ impl XskSocket {
         self.frames
     }
 
-    /// Gives free frames to the kernel's fill ring (at most half of the UMEM outstanding).
+    /// Gives free frames to the kernel's fill ring, keeping at most half of the UMEM there
+    /// (the other half is for transmitting).
     pub fn refill(&mut self) {
-        let want = (self.frames / 2).min(self.free.len() as u32);
-        if want == 0 {
-            return;
+        let want = (self.frames / 2)
+            .saturating_sub(self.in_fill)
+            .min(self.free.len() as u32);
+        if want > 0 {
+            let mut w = self.device.fill(want);
+            let start = self.free.len() - want as usize;
+            let n = w.insert(self.free[start..].iter().copied());
+            w.commit();
+            drop(w);
+            self.free.truncate(self.free.len() - n as usize);
+            self.in_fill += n;
         }
-        let mut w = self.device.fill(want);
-        let n = w.insert(self.free.iter().rev().copied().take(want as usize));
-        w.commit();
-        drop(w);
-        self.free.truncate(self.free.len() - n as usize);
         if self.device.needs_wakeup() {
             self.device.wake();
         }
@@ -162,31 +175,105 @@ impl XskSocket {
         while let Some(desc) = r.read() {
             let addr = desc.addr as usize;
             let len = desc.len as usize;
-            let meta_at = addr.checked_sub(XdpMeta::LEN);
-            if addr + len <= self.area.len {
-                // SAFETY: the descriptor lies in our UMEM, and the kernel handed it to us.
-                let data = unsafe { std::slice::from_raw_parts(base.add(addr), len) };
-                let meta = match meta_at {
-                    Some(m) => {
-                        let mut b = [0u8; XdpMeta::LEN];
-                        // SAFETY: in our UMEM: the metadata sits in the frame's headroom.
-                        unsafe {
-                            std::ptr::copy_nonoverlapping(base.add(m), b.as_mut_ptr(), b.len())
-                        };
-                        XdpMeta::from_bytes(&b)
-                    }
-                    None => XdpMeta::default(),
+            if addr >= XdpMeta::LEN && addr + len <= self.area.len {
+                let mut b = [0u8; XdpMeta::LEN];
+                // SAFETY: the descriptor lies in our UMEM and the kernel handed it to us; the
+                // metadata sits right in front of the packet in the same frame's headroom.
+                let data = unsafe {
+                    std::ptr::copy_nonoverlapping(
+                        base.add(addr - XdpMeta::LEN),
+                        b.as_mut_ptr(),
+                        b.len(),
+                    );
+                    std::slice::from_raw_parts_mut(base.add(addr), len)
                 };
-                f(RxFrame { meta, data });
+                f(RxFrame {
+                    meta: XdpMeta::from_bytes(&b),
+                    data,
+                });
             }
-            // Frame back to the free list at its frame start.
             self.free
                 .push((desc.addr / FRAME_SIZE as u64) * FRAME_SIZE as u64);
             n += 1;
         }
         r.release();
         drop(r);
+        self.in_fill -= n as u32;
         self.refill();
         n
+    }
+
+    /// Builds a frame for transmission in a free UMEM frame: `f` writes it and returns its
+    /// length (or None to give the frame back). Returns false when no frame is free; the
+    /// caller counts that as a drop. Call [`flush`](XskSocket::flush) after a batch.
+    pub fn send(&mut self, f: impl FnOnce(&mut [u8]) -> Option<usize>) -> bool {
+        if self.free.is_empty() {
+            self.reclaim();
+        }
+        let Some(addr) = self.free.pop() else {
+            return false;
+        };
+        // SAFETY: a free frame of our UMEM: nobody else (kernel included) uses it now.
+        let buf = unsafe {
+            std::slice::from_raw_parts_mut(
+                self.area.ptr.as_ptr().add(addr as usize),
+                FRAME_SIZE as usize,
+            )
+        };
+        match f(buf) {
+            Some(len) if len <= FRAME_SIZE as usize => {
+                self.tx_pending.push(xdpilone::xdp::XdpDesc {
+                    addr,
+                    len: len as u32,
+                    options: 0,
+                });
+                true
+            }
+            _ => {
+                self.free.push(addr);
+                false
+            }
+        }
+    }
+
+    /// Hands the written frames to the kernel and kicks it once for the whole batch.
+    pub fn flush(&mut self) {
+        if !self.tx_pending.is_empty() {
+            let mut w = self.tx.transmit(self.tx_pending.len() as u32);
+            let n = w.insert(self.tx_pending.iter().copied());
+            w.commit();
+            drop(w);
+            self.in_tx += n;
+            // Descriptors the ring had no room for go back to the free list (dropped).
+            for d in self.tx_pending.drain(n as usize..) {
+                self.free.push(d.addr);
+            }
+            self.tx_pending.clear();
+        }
+        if self.in_tx > 0 && self.tx.needs_wakeup() {
+            self.tx.wake();
+        }
+        self.reclaim();
+    }
+
+    /// Takes completed transmissions back into the free list.
+    pub fn reclaim(&mut self) {
+        if self.in_tx == 0 {
+            return;
+        }
+        let mut c = self.device.complete(self.in_tx);
+        let mut n = 0;
+        while let Some(addr) = c.read() {
+            self.free.push(addr);
+            n += 1;
+        }
+        c.release();
+        drop(c);
+        self.in_tx -= n;
+    }
+
+    /// Frames in flight to the kernel for transmission.
+    pub fn tx_in_flight(&self) -> u32 {
+        self.in_tx
     }
 }

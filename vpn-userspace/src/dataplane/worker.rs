@@ -1,0 +1,405 @@
+//! The AF_XDP worker of one (wire queue, tenant queue) pair: ESP in, decrypt, re-tag toward
+//! the tenant; tenant traffic in, encrypt, out on the wire. Batches of frames, no allocation,
+//! lock or syscall per packet (one kick per batch and direction).
+
+use std::{
+    collections::HashMap,
+    net::{IpAddr, Ipv4Addr},
+    sync::Arc,
+};
+
+use vpn_common::{
+    DropReason, XdpMeta,
+    meta::{META_KIND_ESP_IN, META_KIND_FRAGMENT, META_KIND_OUTBOUND, META_MAGIC},
+};
+
+use super::{ReplayTable, xsk::XskSocket};
+use crate::esp::{
+    InboundSa, OutboundSa,
+    packet::{IPPROTO_UDP, inner_info, write_ipv4_header},
+};
+
+pub const BATCH: u32 = 64;
+const ETH_LEN: usize = 14;
+const VXLAN_PORT: u16 = 4789;
+
+/// An IP prefix.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub struct Prefix {
+    pub addr: IpAddr,
+    pub len: u8,
+}
+
+impl Prefix {
+    pub fn contains(&self, a: &IpAddr) -> bool {
+        match (self.addr, a) {
+            (IpAddr::V4(p), IpAddr::V4(a)) => {
+                let m = if self.len == 0 {
+                    0
+                } else {
+                    u32::MAX << (32 - self.len.min(32) as u32)
+                };
+                u32::from(p) & m == u32::from(*a) & m
+            }
+            (IpAddr::V6(p), IpAddr::V6(a)) => {
+                let m = if self.len == 0 {
+                    0
+                } else {
+                    u128::MAX << (128 - self.len.min(128) as u32)
+                };
+                u128::from(p) & m == u128::from(*a) & m
+            }
+            _ => false,
+        }
+    }
+}
+
+/// Traffic selector pair of an SA (RFC 4301 4.4.2), from the point of view of the traffic
+/// it carries: inbound SAs check decrypted packets against it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Selector {
+    pub src: Prefix,
+    pub dst: Prefix,
+}
+
+/// How decrypted traffic reaches a tenant.
+#[derive(Clone, Debug)]
+pub enum TenantLink {
+    Untagged,
+    Vlan(u16),
+    Vxlan {
+        vni: u32,
+        local_vtep: Ipv4Addr,
+        remote_vtep: Ipv4Addr,
+        /// Next hop MAC toward the remote VTEP.
+        vtep_mac: [u8; 6],
+    },
+}
+
+#[derive(Clone, Debug)]
+pub struct Tenant {
+    pub link: TenantLink,
+    /// Our MAC on the tenant network (the tenant's gateway): inner source MAC.
+    pub gateway_mac: [u8; 6],
+    /// Tenant host MAC used until one is learned from the tenant's own traffic.
+    pub default_host_mac: [u8; 6],
+    /// MAC of the tenant-side interface (outer source for VXLAN).
+    pub iface_mac: [u8; 6],
+}
+
+pub struct InboundState {
+    pub sa: InboundSa,
+    pub slot: u32,
+    pub tenant: u32,
+    pub selectors: Vec<Selector>,
+}
+
+pub struct OutboundState {
+    pub sa: Arc<OutboundSa>,
+    /// Next hop MAC on the wire, and our wire MAC.
+    pub dst_mac: [u8; 6],
+    pub src_mac: [u8; 6],
+}
+
+/// Packets handled and dropped by the worker, by reason (indexed like the XDP counters).
+#[derive(Clone, Debug, Default)]
+pub struct WorkerStats {
+    pub decrypted: u64,
+    pub encrypted: u64,
+    pub fragments_seen: u64,
+    pub drops: HashMap<DropReason, u64>,
+}
+
+impl WorkerStats {
+    fn drop(&mut self, r: DropReason) {
+        *self.drops.entry(r).or_default() += 1;
+    }
+
+    pub fn dropped(&self, r: DropReason) -> u64 {
+        self.drops.get(&r).copied().unwrap_or(0)
+    }
+}
+
+pub struct Worker {
+    pub wire: XskSocket,
+    pub tenant: XskSocket,
+    replay: Arc<ReplayTable>,
+    pub inbound: HashMap<u32, InboundState>,
+    pub outbound: HashMap<u32, OutboundState>,
+    pub tenants: HashMap<u32, Tenant>,
+    /// (tenant, host address) -> MAC, learned from outbound traffic.
+    learned: HashMap<(u32, IpAddr), [u8; 6]>,
+    pub stats: WorkerStats,
+}
+
+impl Worker {
+    pub fn new(wire: XskSocket, tenant: XskSocket, replay: Arc<ReplayTable>) -> Worker {
+        Worker {
+            wire,
+            tenant,
+            replay,
+            inbound: HashMap::new(),
+            outbound: HashMap::new(),
+            tenants: HashMap::new(),
+            learned: HashMap::new(),
+            stats: WorkerStats::default(),
+        }
+    }
+
+    /// One batch in each direction. Returns the number of frames taken from the rings.
+    pub fn poll(&mut self) -> usize {
+        self.poll_wire() + self.poll_tenant()
+    }
+
+    fn poll_wire(&mut self) -> usize {
+        let Worker {
+            wire,
+            tenant,
+            replay,
+            inbound,
+            tenants,
+            learned,
+            stats,
+            ..
+        } = self;
+        let n = wire.recv(BATCH, |f| {
+            if let Err(r) = inbound_frame(f.meta, f.data, replay, inbound, tenants, learned, tenant)
+            {
+                stats.drop(r);
+            } else {
+                stats.decrypted += 1;
+            }
+            if f.meta.kind == META_KIND_FRAGMENT {
+                stats.fragments_seen += 1;
+            }
+        });
+        tenant.flush();
+        n
+    }
+
+    fn poll_tenant(&mut self) -> usize {
+        let Worker {
+            wire,
+            tenant,
+            outbound,
+            learned,
+            stats,
+            ..
+        } = self;
+        let n = tenant.recv(BATCH, |f| {
+            match outbound_frame(f.meta, f.data, outbound, learned, wire) {
+                Ok(()) => stats.encrypted += 1,
+                Err(r) => stats.drop(r),
+            }
+        });
+        wire.flush();
+        n
+    }
+
+    /// Waits up to `timeout_ms` for frames on either socket.
+    pub fn wait(&self, timeout_ms: i32) {
+        let mut fds = [
+            libc::pollfd {
+                fd: self.wire.fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+            libc::pollfd {
+                fd: self.tenant.fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+        ];
+        // SAFETY: two valid pollfds.
+        unsafe { libc::poll(fds.as_mut_ptr(), 2, timeout_ms) };
+    }
+}
+
+fn check_meta(meta: &XdpMeta, kind: u8) -> Result<(), DropReason> {
+    if meta.magic != META_MAGIC || meta.kind != kind {
+        return Err(DropReason::MetadataFailed);
+    }
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+fn inbound_frame(
+    meta: XdpMeta,
+    frame: &mut [u8],
+    replay: &ReplayTable,
+    inbound: &HashMap<u32, InboundState>,
+    tenants: &HashMap<u32, Tenant>,
+    learned: &HashMap<(u32, IpAddr), [u8; 6]>,
+    out: &mut XskSocket,
+) -> Result<(), DropReason> {
+    if meta.kind == META_KIND_FRAGMENT {
+        // Reassembly is wired in separately; until then a counted drop, never a crash.
+        return Err(DropReason::BadInnerPacket);
+    }
+    check_meta(&meta, META_KIND_ESP_IN)?;
+    let st = inbound.get(&meta.slot).ok_or(DropReason::WorkerNoSa)?;
+    let l3 = meta.l3_off as usize;
+    let esp_off = meta.esp_off as usize;
+    let outer = inner_info(frame.get(l3..).ok_or(DropReason::TruncatedEsp)?)
+        .ok_or(DropReason::BadIpv4Header)?;
+    let end = l3 + outer.len;
+    if esp_off + 8 > end {
+        return Err(DropReason::TruncatedEsp);
+    }
+    let seq_low = u32::from_be_bytes(frame[esp_off + 4..esp_off + 8].try_into().expect("4"));
+    // Authoritative check: the window may have moved since the XDP pre-check.
+    let seq = match replay
+        .check(st.slot, seq_low)
+        .map_err(|_| DropReason::SaStateMissing)?
+    {
+        Ok(s) => s,
+        Err(vpn_common::ReplayError::TooOld) => return Err(DropReason::ReplayTooOld),
+        Err(vpn_common::ReplayError::Duplicate) => return Err(DropReason::ReplayDuplicate),
+        Err(vpn_common::ReplayError::Zero) => return Err(DropReason::ReplaySeqZero),
+    };
+    let d = st.sa.decapsulate(&mut frame[esp_off..end], seq)?;
+    // Only an authenticated packet moves the window (RFC 4303 3.4.3).
+    replay
+        .advance(st.slot, seq)
+        .map_err(|_| DropReason::SaStateMissing)?;
+    let inner = &frame[esp_off + d.inner.start..esp_off + d.inner.end];
+    let info = inner_info(inner).ok_or(DropReason::BadInnerPacket)?;
+    if !st.selectors.is_empty()
+        && !st
+            .selectors
+            .iter()
+            .any(|s| s.src.contains(&info.src) && s.dst.contains(&info.dst))
+    {
+        return Err(DropReason::PolicyMismatch);
+    }
+    let t = tenants.get(&st.tenant).ok_or(DropReason::WorkerNoSa)?;
+    let host_mac = learned
+        .get(&(st.tenant, info.dst))
+        .copied()
+        .unwrap_or(t.default_host_mac);
+    let ethertype: u16 = if info.v6 { 0x86dd } else { 0x0800 };
+    let sent = out.send(|buf| retag(t, host_mac, ethertype, inner, buf));
+    if sent {
+        Ok(())
+    } else {
+        Err(DropReason::NoRoom)
+    }
+}
+
+/// Writes the tenant frame for `inner` into `buf`: VLAN tag or VXLAN headers from the tenant's
+/// link, the same source of truth the tenant-side XDP program uses to pop them.
+fn retag(
+    t: &Tenant,
+    host_mac: [u8; 6],
+    ethertype: u16,
+    inner: &[u8],
+    buf: &mut [u8],
+) -> Option<usize> {
+    let eth = |b: &mut [u8], dst: &[u8; 6], src: &[u8; 6], et: u16| {
+        b[..6].copy_from_slice(dst);
+        b[6..12].copy_from_slice(src);
+        b[12..14].copy_from_slice(&et.to_be_bytes());
+    };
+    match &t.link {
+        TenantLink::Untagged => {
+            let n = ETH_LEN + inner.len();
+            let b = buf.get_mut(..n)?;
+            eth(b, &host_mac, &t.gateway_mac, ethertype);
+            b[ETH_LEN..].copy_from_slice(inner);
+            Some(n)
+        }
+        TenantLink::Vlan(vid) => {
+            let n = ETH_LEN + 4 + inner.len();
+            let b = buf.get_mut(..n)?;
+            eth(b, &host_mac, &t.gateway_mac, 0x8100);
+            b[14..16].copy_from_slice(&(vid & 0x0fff).to_be_bytes());
+            b[16..18].copy_from_slice(&ethertype.to_be_bytes());
+            b[18..].copy_from_slice(inner);
+            Some(n)
+        }
+        TenantLink::Vxlan {
+            vni,
+            local_vtep,
+            remote_vtep,
+            vtep_mac,
+        } => {
+            // Outer Ethernet + IPv4 + UDP + VXLAN (RFC 7348) + inner Ethernet + packet.
+            let inner_eth = ETH_LEN + 20 + 8 + 8;
+            let n = inner_eth + ETH_LEN + inner.len();
+            let b = buf.get_mut(..n)?;
+            eth(b, vtep_mac, &t.iface_mac, 0x0800);
+            let udp_len = n - ETH_LEN - 20;
+            // Source port from the inner addresses, for ECMP entropy (RFC 7348 5).
+            let sport = 49152
+                | (inner[12..20]
+                    .iter()
+                    .fold(0u16, |h, &x| h.rotate_left(5) ^ x as u16)
+                    & 0x3fff);
+            b[34..36].copy_from_slice(&sport.to_be_bytes());
+            b[36..38].copy_from_slice(&VXLAN_PORT.to_be_bytes());
+            b[38..40].copy_from_slice(&(udp_len as u16).to_be_bytes());
+            b[40..42].copy_from_slice(&[0, 0]);
+            b[42..46].copy_from_slice(&[0x08, 0, 0, 0]);
+            b[46..50].copy_from_slice(&(vni << 8).to_be_bytes());
+            eth(&mut b[inner_eth..], &host_mac, &t.gateway_mac, ethertype);
+            b[inner_eth + ETH_LEN..].copy_from_slice(inner);
+            write_ipv4_header(
+                &mut b[ETH_LEN..ETH_LEN + 20],
+                *local_vtep,
+                *remote_vtep,
+                IPPROTO_UDP,
+                n - ETH_LEN,
+                64,
+                0,
+                false,
+                0,
+            );
+            Some(n)
+        }
+    }
+}
+
+fn outbound_frame(
+    meta: XdpMeta,
+    frame: &mut [u8],
+    outbound: &HashMap<u32, OutboundState>,
+    learned: &mut HashMap<(u32, IpAddr), [u8; 6]>,
+    wire: &mut XskSocket,
+) -> Result<(), DropReason> {
+    check_meta(&meta, META_KIND_OUTBOUND)?;
+    let st = outbound.get(&meta.slot).ok_or(DropReason::WorkerNoSa)?;
+    let l3 = meta.l3_off as usize;
+    let inner = frame.get(l3..).ok_or(DropReason::BadInnerPacket)?;
+    let info = inner_info(inner).ok_or(DropReason::BadInnerPacket)?;
+    // Learn the tenant host's MAC for the return path (bounded: one entry per host).
+    if frame.len() >= 12 && learned.len() < 65_536 {
+        let mac: [u8; 6] = frame[6..12].try_into().expect("6");
+        learned.entry((meta.tenant, info.src)).or_insert(mac);
+    }
+    let inner = &frame[l3..l3 + info.len];
+    let mut result = Ok(());
+    let sent = wire.send(|buf| {
+        buf.get_mut(..ETH_LEN)?;
+        buf[..6].copy_from_slice(&st.dst_mac);
+        buf[6..12].copy_from_slice(&st.src_mac);
+        let et: u16 = if st.sa.outer.dst.is_ipv6() {
+            0x86dd
+        } else {
+            0x0800
+        };
+        buf[12..14].copy_from_slice(&et.to_be_bytes());
+        match st.sa.encapsulate(inner, &mut buf[ETH_LEN..]) {
+            Ok(n) => Some(ETH_LEN + n),
+            Err(r) => {
+                result = Err(r);
+                None
+            }
+        }
+    });
+    result?;
+    if sent {
+        Ok(())
+    } else {
+        Err(DropReason::NoRoom)
+    }
+}
