@@ -453,14 +453,60 @@ fn east_vlan_to_west_vxlan_and_back_through_esp() -> Result<()> {
         .context("seq 2000 not delivered after the tampered copy")?;
     assert_eq!(west_node.dp.replay().get(20)?.top(), 2000);
 
+    // 4. The same, fragmented on the way (as strongSwan's peers do near the MTU): the XDP
+    //    program hands the fragments over, the worker reassembles and decrypts.
+    let whole = esp_frame(3000);
+    let frags = fragment_v4(&whole, 256);
+    assert!(frags.len() >= 2);
+    for f in frags.iter().rev() {
+        e_wire.send(f)?;
+    }
+    w_host
+        .recv_matching(Duration::from_secs(3), is_vxlan_with(&inner_ew))
+        .context("fragmented ESP not delivered")?;
+    assert_eq!(
+        west_node
+            .dp
+            .counter(Side::Wire, Counter::Outcome(Outcome::WireRedirectFragment))?,
+        frags.len() as u64
+    );
+
     let east_stats = east_node.stop();
     let west_stats = west_node.stop();
     assert_eq!(west_stats.dropped(DropReason::BadIcv), 1, "{west_stats:?}");
-    assert_eq!(west_stats.decrypted, 3, "{west_stats:?}");
+    assert_eq!(west_stats.decrypted, 4, "{west_stats:?}");
+    assert_eq!(west_stats.fragments_seen, frags.len() as u64);
     assert_eq!(east_stats.decrypted, 1, "{east_stats:?}");
     assert_eq!(east_stats.encrypted, 1, "{east_stats:?}");
     assert_eq!(west_stats.encrypted, 1, "{west_stats:?}");
     Ok(())
+}
+
+/// Splits an Ethernet + IPv4 frame into IPv4 fragments of at most `mtu` bytes of payload
+/// (a multiple of 8).
+fn fragment_v4(frame: &[u8], mtu: usize) -> Vec<Vec<u8>> {
+    let (eth, ip) = frame.split_at(14);
+    let hlen = (ip[0] & 0x0f) as usize * 4;
+    let payload = &ip[hlen..];
+    let mut out = Vec::new();
+    let mut off = 0;
+    while off < payload.len() {
+        let n = (payload.len() - off).min(mtu);
+        let more = off + n < payload.len();
+        let mut h = ip[..hlen].to_vec();
+        h[2..4].copy_from_slice(&((hlen + n) as u16).to_be_bytes());
+        let frag = ((off / 8) as u16) | if more { 0x2000 } else { 0 };
+        h[6..8].copy_from_slice(&frag.to_be_bytes());
+        h[10..12].copy_from_slice(&[0, 0]);
+        let c = vpn_tests::pkt::checksum(&h);
+        h[10..12].copy_from_slice(&c.to_be_bytes());
+        let mut f = eth.to_vec();
+        f.extend_from_slice(&h);
+        f.extend_from_slice(&payload[off..off + n]);
+        out.push(f);
+        off += n;
+    }
+    out
 }
 
 fn wait_for(mut f: impl FnMut() -> Result<bool>) -> Result<()> {

@@ -134,10 +134,22 @@ pub enum DropReason {
     NoRoom = 39,
     /// No SA state in the worker for the slot the XDP program named.
     WorkerNoSa = 40,
+    /// A fragment that does not parse, or conflicts with its datagram's other fragments.
+    FragmentMalformed = 41,
+    /// Overlapping fragments (RFC 5722): the whole datagram is discarded.
+    FragmentOverlap = 42,
+    /// Reassembly limits: too many fragments, too large, table or memory full.
+    FragmentLimit = 43,
+    /// A datagram not completed in time.
+    FragmentTimeout = 44,
+    /// An exact duplicate fragment.
+    FragmentDuplicate = 45,
+    /// A reassembled datagram that is not ESP (e.g. fragmented IKE, not handled yet).
+    FragmentNotEsp = 46,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 30] = [
+    pub const ALL: [DropReason; 36] = [
         DropReason::TruncatedEthernet,
         DropReason::TruncatedVlan,
         DropReason::TruncatedIpv4,
@@ -168,6 +180,12 @@ impl DropReason {
         DropReason::BadInnerPacket,
         DropReason::NoRoom,
         DropReason::WorkerNoSa,
+        DropReason::FragmentMalformed,
+        DropReason::FragmentOverlap,
+        DropReason::FragmentLimit,
+        DropReason::FragmentTimeout,
+        DropReason::FragmentDuplicate,
+        DropReason::FragmentNotEsp,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -202,6 +220,12 @@ impl DropReason {
             DropReason::BadInnerPacket => "bad_inner_packet",
             DropReason::NoRoom => "no_room",
             DropReason::WorkerNoSa => "worker_no_sa",
+            DropReason::FragmentMalformed => "fragment_malformed",
+            DropReason::FragmentOverlap => "fragment_overlap",
+            DropReason::FragmentLimit => "fragment_limit",
+            DropReason::FragmentTimeout => "fragment_timeout",
+            DropReason::FragmentDuplicate => "fragment_duplicate",
+            DropReason::FragmentNotEsp => "fragment_not_esp",
         }
     }
 
@@ -265,14 +289,14 @@ mod tests {
 
     #[test]
     fn indices_are_unique_and_names_too() {
-        let all: [Counter; 42] = {
-            let mut a = [Counter::Outcome(Outcome::WirePassIke); 42];
+        let all: [Counter; 48] = {
+            let mut a = [Counter::Outcome(Outcome::WirePassIke); 48];
             for (slot, c) in a.iter_mut().zip(Counter::all()) {
                 *slot = c;
             }
             a
         };
-        assert_eq!(Counter::all().count(), 42);
+        assert_eq!(Counter::all().count(), 48);
         for (i, a) in all.iter().enumerate() {
             for b in &all[i + 1..] {
                 assert_ne!(a.index(), b.index());

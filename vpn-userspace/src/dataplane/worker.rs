@@ -6,6 +6,7 @@ use std::{
     collections::HashMap,
     net::{IpAddr, Ipv4Addr},
     sync::Arc,
+    time::Instant,
 };
 
 use vpn_common::{
@@ -16,7 +17,8 @@ use vpn_common::{
 use super::{ReplayTable, xsk::XskSocket};
 use crate::esp::{
     InboundSa, OutboundSa,
-    packet::{IPPROTO_UDP, inner_info, write_ipv4_header},
+    packet::{IPPROTO_ESP, IPPROTO_UDP, inner_info, write_ipv4_header},
+    reassembly::{FragDrop, FragResult, Limits, Reassembler},
 };
 
 pub const BATCH: u32 = 64;
@@ -129,7 +131,18 @@ pub struct Worker {
     pub tenants: HashMap<u32, Tenant>,
     /// (tenant, host address) -> MAC, learned from outbound traffic.
     learned: HashMap<(u32, IpAddr), [u8; 6]>,
+    /// Outer fragments of ESP, until their datagram is whole.
+    reassembler: Reassembler,
+    epoch: Instant,
     pub stats: WorkerStats,
+}
+
+/// What the inbound path needs besides the frame.
+struct InCtx<'a> {
+    replay: &'a ReplayTable,
+    inbound: &'a HashMap<u32, InboundState>,
+    tenants: &'a HashMap<u32, Tenant>,
+    learned: &'a HashMap<(u32, IpAddr), [u8; 6]>,
 }
 
 impl Worker {
@@ -142,8 +155,16 @@ impl Worker {
             outbound: HashMap::new(),
             tenants: HashMap::new(),
             learned: HashMap::new(),
+            reassembler: Reassembler::new(Limits::default()),
+            epoch: Instant::now(),
             stats: WorkerStats::default(),
         }
+    }
+
+    /// The inbound SA slot of an SPI (for reassembled packets, which the XDP program could
+    /// not look up).
+    fn slot_of(inbound: &HashMap<u32, InboundState>, spi: u32) -> Option<u32> {
+        inbound.values().find(|s| s.sa.spi == spi).map(|s| s.slot)
     }
 
     /// One batch in each direction. Returns the number of frames taken from the rings.
@@ -152,6 +173,7 @@ impl Worker {
     }
 
     fn poll_wire(&mut self) -> usize {
+        let now = self.epoch.elapsed().as_nanos() as u64;
         let Worker {
             wire,
             tenant,
@@ -159,20 +181,32 @@ impl Worker {
             inbound,
             tenants,
             learned,
+            reassembler,
             stats,
             ..
         } = self;
+        let ctx = InCtx {
+            replay,
+            inbound,
+            tenants,
+            learned,
+        };
         let n = wire.recv(BATCH, |f| {
-            if let Err(r) = inbound_frame(f.meta, f.data, replay, inbound, tenants, learned, tenant)
-            {
-                stats.drop(r);
-            } else {
-                stats.decrypted += 1;
-            }
-            if f.meta.kind == META_KIND_FRAGMENT {
+            let r = if f.meta.kind == META_KIND_FRAGMENT {
                 stats.fragments_seen += 1;
+                fragment(f.meta, f.data, now, reassembler, &ctx, tenant)
+            } else {
+                inbound_frame(f.meta, f.data, &ctx, tenant).map(Some)
+            };
+            match r {
+                Ok(Some(())) => stats.decrypted += 1,
+                Ok(None) => {}
+                Err(r) => stats.drop(r),
             }
         });
+        for _ in 0..reassembler.expire(now) {
+            stats.drop(DropReason::FragmentTimeout);
+        }
         tenant.flush();
         n
     }
@@ -222,33 +256,110 @@ fn check_meta(meta: &XdpMeta, kind: u8) -> Result<(), DropReason> {
     Ok(())
 }
 
-#[allow(clippy::too_many_arguments)]
 fn inbound_frame(
     meta: XdpMeta,
     frame: &mut [u8],
-    replay: &ReplayTable,
-    inbound: &HashMap<u32, InboundState>,
-    tenants: &HashMap<u32, Tenant>,
-    learned: &HashMap<(u32, IpAddr), [u8; 6]>,
+    ctx: &InCtx<'_>,
     out: &mut XskSocket,
 ) -> Result<(), DropReason> {
-    if meta.kind == META_KIND_FRAGMENT {
-        // Reassembly is wired in separately; until then a counted drop, never a crash.
-        return Err(DropReason::BadInnerPacket);
-    }
     check_meta(&meta, META_KIND_ESP_IN)?;
-    let st = inbound.get(&meta.slot).ok_or(DropReason::WorkerNoSa)?;
+    let st = ctx.inbound.get(&meta.slot).ok_or(DropReason::WorkerNoSa)?;
     let l3 = meta.l3_off as usize;
-    let esp_off = meta.esp_off as usize;
-    let outer = inner_info(frame.get(l3..).ok_or(DropReason::TruncatedEsp)?)
-        .ok_or(DropReason::BadIpv4Header)?;
-    let end = l3 + outer.len;
+    let ip = frame.get_mut(l3..).ok_or(DropReason::TruncatedEsp)?;
+    let esp_off = (meta.esp_off as usize)
+        .checked_sub(l3)
+        .ok_or(DropReason::MetadataFailed)?;
+    esp_packet(st, ip, esp_off, ctx, out)
+}
+
+/// A fragment: into the reassembler; a completed datagram goes down the ESP path.
+fn fragment(
+    meta: XdpMeta,
+    frame: &mut [u8],
+    now: u64,
+    reassembler: &mut Reassembler,
+    ctx: &InCtx<'_>,
+    out: &mut XskSocket,
+) -> Result<Option<()>, DropReason> {
+    check_meta(&meta, META_KIND_FRAGMENT)?;
+    let ip = frame
+        .get(meta.l3_off as usize..)
+        .ok_or(DropReason::FragmentMalformed)?;
+    let mut pkt = match reassembler.push(ip, now) {
+        FragResult::Incomplete => return Ok(None),
+        FragResult::Dropped(d) => {
+            return Err(match d {
+                FragDrop::Malformed => DropReason::FragmentMalformed,
+                FragDrop::Overlap => DropReason::FragmentOverlap,
+                FragDrop::Duplicate => DropReason::FragmentDuplicate,
+                FragDrop::Timeout => DropReason::FragmentTimeout,
+                FragDrop::TooManyFragments
+                | FragDrop::TooLarge
+                | FragDrop::TableFull
+                | FragDrop::MemoryLimit => DropReason::FragmentLimit,
+            });
+        }
+        FragResult::Complete(p) => p,
+    };
+    let (proto, l4) = l4_of(&pkt).ok_or(DropReason::FragmentMalformed)?;
+    let esp_off = match proto {
+        IPPROTO_ESP => l4,
+        IPPROTO_UDP => {
+            let dport = pkt.get(l4 + 2..l4 + 4).ok_or(DropReason::TruncatedUdp)?;
+            let marker = pkt.get(l4 + 8..l4 + 12);
+            if dport != [0x11, 0x94] || marker == Some(&[0, 0, 0, 0]) {
+                // Fragmented IKE (or other UDP from the peer): not for the ESP path.
+                return Err(DropReason::FragmentNotEsp);
+            }
+            l4 + 8
+        }
+        _ => return Err(DropReason::FragmentNotEsp),
+    };
+    let spi = pkt
+        .get(esp_off..esp_off + 4)
+        .ok_or(DropReason::TruncatedEsp)?;
+    let spi = u32::from_be_bytes(spi.try_into().expect("4"));
+    let slot = Worker::slot_of(ctx.inbound, spi).ok_or(DropReason::UnknownSpi)?;
+    let st = ctx.inbound.get(&slot).ok_or(DropReason::WorkerNoSa)?;
+    esp_packet(st, &mut pkt, esp_off, ctx, out).map(Some)
+}
+
+/// Protocol and L4 offset of a (reassembled) IP packet.
+fn l4_of(p: &[u8]) -> Option<(u8, usize)> {
+    let info = inner_info(p)?;
+    if !info.v6 {
+        return Some((p[9], (p[0] & 0x0f) as usize * 4));
+    }
+    let (mut next, mut off) = (p[6], 40);
+    for _ in 0..4 {
+        match next {
+            0 | 43 | 60 => {
+                next = *p.get(off)?;
+                off += (*p.get(off + 1)? as usize + 1) * 8;
+            }
+            _ => break,
+        }
+    }
+    Some((next, off))
+}
+
+/// The ESP path proper: `ip` starts at the outer IP header, ESP at `esp_off` in it.
+fn esp_packet(
+    st: &InboundState,
+    ip: &mut [u8],
+    esp_off: usize,
+    ctx: &InCtx<'_>,
+    out: &mut XskSocket,
+) -> Result<(), DropReason> {
+    let outer = inner_info(ip).ok_or(DropReason::BadIpv4Header)?;
+    let end = outer.len;
     if esp_off + 8 > end {
         return Err(DropReason::TruncatedEsp);
     }
-    let seq_low = u32::from_be_bytes(frame[esp_off + 4..esp_off + 8].try_into().expect("4"));
+    let seq_low = u32::from_be_bytes(ip[esp_off + 4..esp_off + 8].try_into().expect("4"));
     // Authoritative check: the window may have moved since the XDP pre-check.
-    let seq = match replay
+    let seq = match ctx
+        .replay
         .check(st.slot, seq_low)
         .map_err(|_| DropReason::SaStateMissing)?
     {
@@ -257,12 +368,12 @@ fn inbound_frame(
         Err(vpn_common::ReplayError::Duplicate) => return Err(DropReason::ReplayDuplicate),
         Err(vpn_common::ReplayError::Zero) => return Err(DropReason::ReplaySeqZero),
     };
-    let d = st.sa.decapsulate(&mut frame[esp_off..end], seq)?;
+    let d = st.sa.decapsulate(&mut ip[esp_off..end], seq)?;
     // Only an authenticated packet moves the window (RFC 4303 3.4.3).
-    replay
+    ctx.replay
         .advance(st.slot, seq)
         .map_err(|_| DropReason::SaStateMissing)?;
-    let inner = &frame[esp_off + d.inner.start..esp_off + d.inner.end];
+    let inner = &ip[esp_off + d.inner.start..esp_off + d.inner.end];
     let info = inner_info(inner).ok_or(DropReason::BadInnerPacket)?;
     if !st.selectors.is_empty()
         && !st
@@ -272,8 +383,9 @@ fn inbound_frame(
     {
         return Err(DropReason::PolicyMismatch);
     }
-    let t = tenants.get(&st.tenant).ok_or(DropReason::WorkerNoSa)?;
-    let host_mac = learned
+    let t = ctx.tenants.get(&st.tenant).ok_or(DropReason::WorkerNoSa)?;
+    let host_mac = ctx
+        .learned
         .get(&(st.tenant, info.dst))
         .copied()
         .unwrap_or(t.default_host_mac);
