@@ -287,4 +287,6 @@ impl InboundSa {
 }
 
 #[cfg(test)]
+mod kat;
+#[cfg(test)]
 mod tests;
