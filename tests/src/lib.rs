@@ -5,3 +5,4 @@ pub mod fixture;
 pub mod netns;
 pub mod pkt;
 pub mod raw;
+pub mod vlanhost;

@@ -13,6 +13,7 @@
 mod maps;
 mod parse;
 mod tenant;
+mod vlan_host;
 mod wire;
 
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};

@@ -1,5 +1,6 @@
 //! User space of the ESP forwarding plane: the data-plane loader and map writer, the AF_XDP
 //! sockets, and (in later issues) IKE, ESP workers and the control API.
 
+pub mod config;
 pub mod dataplane;
 pub mod esp;

@@ -25,6 +25,9 @@ const DEB_PACKAGES: &[&str] = &[
     "iproute2",
     "tcpdump",
     "iperf3",
+    "iputils-ping",
+    "ethtool",
+    "bpftool",
     "libelf-dev",
     "zlib1g-dev",
 ];
@@ -131,6 +134,11 @@ fn test(extra: &[String]) -> Result<()> {
         .args(["clippy", "--workspace"])
         .args(HOST_EXCLUDE)
         .args(["--all-targets", "--", "-D", "warnings"]);
+    // The namespace tests start the daemons as processes: build the binaries first.
+    let mut bins = cargo();
+    bins.args(["build", "--workspace"])
+        .args(HOST_EXCLUDE)
+        .args(["--release", "--bins"]);
     let mut test = cargo();
     test.args(["test", "--workspace"])
         .args(HOST_EXCLUDE)
@@ -140,6 +148,7 @@ fn test(extra: &[String]) -> Result<()> {
     let mut steps: Vec<(&str, Command)> = vec![
         ("cargo fmt --check", fmt),
         ("cargo clippy -D warnings", clippy),
+        ("cargo build --release --bins", bins),
         ("cargo test --release", test),
     ];
     let mut times: Vec<(&str, Duration)> = Vec::new();

@@ -6,7 +6,7 @@ mod replay;
 pub mod worker;
 pub mod xsk;
 
-pub use loader::{Dataplane, LoadOptions, Side};
+pub use loader::{Dataplane, LoadOptions, Side, remove_pins};
 pub use replay::ReplayTable;
 
 /// The XDP programs, built by `build.rs` from the `vpn-ebpf` crate.

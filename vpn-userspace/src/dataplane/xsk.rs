@@ -159,7 +159,8 @@ impl XskSocket {
             let n = w.insert(self.free[start..].iter().copied());
             w.commit();
             drop(w);
-            self.free.truncate(self.free.len() - n as usize);
+            // The ring may take fewer than asked: exactly the first `n` of the slice went in.
+            self.free.drain(start..start + n as usize);
             self.in_fill += n;
         }
         if self.device.needs_wakeup() {
@@ -270,6 +271,19 @@ impl XskSocket {
         c.release();
         drop(c);
         self.in_tx -= n;
+    }
+
+    /// The kernel's counters for this socket: (rx_dropped, rx_ring_full, rx_fill_ring_empty,
+    /// tx_invalid_descs, tx_ring_empty).
+    pub fn kernel_stats(&self) -> Option<[u64; 5]> {
+        let s = self.user.statistics_v2().ok()?;
+        Some([
+            s.rx_dropped,
+            s.rx_ring_full,
+            s.rx_fill_ring_empty_descs,
+            s.tx_invalid_descs,
+            s.tx_ring_empty_descs,
+        ])
     }
 
     /// Frames in flight to the kernel for transmission.

@@ -1,0 +1,306 @@
+//! vpnd: the ESP data plane on a network node. This version runs manually keyed SAs from its
+//! configuration file (the IKEv2 control plane comes next): it loads and attaches the XDP
+//! programs, fills the maps, and runs the AF_XDP worker until SIGINT/SIGTERM, then detaches
+//! and removes its pins.
+
+use std::{
+    collections::HashMap,
+    net::IpAddr,
+    path::PathBuf,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result, bail};
+use aya::programs::XdpMode;
+use clap::Parser;
+use vpn_common::{
+    ReplayWindow,
+    maps::{
+        AF_INET, ENCAP_UNTAGGED, ENCAP_VLAN, ENCAP_VXLAN, IfaceConfig, POLICY_PROTECT, PeerKey,
+        PolicyValue, SA_F_UDP_ENCAP, SaIn, TenantEncap,
+    },
+};
+use vpn_userspace::{
+    config::{Config, parse_mac},
+    dataplane::{
+        Dataplane, LoadOptions,
+        worker::{InboundState, OutboundState, Selector, Tenant, TenantLink, Worker},
+        xsk::XskSocket,
+    },
+    esp::{InboundSa, OutboundSa, Outer, crypto::IV_LEN},
+};
+
+#[derive(Parser)]
+#[command(version, about = "ESP fast-path daemon (manual keying)")]
+struct Args {
+    /// Configuration file (TOML).
+    #[arg(long, short)]
+    config: PathBuf,
+    /// Validate the configuration and exit without touching the system.
+    #[arg(long)]
+    check: bool,
+}
+
+fn iface_mac(ifname: &str) -> Result<[u8; 6]> {
+    let s = std::fs::read_to_string(format!("/sys/class/net/{ifname}/address"))
+        .with_context(|| format!("interface {ifname} not found"))?;
+    parse_mac(s.trim()).with_context(|| format!("MAC of {ifname}: {s:?}"))
+}
+
+fn ifindex(ifname: &str) -> Result<u32> {
+    let s = std::fs::read_to_string(format!("/sys/class/net/{ifname}/ifindex"))
+        .with_context(|| format!("interface {ifname} not found"))?;
+    Ok(s.trim().parse()?)
+}
+
+/// The peer's MAC from the kernel's neighbour table, prodding the kernel to resolve it
+/// (a datagram to the discard port) while it is not there yet.
+fn resolve_neighbour(peer: IpAddr, ifname: &str, timeout: Duration) -> Result<[u8; 6]> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let out = std::process::Command::new("ip")
+            .args(["neigh", "show", &peer.to_string(), "dev", ifname])
+            .output()
+            .context("running ip neigh")?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        if let Some(mac) = text
+            .split_whitespace()
+            .skip_while(|w| *w != "lladdr")
+            .nth(1)
+            .and_then(parse_mac)
+        {
+            return Ok(mac);
+        }
+        if Instant::now() > deadline {
+            bail!("no neighbour entry for {peer} on {ifname}; set peer_mac in the config");
+        }
+        let bind = if peer.is_ipv4() {
+            "0.0.0.0:0"
+        } else {
+            "[::]:0"
+        };
+        if let Ok(s) = std::net::UdpSocket::bind(bind) {
+            let _ = s.send_to(b"", (peer, 9));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn main() -> Result<()> {
+    let args = Args::parse();
+    let cfg = Config::load(&args.config)?;
+    let sas = cfg.resolve_sas(&args.config)?;
+    if args.check {
+        println!(
+            "{}: ok ({} tenants, {} manual SAs)",
+            args.config.display(),
+            cfg.tenants.len(),
+            sas.len()
+        );
+        return Ok(());
+    }
+
+    let mode = match cfg.wire.xdp_mode.as_deref() {
+        None | Some("native") => XdpMode::Driver,
+        Some("generic") => XdpMode::Skb,
+        Some(m) => bail!("wire.xdp_mode {m:?}: use native or generic"),
+    };
+    let tenant_ifaces: Vec<&str> = {
+        let mut v: Vec<&str> = cfg.tenants.iter().map(|t| t.interface.as_str()).collect();
+        v.sort();
+        v.dedup();
+        v
+    };
+    let [tenant_if] = tenant_ifaces[..] else {
+        bail!("this version serves exactly one tenant-side interface, got {tenant_ifaces:?}");
+    };
+
+    let mut dp = Dataplane::load(&LoadOptions::new(&cfg.instance))?;
+    dp.attach_wire(&cfg.wire.interface, mode)?;
+    dp.attach_tenant(tenant_if, mode)?;
+    eprintln!(
+        "vpnd: XDP attached ({mode:?}) to {} (wire) and {tenant_if} (tenant); maps in {}",
+        cfg.wire.interface,
+        dp.pin_dir().display()
+    );
+    // One worker on rx queue 0 of each side (veth and most virtual NICs have one queue).
+    let wire = XskSocket::bind(&cfg.wire.interface, 0, cfg.xsk_frames)?;
+    let ten = XskSocket::bind(tenant_if, 0, cfg.xsk_frames)?;
+    dp.set_wire_xsk(0, wire.fd())?;
+    dp.set_tenant_xsk(0, ten.fd())?;
+    let mut worker = Worker::new(wire, ten, dp.replay_shared());
+
+    let wire_mac = iface_mac(&cfg.wire.interface)?;
+    let ten_index = ifindex(tenant_if)?;
+    let ten_mac = iface_mac(tenant_if)?;
+    let mut default_tenant = 0;
+    for t in &cfg.tenants {
+        let gateway_mac = parse_mac(&t.gateway_mac).expect("validated");
+        let host_mac = parse_mac(&t.host_mac).expect("validated");
+        let mut encap = TenantEncap {
+            ifindex: ten_index,
+            ..Default::default()
+        };
+        let link = if let Some(vid) = t.vlan {
+            dp.set_vlan_tenant(vid, t.id)?;
+            encap.kind = ENCAP_VLAN;
+            encap.vlan_id = vid;
+            TenantLink::Vlan(vid)
+        } else if let Some(vni) = t.vni {
+            dp.set_vni_tenant(vni, t.id)?;
+            let (local, remote) = (t.local_vtep.expect("validated"), t.remote_vtep.expect("v"));
+            let vtep_mac = parse_mac(t.vtep_mac.as_deref().expect("validated")).expect("v");
+            encap.kind = ENCAP_VXLAN;
+            encap.vni = vni;
+            encap.vtep_family = AF_INET;
+            encap.vtep_addr[..4].copy_from_slice(&remote.octets());
+            encap.vtep_mac = vtep_mac;
+            TenantLink::Vxlan {
+                vni,
+                local_vtep: local,
+                remote_vtep: remote,
+                vtep_mac,
+            }
+        } else {
+            default_tenant = t.id;
+            encap.kind = ENCAP_UNTAGGED;
+            TenantLink::Untagged
+        };
+        dp.set_tenant_encap(t.id, encap)?;
+        worker.tenants.insert(
+            t.id,
+            Tenant {
+                link,
+                gateway_mac,
+                default_host_mac: host_mac,
+                iface_mac: ten_mac,
+            },
+        );
+    }
+    dp.set_iface(
+        ten_index,
+        IfaceConfig {
+            default_tenant,
+            xsk_base: 0,
+        },
+    )?;
+
+    let mut next_slot = 1u32;
+    let mut names = HashMap::new();
+    for sa in sas {
+        let (slot_in, slot_out) = (next_slot, next_slot + 1);
+        next_slot += 2;
+        let peer_mac = match sa.peer_mac {
+            Some(m) => m,
+            None => resolve_neighbour(sa.peer, &cfg.wire.interface, Duration::from_secs(5))?,
+        };
+        dp.add_sa_in(
+            sa.spi_in,
+            SaIn {
+                slot: slot_in,
+                tenant: sa.tenant,
+                flags: if sa.udp_encap { SA_F_UDP_ENCAP } else { 0 },
+                min_esp_len: SaIn::min_esp_len_for(IV_LEN as u16, 16),
+                _pad: 0,
+            },
+            ReplayWindow::new(sa.replay_window, sa.esn),
+        )?;
+        dp.add_peer(match sa.peer {
+            IpAddr::V4(a) => PeerKey::v4(a.octets()),
+            IpAddr::V6(a) => PeerKey::v6(a.octets()),
+        })?;
+        for p in &sa.peer_subnets {
+            let v = PolicyValue {
+                sa_slot: slot_out,
+                action: POLICY_PROTECT,
+            };
+            match p.addr {
+                IpAddr::V4(a) => dp.set_policy_v4(sa.tenant, a, p.len, v)?,
+                IpAddr::V6(a) => dp.set_policy_v6(sa.tenant, a, p.len, v)?,
+            }
+        }
+        let selectors = sa
+            .peer_subnets
+            .iter()
+            .flat_map(|src| {
+                sa.local_subnets.iter().map(|dst| Selector {
+                    src: *src,
+                    dst: *dst,
+                })
+            })
+            .collect();
+        worker.inbound.insert(
+            slot_in,
+            InboundState {
+                sa: InboundSa::new(sa.spi_in, &sa.key_in, sa.esn),
+                slot: slot_in,
+                tenant: sa.tenant,
+                selectors,
+            },
+        );
+        let outer = Outer {
+            src: sa.local,
+            dst: sa.peer,
+            udp: sa.udp_encap.then_some((4500, 4500)),
+            ttl: 64,
+        };
+        worker.outbound.insert(
+            slot_out,
+            OutboundState {
+                sa: Arc::new(OutboundSa::new(sa.spi_out, &sa.key_out, sa.esn, outer)),
+                dst_mac: peer_mac,
+                src_mac: wire_mac,
+            },
+        );
+        eprintln!(
+            "vpnd: SA {:?} installed: in {:#010x} (slot {slot_in}), out {:#010x} (slot {slot_out}), peer {}",
+            sa.name, sa.spi_in, sa.spi_out, sa.peer
+        );
+        names.insert(slot_in, sa.name);
+    }
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let s = stop.clone();
+    let handle = std::thread::Builder::new()
+        .name("vpnd-worker".into())
+        .spawn(move || {
+            while !s.load(Ordering::Relaxed) {
+                if worker.poll() == 0 {
+                    worker.wait(1);
+                }
+            }
+            eprintln!(
+                "vpnd: AF_XDP kernel counters [rx_dropped, rx_ring_full, fill_empty, tx_invalid, tx_empty]: wire {:?}, tenant {:?}",
+                worker.wire.kernel_stats(),
+                worker.tenant.kernel_stats()
+            );
+            worker.stats
+        })?;
+    eprintln!("vpnd: running");
+
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        anyhow::Ok(())
+    })?;
+    stop.store(true, Ordering::Relaxed);
+    let stats = handle
+        .join()
+        .map_err(|_| anyhow::anyhow!("worker panicked"))?;
+    eprintln!(
+        "vpnd: stopping: decrypted {}, encrypted {}, drops {:?}",
+        stats.decrypted, stats.encrypted, stats.drops
+    );
+    drop(dp);
+    Ok(())
+}
