@@ -32,7 +32,6 @@ use vpn_userspace::{
         worker::{
             InboundState, OutboundState, Prefix, Selector, Tenant, TenantLink, Worker, WorkerStats,
         },
-        xsk::XskSocket,
     },
     esp::{Cipher, InboundSa, OutboundSa, Outer, SaKey},
 };
@@ -167,10 +166,8 @@ fn east_vlan_to_west_vxlan_and_back_through_esp() -> Result<()> {
         let mut dp = Dataplane::load(&o)?;
         dp.attach_wire("wire", XdpMode::Driver)?;
         dp.attach_tenant("ten", XdpMode::Driver)?;
-        let wire = XskSocket::bind("wire", 0, 1024)?;
-        let ten = XskSocket::bind("ten", 0, 1024)?;
-        dp.set_wire_xsk(0, wire.fd())?;
-        dp.set_tenant_xsk(0, ten.fd())?;
+        let wire = dp.bind_sockets(Side::Wire, "wire", 0, 1024)?;
+        let ten = dp.bind_sockets(Side::Tenant, "ten", 0, 1024)?;
         dp.set_vlan_tenant(100, 1)?;
         dp.set_policy_v4(
             1,
@@ -233,10 +230,8 @@ fn east_vlan_to_west_vxlan_and_back_through_esp() -> Result<()> {
         let mut dp = Dataplane::load(&o)?;
         dp.attach_wire("wire", XdpMode::Driver)?;
         dp.attach_tenant("ten", XdpMode::Driver)?;
-        let wire = XskSocket::bind("wire", 0, 1024)?;
-        let ten = XskSocket::bind("ten", 0, 1024)?;
-        dp.set_wire_xsk(0, wire.fd())?;
-        dp.set_tenant_xsk(0, ten.fd())?;
+        let wire = dp.bind_sockets(Side::Wire, "wire", 0, 1024)?;
+        let ten = dp.bind_sockets(Side::Tenant, "ten", 0, 1024)?;
         dp.set_vni_tenant(5001, 5)?;
         dp.set_policy_v4(
             5,

@@ -27,9 +27,8 @@ use vpn_common::{
 use vpn_userspace::{
     config::{Config, parse_mac},
     dataplane::{
-        Dataplane, LoadOptions,
+        Dataplane, LoadOptions, Side,
         worker::{InboundState, OutboundState, Selector, Tenant, TenantLink, Worker},
-        xsk::XskSocket,
     },
     esp::{InboundSa, OutboundSa, Outer, crypto::IV_LEN},
 };
@@ -127,11 +126,14 @@ fn main() -> Result<()> {
         cfg.wire.interface,
         dp.pin_dir().display()
     );
-    // One worker on rx queue 0 of each side (veth and most virtual NICs have one queue).
-    let wire = XskSocket::bind(&cfg.wire.interface, 0, cfg.xsk_frames)?;
-    let ten = XskSocket::bind(tenant_if, 0, cfg.xsk_frames)?;
-    dp.set_wire_xsk(0, wire.fd())?;
-    dp.set_tenant_xsk(0, ten.fd())?;
+    // One AF_XDP socket per rx queue on each side, all served by one worker thread.
+    let wire = dp.bind_sockets(Side::Wire, &cfg.wire.interface, 0, cfg.xsk_frames)?;
+    let ten = dp.bind_sockets(Side::Tenant, tenant_if, 0, cfg.xsk_frames)?;
+    eprintln!(
+        "vpnd: AF_XDP sockets on {} wire and {} tenant rx queues",
+        wire.len(),
+        ten.len()
+    );
     let mut worker = Worker::new(wire, ten, dp.replay_shared());
 
     let wire_mac = iface_mac(&cfg.wire.interface)?;
@@ -275,8 +277,8 @@ fn main() -> Result<()> {
             }
             eprintln!(
                 "vpnd: AF_XDP kernel counters [rx_dropped, rx_ring_full, fill_empty, tx_invalid, tx_empty]: wire {:?}, tenant {:?}",
-                worker.wire.kernel_stats(),
-                worker.tenant.kernel_stats()
+                worker.wire.iter().map(|s| s.kernel_stats()).collect::<Vec<_>>(),
+                worker.tenant.iter().map(|s| s.kernel_stats()).collect::<Vec<_>>()
             );
             worker.stats
         })?;

@@ -331,6 +331,28 @@ impl Dataplane {
         Ok(())
     }
 
+    /// Binds an AF_XDP socket on every rx queue of `ifname` and registers each where the
+    /// program of `side` redirects that queue (tenant side: from `xsk_base`).
+    pub fn bind_sockets(
+        &mut self,
+        side: Side,
+        ifname: &str,
+        xsk_base: u32,
+        frames: u32,
+    ) -> Result<Vec<super::xsk::XskSocket>> {
+        let queues = rx_queue_count(ifname)?;
+        let mut socks = Vec::with_capacity(queues as usize);
+        for q in 0..queues {
+            let s = super::xsk::XskSocket::bind(ifname, q, frames)?;
+            match side {
+                Side::Wire => self.set_wire_xsk(q, s.fd())?,
+                Side::Tenant => self.set_tenant_xsk(xsk_base + q, s.fd())?,
+            }
+            socks.push(s);
+        }
+        Ok(socks)
+    }
+
     /// Every named counter of one program, summed over CPUs.
     pub fn counters(&self, side: Side) -> Result<Vec<(Counter, u64)>> {
         let name = match side {
@@ -367,6 +389,65 @@ impl Dataplane {
         self.unpin_on_drop = false;
         remove_pins(&self.pin_dir)
     }
+}
+
+/// Number of rx queues of an interface in the calling thread's network namespace (ethtool
+/// channels, which unlike sysfs follow a thread that entered another namespace).
+pub fn rx_queue_count(ifname: &str) -> Result<u32> {
+    const SIOCETHTOOL: libc::c_ulong = 0x8946;
+    const ETHTOOL_GCHANNELS: u32 = 0x3c;
+    #[repr(C)]
+    #[derive(Default)]
+    struct Channels {
+        cmd: u32,
+        max_rx: u32,
+        max_tx: u32,
+        max_other: u32,
+        max_combined: u32,
+        rx_count: u32,
+        tx_count: u32,
+        other_count: u32,
+        combined_count: u32,
+    }
+    let mut ch = Channels {
+        cmd: ETHTOOL_GCHANNELS,
+        ..Default::default()
+    };
+    // SAFETY: zeroed ifreq with a NUL-terminated name; the ioctl writes into `ch`.
+    let n = unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_DGRAM, 0);
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error()).context("socket for ethtool");
+        }
+        let mut ifr: libc::ifreq = std::mem::zeroed();
+        if ifname.len() >= ifr.ifr_name.len() {
+            libc::close(fd);
+            bail!("interface name {ifname:?} too long");
+        }
+        for (d, s) in ifr.ifr_name.iter_mut().zip(ifname.bytes()) {
+            *d = s as libc::c_char;
+        }
+        ifr.ifr_ifru.ifru_data = (&raw mut ch).cast();
+        let rc = libc::ioctl(fd, SIOCETHTOOL as _, &mut ifr);
+        let err = std::io::Error::last_os_error();
+        libc::close(fd);
+        if rc != 0 {
+            if err.raw_os_error() == Some(libc::ENODEV) {
+                bail!("no interface {ifname}");
+            }
+            // Drivers without channel info have a single queue.
+            1
+        } else {
+            (ch.rx_count + ch.combined_count).max(1)
+        }
+    };
+    if n > vpn_common::maps::MAX_QUEUES {
+        bail!(
+            "{ifname} has {n} rx queues; at most {} are supported",
+            vpn_common::maps::MAX_QUEUES
+        );
+    }
+    Ok(n)
 }
 
 /// Reads a per-CPU counter array (`WIRE_STATS` / `TENANT_STATS`) into named totals.

@@ -1,5 +1,6 @@
-//! The AF_XDP worker of one (wire queue, tenant queue) pair: ESP in, decrypt, re-tag toward
-//! the tenant; tenant traffic in, encrypt, out on the wire. Batches of frames, no allocation,
+//! The AF_XDP worker: ESP in from every wire rx queue, decrypt, re-tag toward the tenant;
+//! tenant traffic in from every tenant rx queue, encrypt, out on the wire. One thread serves
+//! all queues, so each SA's replay window has a single writer. Batches of frames, no allocation,
 //! lock or syscall per packet (one kick per batch and direction).
 
 use std::{
@@ -123,8 +124,10 @@ impl WorkerStats {
 }
 
 pub struct Worker {
-    pub wire: XskSocket,
-    pub tenant: XskSocket,
+    /// One socket per rx queue of the wire interface; transmits go out on the first.
+    pub wire: Vec<XskSocket>,
+    /// One socket per rx queue of the tenant interface; transmits go out on the first.
+    pub tenant: Vec<XskSocket>,
     replay: Arc<ReplayTable>,
     pub inbound: HashMap<u32, InboundState>,
     pub outbound: HashMap<u32, OutboundState>,
@@ -146,7 +149,11 @@ struct InCtx<'a> {
 }
 
 impl Worker {
-    pub fn new(wire: XskSocket, tenant: XskSocket, replay: Arc<ReplayTable>) -> Worker {
+    pub fn new(wire: Vec<XskSocket>, tenant: Vec<XskSocket>, replay: Arc<ReplayTable>) -> Worker {
+        assert!(
+            !wire.is_empty() && !tenant.is_empty(),
+            "a worker needs sockets on both sides"
+        );
         Worker {
             wire,
             tenant,
@@ -191,23 +198,27 @@ impl Worker {
             tenants,
             learned,
         };
-        let n = wire.recv(BATCH, |f| {
-            let r = if f.meta.kind == META_KIND_FRAGMENT {
-                stats.fragments_seen += 1;
-                fragment(f.meta, f.data, now, reassembler, &ctx, tenant)
-            } else {
-                inbound_frame(f.meta, f.data, &ctx, tenant).map(Some)
-            };
-            match r {
-                Ok(Some(())) => stats.decrypted += 1,
-                Ok(None) => {}
-                Err(r) => stats.drop(r),
-            }
-        });
+        let out = &mut tenant[0];
+        let mut n = 0;
+        for rx in wire.iter_mut() {
+            n += rx.recv(BATCH, |f| {
+                let r = if f.meta.kind == META_KIND_FRAGMENT {
+                    stats.fragments_seen += 1;
+                    fragment(f.meta, f.data, now, reassembler, &ctx, out)
+                } else {
+                    inbound_frame(f.meta, f.data, &ctx, out).map(Some)
+                };
+                match r {
+                    Ok(Some(())) => stats.decrypted += 1,
+                    Ok(None) => {}
+                    Err(r) => stats.drop(r),
+                }
+            });
+        }
         for _ in 0..reassembler.expire(now) {
             stats.drop(DropReason::FragmentTimeout);
         }
-        tenant.flush();
+        out.flush();
         n
     }
 
@@ -220,32 +231,34 @@ impl Worker {
             stats,
             ..
         } = self;
-        let n = tenant.recv(BATCH, |f| {
-            match outbound_frame(f.meta, f.data, outbound, learned, wire) {
-                Ok(()) => stats.encrypted += 1,
-                Err(r) => stats.drop(r),
-            }
-        });
-        wire.flush();
+        let out = &mut wire[0];
+        let mut n = 0;
+        for rx in tenant.iter_mut() {
+            n += rx.recv(BATCH, |f| {
+                match outbound_frame(f.meta, f.data, outbound, learned, out) {
+                    Ok(()) => stats.encrypted += 1,
+                    Err(r) => stats.drop(r),
+                }
+            });
+        }
+        out.flush();
         n
     }
 
-    /// Waits up to `timeout_ms` for frames on either socket.
+    /// Waits up to `timeout_ms` for frames on any socket.
     pub fn wait(&self, timeout_ms: i32) {
-        let mut fds = [
-            libc::pollfd {
-                fd: self.wire.fd(),
+        let mut fds: Vec<libc::pollfd> = self
+            .wire
+            .iter()
+            .chain(self.tenant.iter())
+            .map(|s| libc::pollfd {
+                fd: s.fd(),
                 events: libc::POLLIN,
                 revents: 0,
-            },
-            libc::pollfd {
-                fd: self.tenant.fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            },
-        ];
-        // SAFETY: two valid pollfds.
-        unsafe { libc::poll(fds.as_mut_ptr(), 2, timeout_ms) };
+            })
+            .collect();
+        // SAFETY: valid pollfds.
+        unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout_ms) };
     }
 }
 

@@ -251,8 +251,12 @@ impl XskSocket {
             }
             self.tx_pending.clear();
         }
-        if self.in_tx > 0 && self.tx.needs_wakeup() {
+        // In copy mode one kick sends at most a small batch (32 in Linux's generic xmit):
+        // kick until the kernel has taken everything, so nothing waits for the next poll.
+        let mut kicks = 0;
+        while self.tx.pending() > 0 && self.tx.needs_wakeup() && kicks < 64 {
             self.tx.wake();
+            kicks += 1;
         }
         self.reclaim();
     }
