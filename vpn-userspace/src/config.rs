@@ -40,6 +40,9 @@ pub struct Config {
     /// AF_XDP frames per socket.
     #[serde(default = "default_frames")]
     pub xsk_frames: u32,
+    /// AES-GCM implementation: "aws-lc-rs" (default), "ring" or "rustcrypto".
+    #[serde(default)]
+    pub crypto_backend: Option<String>,
 }
 
 fn default_frames() -> u32 {
@@ -162,6 +165,14 @@ fn hex(s: &str) -> Option<Zeroizing<Vec<u8>>> {
 }
 
 impl Config {
+    /// The configured AES-GCM backend (validated at load).
+    pub fn backend(&self) -> crate::esp::crypto::Backend {
+        self.crypto_backend
+            .as_deref()
+            .and_then(|b| b.parse().ok())
+            .unwrap_or_default()
+    }
+
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let err = |msg: String| ConfigError {
             file: path.display().to_string(),
@@ -182,6 +193,10 @@ impl Config {
             field: field.into(),
             msg: msg.into(),
         };
+        if let Some(b) = &self.crypto_backend {
+            b.parse::<crate::esp::crypto::Backend>()
+                .map_err(|m| e("top level", "crypto_backend", &m))?;
+        }
         if self.instance.is_empty()
             || !self
                 .instance
@@ -392,6 +407,10 @@ key_out = "2222222222222222222222222222222222222222"
                 "no [[tenant]] with id 9",
             ),
             (GOOD.replace("[wire]", "bogus = 1\n[wire]"), "unknown field"),
+            (
+                GOOD.replace("[wire]", "crypto_backend = \"des\"\n[wire]"),
+                "top level: crypto_backend",
+            ),
         ];
         for (text, want) in cases {
             let err = load(&text).err().expect(want).to_string();

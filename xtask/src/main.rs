@@ -28,6 +28,9 @@ const DEB_PACKAGES: &[&str] = &[
     "iputils-ping",
     "ethtool",
     "bpftool",
+    "openssl",
+    "libssl-dev",
+    "pkg-config",
     "libelf-dev",
     "zlib1g-dev",
 ];

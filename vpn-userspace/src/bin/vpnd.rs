@@ -191,6 +191,8 @@ fn main() -> Result<()> {
         },
     )?;
 
+    let backend = cfg.backend();
+    eprintln!("vpnd: AES-GCM backend {backend:?}");
     let mut next_slot = 1u32;
     let mut names = HashMap::new();
     for sa in sas {
@@ -238,7 +240,7 @@ fn main() -> Result<()> {
         worker.inbound.insert(
             slot_in,
             InboundState {
-                sa: InboundSa::new(sa.spi_in, &sa.key_in, sa.esn),
+                sa: InboundSa::with_backend(sa.spi_in, &sa.key_in, sa.esn, backend),
                 slot: slot_in,
                 tenant: sa.tenant,
                 selectors,
@@ -253,7 +255,13 @@ fn main() -> Result<()> {
         worker.outbound.insert(
             slot_out,
             OutboundState {
-                sa: Arc::new(OutboundSa::new(sa.spi_out, &sa.key_out, sa.esn, outer)),
+                sa: Arc::new(OutboundSa::with_backend(
+                    sa.spi_out,
+                    &sa.key_out,
+                    sa.esn,
+                    outer,
+                    backend,
+                )),
                 dst_mac: peer_mac,
                 src_mac: wire_mac,
             },

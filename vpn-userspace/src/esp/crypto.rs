@@ -21,8 +21,8 @@ pub struct BadTag;
 pub trait Aead: Send + Sync {
     /// Encrypts `buf` in place and returns the ICV.
     fn seal(&self, nonce: &[u8; 12], aad: &[u8], buf: &mut [u8]) -> [u8; ICV_LEN];
-    /// Verifies `tag` (constant time) and decrypts `buf` in place. On failure `buf` is left
-    /// encrypted.
+    /// Verifies `tag` (constant time) and decrypts `buf` in place. On failure the contents
+    /// of `buf` are unspecified (never the plaintext of a forged packet).
     fn open(
         &self,
         nonce: &[u8; 12],
@@ -30,6 +30,39 @@ pub trait Aead: Send + Sync {
         buf: &mut [u8],
         tag: &[u8; ICV_LEN],
     ) -> Result<(), BadTag>;
+    /// The same with the ICV at the end of `ct_tag`, as ESP carries it: the data path's
+    /// form, decrypting the first `len - 16` bytes in place.
+    fn open_appended(&self, nonce: &[u8; 12], aad: &[u8], ct_tag: &mut [u8]) -> Result<(), BadTag> {
+        let at = ct_tag.len().checked_sub(ICV_LEN).ok_or(BadTag)?;
+        let (ct, tag) = ct_tag.split_at_mut(at);
+        let tag: [u8; ICV_LEN] = (&*tag).try_into().map_err(|_| BadTag)?;
+        self.open(nonce, aad, ct, &tag)
+    }
+}
+
+/// Which AES-GCM implementation serves the SAs. `cargo xtask bench` (crypto-bench) compares
+/// them; see README for the figures behind the default.
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
+pub enum Backend {
+    /// aws-lc-rs (AWS-LC, BoringSSL-derived assembly): fastest at 1400 bytes here.
+    #[default]
+    AwsLc,
+    /// ring: fastest at 64 bytes here, close at 512.
+    Ring,
+    /// RustCrypto aes-gcm: portable Rust, runtime AES-NI/CLMUL detection.
+    RustCrypto,
+}
+
+impl std::str::FromStr for Backend {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Backend, String> {
+        match s {
+            "aws-lc-rs" => Ok(Backend::AwsLc),
+            "ring" => Ok(Backend::Ring),
+            "rustcrypto" | "aes-gcm" => Ok(Backend::RustCrypto),
+            other => Err(format!("{other:?}: use aws-lc-rs, ring or rustcrypto")),
+        }
+    }
 }
 
 /// ESP transform (IKEv2 ENCR ids 20 with 128/256-bit keys).
@@ -102,16 +135,121 @@ impl SaKey {
         self.salt
     }
 
-    /// The default backend (RustCrypto aes-gcm; AES-NI and CLMUL detected at run time).
+    /// The AEAD on the default backend.
     pub fn aead(&self) -> Box<dyn Aead> {
-        match self.cipher {
-            Cipher::Aes128Gcm16 => Box::new(RustCryptoGcm(
+        self.aead_with(Backend::default())
+    }
+
+    pub fn aead_with(&self, backend: Backend) -> Box<dyn Aead> {
+        match (backend, self.cipher) {
+            (Backend::RustCrypto, Cipher::Aes128Gcm16) => Box::new(RustCryptoGcm(
                 Aes128Gcm::new_from_slice(&self.key).expect("length checked"),
             )),
-            Cipher::Aes256Gcm16 => Box::new(RustCryptoGcm(
+            (Backend::RustCrypto, Cipher::Aes256Gcm16) => Box::new(RustCryptoGcm(
                 Aes256Gcm::new_from_slice(&self.key).expect("length checked"),
             )),
+            (Backend::Ring, c) => Box::new(RingGcm(ring::aead::LessSafeKey::new(
+                ring::aead::UnboundKey::new(
+                    match c {
+                        Cipher::Aes128Gcm16 => &ring::aead::AES_128_GCM,
+                        Cipher::Aes256Gcm16 => &ring::aead::AES_256_GCM,
+                    },
+                    &self.key,
+                )
+                .expect("length checked"),
+            ))),
+            (Backend::AwsLc, c) => Box::new(AwsLcGcm(aws_lc_rs::aead::LessSafeKey::new(
+                aws_lc_rs::aead::UnboundKey::new(
+                    match c {
+                        Cipher::Aes128Gcm16 => &aws_lc_rs::aead::AES_128_GCM,
+                        Cipher::Aes256Gcm16 => &aws_lc_rs::aead::AES_256_GCM,
+                    },
+                    &self.key,
+                )
+                .expect("length checked"),
+            ))),
         }
+    }
+}
+
+/// ring: keys are opaque and not readable back.
+struct RingGcm(ring::aead::LessSafeKey);
+
+impl Aead for RingGcm {
+    fn seal(&self, nonce: &[u8; 12], aad: &[u8], buf: &mut [u8]) -> [u8; ICV_LEN] {
+        let tag = self
+            .0
+            .seal_in_place_separate_tag(
+                ring::aead::Nonce::assume_unique_for_key(*nonce),
+                ring::aead::Aad::from(aad),
+                buf,
+            )
+            .expect("GCM seals any length below 2^36 bytes");
+        tag.as_ref().try_into().expect("16-byte tag")
+    }
+
+    fn open(
+        &self,
+        nonce: &[u8; 12],
+        aad: &[u8],
+        buf: &mut [u8],
+        tag: &[u8; ICV_LEN],
+    ) -> Result<(), BadTag> {
+        self.0
+            .open_in_place_separate_tag(
+                ring::aead::Nonce::assume_unique_for_key(*nonce),
+                ring::aead::Aad::from(aad),
+                ring::aead::Tag::from(*tag),
+                buf,
+                0..,
+            )
+            .map(|_| ())
+            .map_err(|_| BadTag)
+    }
+}
+
+/// aws-lc-rs: keys zeroized by AWS-LC when the context is freed.
+struct AwsLcGcm(aws_lc_rs::aead::LessSafeKey);
+
+impl Aead for AwsLcGcm {
+    fn seal(&self, nonce: &[u8; 12], aad: &[u8], buf: &mut [u8]) -> [u8; ICV_LEN] {
+        let tag = self
+            .0
+            .seal_in_place_separate_tag(
+                aws_lc_rs::aead::Nonce::assume_unique_for_key(*nonce),
+                aws_lc_rs::aead::Aad::from(aad),
+                buf,
+            )
+            .expect("GCM seals any length below 2^36 bytes");
+        tag.as_ref().try_into().expect("16-byte tag")
+    }
+
+    fn open(
+        &self,
+        nonce: &[u8; 12],
+        aad: &[u8],
+        buf: &mut [u8],
+        tag: &[u8; ICV_LEN],
+    ) -> Result<(), BadTag> {
+        // Not the data path (that is open_appended): gather into one buffer.
+        let mut ct_tag = Vec::with_capacity(buf.len() + ICV_LEN);
+        ct_tag.extend_from_slice(buf);
+        ct_tag.extend_from_slice(tag);
+        self.open_appended(nonce, aad, &mut ct_tag)?;
+        let n = buf.len();
+        buf.copy_from_slice(&ct_tag[..n]);
+        Ok(())
+    }
+
+    fn open_appended(&self, nonce: &[u8; 12], aad: &[u8], ct_tag: &mut [u8]) -> Result<(), BadTag> {
+        self.0
+            .open_in_place(
+                aws_lc_rs::aead::Nonce::assume_unique_for_key(*nonce),
+                aws_lc_rs::aead::Aad::from(aad),
+                ct_tag,
+            )
+            .map(|_| ())
+            .map_err(|_| BadTag)
     }
 }
 

@@ -92,11 +92,21 @@ fn nonce(salt: &[u8; SALT_LEN], iv: &[u8]) -> [u8; 12] {
 
 impl OutboundSa {
     pub fn new(spi: u32, key: &SaKey, esn: bool, outer: Outer) -> OutboundSa {
+        OutboundSa::with_backend(spi, key, esn, outer, crypto::Backend::default())
+    }
+
+    pub fn with_backend(
+        spi: u32,
+        key: &SaKey,
+        esn: bool,
+        outer: Outer,
+        backend: crypto::Backend,
+    ) -> OutboundSa {
         OutboundSa {
             spi,
             esn,
             outer,
-            aead: key.aead(),
+            aead: key.aead_with(backend),
             salt: key.salt(),
             seq: AtomicU64::new(0),
         }
@@ -221,10 +231,14 @@ pub fn padding(inner_len: usize) -> usize {
 
 impl InboundSa {
     pub fn new(spi: u32, key: &SaKey, esn: bool) -> InboundSa {
+        InboundSa::with_backend(spi, key, esn, crypto::Backend::default())
+    }
+
+    pub fn with_backend(spi: u32, key: &SaKey, esn: bool, backend: crypto::Backend) -> InboundSa {
         InboundSa {
             spi,
             esn,
-            aead: key.aead(),
+            aead: key.aead_with(backend),
             salt: key.salt(),
         }
     }
@@ -244,14 +258,8 @@ impl InboundSa {
         let mut aad_buf = [0u8; 12];
         let aad_len = aad(self.spi, seq, self.esn, &mut aad_buf);
         let n = nonce(&self.salt, &esp[ESP_HDR..payload_off]);
-        let tag: [u8; ICV_LEN] = esp[icv_off..].try_into().expect("16 bytes");
         self.aead
-            .open(
-                &n,
-                &aad_buf[..aad_len],
-                &mut esp[payload_off..icv_off],
-                &tag,
-            )
+            .open_appended(&n, &aad_buf[..aad_len], &mut esp[payload_off..])
             .map_err(|_| DropReason::BadIcv)?;
 
         let next_header = esp[icv_off - 1];

@@ -319,3 +319,37 @@ fn keys_are_checked_and_never_printed() {
         "{shown}"
     );
 }
+
+#[test]
+fn backends_agree_and_open_each_other() {
+    use crypto::Backend;
+    let all = [Backend::AwsLc, Backend::Ring, Backend::RustCrypto];
+    for cipher in [Cipher::Aes128Gcm16, Cipher::Aes256Gcm16] {
+        let k = key(cipher);
+        let aeads: Vec<_> = all.iter().map(|b| k.aead_with(*b)).collect();
+        for len in [0usize, 1, 15, 16, 17, 64, 511, 1400] {
+            let nonce = [len as u8; 12];
+            let aad = [7u8; 12];
+            let pt: Vec<u8> = (0..len).map(|i| (i * 3) as u8).collect();
+            let mut sealed = Vec::new();
+            for a in &aeads {
+                let mut buf = pt.clone();
+                let tag = a.seal(&nonce, &aad, &mut buf);
+                sealed.push((buf, tag));
+            }
+            assert!(sealed.windows(2).all(|w| w[0] == w[1]), "{cipher:?} {len}");
+            let (ct, tag) = &sealed[0];
+            for a in &aeads {
+                let mut ct_tag = ct.clone();
+                ct_tag.extend_from_slice(tag);
+                a.open_appended(&nonce, &aad, &mut ct_tag).unwrap();
+                assert_eq!(&ct_tag[..len], &pt[..]);
+                let mut bad = ct.clone();
+                bad.extend_from_slice(tag);
+                let last = bad.len() - 1;
+                bad[last] ^= 0x80;
+                assert_eq!(a.open_appended(&nonce, &aad, &mut bad), Err(crypto::BadTag));
+            }
+        }
+    }
+}
