@@ -190,7 +190,6 @@ fn vpnd_carries_ping_and_tcp_between_vlan_and_vxlan_sites() -> Result<()> {
     // East tenant host: VLAN 100 on a plain veth (TC pushes/pops the tag).
     veth(&east, "ten", &eh, "eth0")?;
     eh.ip(&["addr", "add", "10.1.0.5/24", "dev", "eth0"])?;
-    eh.ip(&["link", "set", "eth0", "mtu", "1400"])?;
     eh.ip(&["route", "add", "default", "via", "10.1.0.1"])?;
     eh.ip(&["neigh", "add", "10.1.0.1", "lladdr", GW_E, "dev", "eth0"])?;
     // Locally generated TCP leaves a veth with its checksum still to be filled in (offload);
@@ -238,7 +237,7 @@ fn vpnd_carries_ping_and_tcp_between_vlan_and_vxlan_sites() -> Result<()> {
     let east_cfg = node_config(&Site {
         instance: "vpnE",
         tenant: format!(
-            "[[tenant]]\nid = 1\ninterface = \"ten\"\nvlan = 100\ngateway_mac = \"{GW_E}\"\nhost_mac = \"{}\"\n",
+            "[[tenant]]\nid = 1\ninterface = \"ten\"\nvlan = 100\ngateway_ip = \"10.1.0.1\"\ngateway_mac = \"{GW_E}\"\nhost_mac = \"{}\"\n",
             mac_of(&eh, "eth0")?
         ),
         local: "172.24.4.226",
@@ -292,6 +291,43 @@ fn vpnd_carries_ping_and_tcp_between_vlan_and_vxlan_sites() -> Result<()> {
         .exec(&["ping", "-c", "10", "-i", "0.05", "-W", "2", "10.1.0.5"])
         .context("ping West -> East")?;
     eprintln!("{}", p.lines().last().unwrap_or_default());
+
+    // Path MTU through the tunnel: East's host has a 1500-byte MTU, like the wire, so a full
+    // packet cannot fit once encapsulated. With DF, the gateway answers "fragmentation
+    // needed" with the MTU that fits; without DF, the packet is fragmented before encryption.
+    let out = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            eh.name(),
+            "ping",
+            "-c",
+            "1",
+            "-W",
+            "2",
+            "-M",
+            "do",
+        ])
+        .args(["-s", "1472", "10.2.0.9"])
+        .output()?;
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    eprintln!(
+        "ping -M do -s 1472: {}",
+        text.lines().nth(1).unwrap_or_default()
+    );
+    assert!(
+        !out.status.success(),
+        "a DF packet too big for the tunnel got through: {text}"
+    );
+    assert!(
+        text.contains("Frag needed") && text.contains("mtu = 14"),
+        "expected ICMP fragmentation needed from the gateway: {text}"
+    );
+    eh.exec(&[
+        "ping", "-c", "2", "-i", "0.2", "-W", "2", "-M", "dont", "-s", "1472", "10.2.0.9",
+    ])
+    .context("a large packet without DF, fragmented before encryption")?;
 
     let server = Proc(
         Command::new("ip")

@@ -207,6 +207,8 @@ fn east_vlan_to_west_vxlan_and_back_through_esp() -> Result<()> {
                 gateway_mac: GW_E,
                 default_host_mac: [0x02, 0, 0, 0, 0, 0x99],
                 iface_mac: MAC_TEN_E,
+                gateway_v4: None,
+                gateway_v6: None,
             },
         );
         let host = RawSocket::new(east.ifindex("host")?)?;
@@ -276,6 +278,8 @@ fn east_vlan_to_west_vxlan_and_back_through_esp() -> Result<()> {
                 gateway_mac: GW_W,
                 default_host_mac: MAC_HOST_W,
                 iface_mac: MAC_TEN_W,
+                gateway_v4: None,
+                gateway_v6: None,
             },
         );
         let host = RawSocket::new(west.ifindex("host")?)?;

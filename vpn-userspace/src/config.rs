@@ -56,6 +56,8 @@ pub struct Wire {
     /// XDP attach mode: "native" (default) or "generic".
     #[serde(default)]
     pub xdp_mode: Option<String>,
+    /// IP MTU of the wire (default: the interface's): ESP packets never exceed it.
+    pub mtu: Option<u16>,
 }
 
 #[derive(Deserialize, Debug)]
@@ -72,6 +74,10 @@ pub struct TenantCfg {
     pub gateway_mac: String,
     /// Tenant host MAC to use until one is learned from its traffic.
     pub host_mac: String,
+    /// Our (gateway) addresses on the tenant network: the source of the ICMP errors path MTU
+    /// discovery needs.
+    pub gateway_ip: Option<Ipv4Addr>,
+    pub gateway_ip6: Option<std::net::Ipv6Addr>,
 }
 
 #[derive(Deserialize)]

@@ -137,6 +137,18 @@ fn main() -> Result<()> {
     let mut worker = Worker::new(wire, ten, dp.replay_shared());
 
     let wire_mac = iface_mac(&cfg.wire.interface)?;
+    worker.wire_mtu = match cfg.wire.mtu {
+        Some(m) => m as usize,
+        None => std::fs::read_to_string(format!("/sys/class/net/{}/mtu", cfg.wire.interface))?
+            .trim()
+            .parse()?,
+    };
+    if worker.wire_mtu < 1280 {
+        bail!(
+            "wire MTU {} is below the IPv6 minimum of 1280",
+            worker.wire_mtu
+        );
+    }
     let ten_index = ifindex(tenant_if)?;
     let ten_mac = iface_mac(tenant_if)?;
     let mut default_tenant = 0;
@@ -180,6 +192,8 @@ fn main() -> Result<()> {
                 gateway_mac,
                 default_host_mac: host_mac,
                 iface_mac: ten_mac,
+                gateway_v4: t.gateway_ip,
+                gateway_v6: t.gateway_ip6,
             },
         );
     }
@@ -307,10 +321,7 @@ fn main() -> Result<()> {
     let stats = handle
         .join()
         .map_err(|_| anyhow::anyhow!("worker panicked"))?;
-    eprintln!(
-        "vpnd: stopping: decrypted {}, encrypted {}, drops {:?}",
-        stats.decrypted, stats.encrypted, stats.drops
-    );
+    eprintln!("vpnd: stopping: {stats:?}");
     drop(dp);
     Ok(())
 }

@@ -19,6 +19,7 @@ use super::{ReplayTable, xsk::XskSocket};
 use crate::esp::{
     InboundSa, OutboundSa,
     packet::{IPPROTO_ESP, IPPROTO_UDP, inner_info, write_ipv4_header},
+    pmtu::{fragment_v4, too_big},
     reassembly::{FragDrop, FragResult, Limits, Reassembler},
 };
 
@@ -88,6 +89,10 @@ pub struct Tenant {
     pub default_host_mac: [u8; 6],
     /// MAC of the tenant-side interface (outer source for VXLAN).
     pub iface_mac: [u8; 6],
+    /// The gateway's addresses on the tenant network: the source of ICMP errors we send
+    /// (the packet's destination is used when unset).
+    pub gateway_v4: Option<Ipv4Addr>,
+    pub gateway_v6: Option<std::net::Ipv6Addr>,
 }
 
 pub struct InboundState {
@@ -110,6 +115,12 @@ pub struct WorkerStats {
     pub decrypted: u64,
     pub encrypted: u64,
     pub fragments_seen: u64,
+    /// Inner IPv4 packets (DF clear) too big for the wire, fragmented before encryption.
+    pub fragmented_before_encryption: u64,
+    /// ESP packets those became.
+    pub esp_fragments: u64,
+    /// ICMP "fragmentation needed" / ICMPv6 "packet too big" sent to tenant hosts.
+    pub icmp_too_big: u64,
     pub drops: HashMap<DropReason, u64>,
 }
 
@@ -136,6 +147,9 @@ pub struct Worker {
     learned: HashMap<(u32, IpAddr), [u8; 6]>,
     /// Outer fragments of ESP, until their datagram is whole.
     reassembler: Reassembler,
+    /// IP MTU of the wire: encapsulated packets never exceed it.
+    pub wire_mtu: usize,
+    replies: Vec<Reply>,
     epoch: Instant,
     pub stats: WorkerStats,
 }
@@ -163,6 +177,8 @@ impl Worker {
             tenants: HashMap::new(),
             learned: HashMap::new(),
             reassembler: Reassembler::new(Limits::default()),
+            wire_mtu: 1500,
+            replies: Vec::new(),
             epoch: Instant::now(),
             stats: WorkerStats::default(),
         }
@@ -227,21 +243,50 @@ impl Worker {
             wire,
             tenant,
             outbound,
+            tenants,
             learned,
             stats,
+            wire_mtu,
+            replies,
             ..
         } = self;
         let out = &mut wire[0];
         let mut n = 0;
         for rx in tenant.iter_mut() {
             n += rx.recv(BATCH, |f| {
-                match outbound_frame(f.meta, f.data, outbound, learned, out) {
-                    Ok(()) => stats.encrypted += 1,
+                match outbound_frame(
+                    f.meta, f.data, outbound, tenants, learned, out, *wire_mtu, replies,
+                ) {
+                    Ok(Sent::Esp(1)) => stats.encrypted += 1,
+                    Ok(Sent::Esp(k)) => {
+                        stats.encrypted += 1;
+                        stats.fragmented_before_encryption += 1;
+                        stats.esp_fragments += k as u64;
+                    }
+                    Ok(Sent::TooBig) => stats.icmp_too_big += 1,
                     Err(r) => stats.drop(r),
                 }
             });
         }
         out.flush();
+        // ICMP errors back toward the tenant hosts (rare: path MTU discovery).
+        if !replies.is_empty() {
+            let back = &mut tenant[0];
+            for r in replies.drain(..) {
+                let Some(t) = tenants.get(&r.tenant) else {
+                    continue;
+                };
+                let et: u16 = if r.packet[0] >> 4 == 6 {
+                    0x86dd
+                } else {
+                    0x0800
+                };
+                if !back.send(|buf| retag(t, r.host_mac, et, &r.packet, buf)) {
+                    stats.drop(DropReason::NoRoom);
+                }
+            }
+            back.flush();
+        }
         n
     }
 
@@ -484,24 +529,87 @@ fn retag(
     }
 }
 
+/// What happened to one tenant packet.
+enum Sent {
+    /// Encrypted into this many ESP packets (more than one: fragmented before encryption).
+    Esp(usize),
+    /// Too big and not fragmentable: an ICMP error goes back to the sender.
+    TooBig,
+}
+
+/// An ICMP error to send back toward a tenant host after the batch.
+pub struct Reply {
+    tenant: u32,
+    host_mac: [u8; 6],
+    packet: Vec<u8>,
+}
+
+#[allow(clippy::too_many_arguments)]
 fn outbound_frame(
     meta: XdpMeta,
     frame: &mut [u8],
     outbound: &HashMap<u32, OutboundState>,
+    tenants: &HashMap<u32, Tenant>,
     learned: &mut HashMap<(u32, IpAddr), [u8; 6]>,
     wire: &mut XskSocket,
-) -> Result<(), DropReason> {
+    wire_mtu: usize,
+    replies: &mut Vec<Reply>,
+) -> Result<Sent, DropReason> {
     check_meta(&meta, META_KIND_OUTBOUND)?;
     let st = outbound.get(&meta.slot).ok_or(DropReason::WorkerNoSa)?;
     let l3 = meta.l3_off as usize;
     let inner = frame.get(l3..).ok_or(DropReason::BadInnerPacket)?;
     let info = inner_info(inner).ok_or(DropReason::BadInnerPacket)?;
+    let host_mac: [u8; 6] = frame
+        .get(6..12)
+        .and_then(|m| m.try_into().ok())
+        .ok_or(DropReason::BadInnerPacket)?;
     // Learn the tenant host's MAC for the return path (bounded: one entry per host).
-    if frame.len() >= 12 && learned.len() < 65_536 {
-        let mac: [u8; 6] = frame[6..12].try_into().expect("6");
-        learned.entry((meta.tenant, info.src)).or_insert(mac);
+    if learned.len() < 65_536 {
+        learned.entry((meta.tenant, info.src)).or_insert(host_mac);
     }
     let inner = &frame[l3..l3 + info.len];
+
+    if st.sa.encapsulated_len(inner.len()) > wire_mtu {
+        // The largest inner packet that still fits the wire once encapsulated.
+        let mut fit = wire_mtu.saturating_sub(st.sa.encapsulated_len(0) - 3);
+        while fit > 0 && st.sa.encapsulated_len(fit) > wire_mtu {
+            fit -= 1;
+        }
+        if !info.v6 && !info.df {
+            let mut n = 0;
+            let mut err = None;
+            fragment_v4(inner, fit, |f| match seal_one(st, f, wire) {
+                Ok(()) => n += 1,
+                Err(e) => err = Some(e),
+            })
+            .ok_or(DropReason::BadInnerPacket)?;
+            return match err {
+                Some(e) => Err(e),
+                None => Ok(Sent::Esp(n)),
+            };
+        }
+        let t = tenants.get(&meta.tenant).ok_or(DropReason::WorkerNoSa)?;
+        let from = match info.dst {
+            IpAddr::V4(_) => t.gateway_v4.map(IpAddr::V4),
+            IpAddr::V6(_) => t.gateway_v6.map(IpAddr::V6),
+        }
+        .unwrap_or(info.dst);
+        let mtu = fit.min(u16::MAX as usize) as u16;
+        if let Some(packet) = too_big(inner, &info, mtu, from) {
+            replies.push(Reply {
+                tenant: meta.tenant,
+                host_mac,
+                packet,
+            });
+        }
+        return Ok(Sent::TooBig);
+    }
+    seal_one(st, inner, wire).map(|()| Sent::Esp(1))
+}
+
+/// Encapsulates one inner packet into a wire frame.
+fn seal_one(st: &OutboundState, inner: &[u8], wire: &mut XskSocket) -> Result<(), DropReason> {
     let mut result = Ok(());
     let sent = wire.send(|buf| {
         buf.get_mut(..ETH_LEN)?;

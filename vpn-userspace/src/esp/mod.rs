@@ -6,6 +6,7 @@
 
 pub mod crypto;
 pub mod packet;
+pub mod pmtu;
 pub mod reassembly;
 
 use std::{
