@@ -5,4 +5,5 @@ pub mod fixture;
 pub mod netns;
 pub mod pkt;
 pub mod raw;
+pub mod topology;
 pub mod vlanhost;
