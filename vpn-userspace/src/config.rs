@@ -371,10 +371,9 @@ key_out = "2222222222222222222222222222222222222222"
     fn load(text: &str) -> Result<(Config, Vec<ResolvedSa>), ConfigError> {
         let dir = std::env::temp_dir().join(format!("vpncfg-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
-        let p = dir.join(format!(
-            "{:x}.toml",
-            text.len() * 31 + text.bytes().map(|b| b as usize).sum::<usize>()
-        ));
+        static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let p = dir.join(format!("{n}.toml"));
         std::fs::write(&p, text).unwrap();
         let c = Config::load(&p)?;
         let s = c.resolve_sas(&p)?;
