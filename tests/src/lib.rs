@@ -5,5 +5,6 @@ pub mod fixture;
 pub mod netns;
 pub mod pkt;
 pub mod raw;
+pub mod results;
 pub mod topology;
 pub mod vlanhost;

@@ -176,21 +176,22 @@ fn test(extra: &[String]) -> Result<()> {
 fn bench(extra: &[String]) -> Result<()> {
     ensure_toolchain()?;
     let out = workspace_root().join("bench/results.json");
-    header("cargo run --release -p vpn-tests --bin fastpath-bench");
-    let mut c = cargo();
-    c.args([
-        "run",
-        "--release",
-        "-p",
-        "vpn-tests",
-        "--bin",
-        "fastpath-bench",
-        "--",
-    ])
-    .arg("--out")
-    .arg(&out)
-    .args(extra);
-    run(&mut c)?;
+    // The tunnel benchmark starts vpnd as a process: build every binary first.
+    header("cargo build --release --bins");
+    let mut b = cargo();
+    b.args(["build", "--workspace"])
+        .args(HOST_EXCLUDE)
+        .args(["--release", "--bins"]);
+    run(&mut b)?;
+    for bin in ["fastpath-bench", "tunnel-bench", "crypto-bench"] {
+        header(&format!("{bin} {}", extra.join(" ")));
+        let mut c = Command::new(workspace_root().join("target/release").join(bin));
+        c.current_dir(workspace_root())
+            .arg("--out")
+            .arg(&out)
+            .args(extra);
+        run(&mut c)?;
+    }
     println!("==> results in {}", out.display());
     Ok(())
 }

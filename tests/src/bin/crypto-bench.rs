@@ -39,7 +39,7 @@ use aes_gcm::{
 use anyhow::{Context, Result, anyhow, bail};
 use clap::Parser;
 use openssl::{cipher::Cipher, cipher_ctx::CipherCtx};
-use serde::{Deserialize, Serialize};
+use vpn_tests::results::{self, Record, machine, today};
 
 #[derive(Parser)]
 struct Args {
@@ -49,18 +49,6 @@ struct Args {
     /// Shorter loops and fewer rounds (figures are then rougher).
     #[arg(long)]
     quick: bool,
-}
-
-#[derive(Serialize, Deserialize, Clone, Debug)]
-struct Record {
-    name: String,
-    value: f64,
-    unit: String,
-    baseline_name: Option<String>,
-    baseline_value: Option<f64>,
-    ratio: Option<f64>,
-    machine: String,
-    date: String,
 }
 
 const SIZES: [usize; 3] = [64, 512, 1400];
@@ -432,35 +420,6 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-fn machine() -> String {
-    let kernel = Command::new("uname")
-        .arg("-r")
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-        .unwrap_or_default();
-    let cpus = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(0);
-    let model = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("model name"))
-                .and_then(|l| l.split(':').nth(1))
-                .map(|m| m.trim().to_string())
-        })
-        .unwrap_or_default();
-    format!("{model}, {cpus} CPUs, kernel {kernel}")
-}
-
-fn today() -> String {
-    Command::new("date")
-        .args(["-u", "+%Y-%m-%d"])
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-        .unwrap_or_default()
-}
-
 fn yes(b: bool) -> &'static str {
     if b { "yes" } else { "no" }
 }
@@ -701,17 +660,7 @@ fn main() -> Result<()> {
         timing.min_cpu_share * 100.0
     );
 
-    let mut all: Vec<Record> = match std::fs::read_to_string(&args.out) {
-        Ok(s) => serde_json::from_str(&s)
-            .with_context(|| format!("{} is not a results list", args.out.display()))?,
-        Err(_) => vec![],
-    };
-    all.retain(|r| !new.iter().any(|n| n.name == r.name));
-    all.extend(new);
-    if let Some(dir) = args.out.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
-    std::fs::write(&args.out, serde_json::to_string_pretty(&all)? + "\n")?;
+    results::merge_into(&args.out, &new)?;
     eprintln!("wrote {}", args.out.display());
     Ok(())
 }

@@ -8,17 +8,20 @@
 //! write, head adjustment, XSKMAP redirect) would see its own output again; it is measured
 //! with live frames by the traffic-generation benchmark instead.
 
-use std::{path::PathBuf, process::Command};
+use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
 use aya::programs::{TestRun, TestRunOptions};
 use clap::Parser;
-use serde::{Deserialize, Serialize};
 use vpn_common::{
     Counter, DropReason, Outcome, ReplayWindow,
     maps::{POLICY_BYPASS, PolicyValue, SaIn, programs},
 };
-use vpn_tests::{netns::unique, pkt::Packet};
+use vpn_tests::{
+    netns::unique,
+    pkt::Packet,
+    results::{self, Record, machine, today},
+};
 use vpn_userspace::dataplane::{Dataplane, LoadOptions, Side};
 
 #[derive(Parser)]
@@ -32,18 +35,6 @@ struct Args {
     /// BPF_PROG_TEST_RUN repetitions per measurement.
     #[arg(long, default_value_t = 1_000_000)]
     repeat: u32,
-}
-
-#[derive(Serialize, Deserialize, Clone, Debug)]
-struct Record {
-    name: String,
-    value: f64,
-    unit: String,
-    baseline_name: Option<String>,
-    baseline_value: Option<f64>,
-    ratio: Option<f64>,
-    machine: String,
-    date: String,
 }
 
 fn input_ctx(len: usize) -> [u8; 24] {
@@ -91,35 +82,6 @@ fn ns_per_packet(
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     v[v.len() / 2]
-}
-
-fn machine() -> String {
-    let kernel = Command::new("uname")
-        .arg("-r")
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-        .unwrap_or_default();
-    let cpus = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(0);
-    let model = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("model name"))
-                .and_then(|l| l.split(':').nth(1))
-                .map(|m| m.trim().to_string())
-        })
-        .unwrap_or_default();
-    format!("{model}, {cpus} CPUs, kernel {kernel}")
-}
-
-fn today() -> String {
-    Command::new("date")
-        .args(["-u", "+%Y-%m-%d"])
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-        .unwrap_or_default()
 }
 
 const SPI: u32 = 0x0001_0000;
@@ -282,17 +244,7 @@ fn main() -> Result<()> {
         );
     }
 
-    let mut all: Vec<Record> = match std::fs::read_to_string(&args.out) {
-        Ok(s) => serde_json::from_str(&s)
-            .with_context(|| format!("{} is not a results list", args.out.display()))?,
-        Err(_) => vec![],
-    };
-    all.retain(|r| !new.iter().any(|n| n.name == r.name));
-    all.extend(new);
-    if let Some(dir) = args.out.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
-    std::fs::write(&args.out, serde_json::to_string_pretty(&all)? + "\n")?;
+    results::merge_into(&args.out, &new)?;
     eprintln!("wrote {}", args.out.display());
     Ok(())
 }
