@@ -64,7 +64,12 @@ pub fn vpnd_path() -> Result<PathBuf> {
 }
 
 /// Starts vpnd in `ns` and waits (bounded) until it says it runs.
-pub fn start_vpnd(ns: &NetNs, config: &str, dir: &std::path::Path) -> Result<Proc> {
+/// Returns the process and its log lines after the start-up.
+pub fn start_vpnd(
+    ns: &NetNs,
+    config: &str,
+    dir: &std::path::Path,
+) -> Result<(Proc, mpsc::Receiver<String>)> {
     let path = dir.join(format!("{}.toml", ns.name()));
     std::fs::write(&path, config)?;
     let mut child = Command::new("ip")
@@ -87,7 +92,7 @@ pub fn start_vpnd(ns: &NetNs, config: &str, dir: &std::path::Path) -> Result<Pro
     });
     loop {
         match rx.recv_timeout(Duration::from_secs(15)) {
-            Ok(l) if l.contains("vpnd: running") => return Ok(proc),
+            Ok(l) if l.contains("vpnd: running") => return Ok((proc, rx)),
             Ok(_) => {}
             Err(_) => bail!("vpnd in {} did not come up", ns.name()),
         }
@@ -170,6 +175,8 @@ pub struct TwoSite {
     // Field order is drop order: daemons first, then the VLAN helper, then namespaces.
     pub east_vpnd: Proc,
     pub west_vpnd: Proc,
+    /// East's vpnd log lines after start-up.
+    pub east_log: mpsc::Receiver<String>,
     _vlan: VlanHost,
     pub eh: NetNs,
     pub wh: NetNs,
@@ -295,11 +302,12 @@ impl TwoSite {
             keys: (KEY_EW, KEY_WE),
         });
         before_vpnd(&inet, &dir)?;
-        let east_vpnd = start_vpnd(&east, &east_cfg, &dir)?;
-        let west_vpnd = start_vpnd(&west, &west_cfg, &dir)?;
+        let (east_vpnd, east_log) = start_vpnd(&east, &east_cfg, &dir)?;
+        let (west_vpnd, _) = start_vpnd(&west, &west_cfg, &dir)?;
         Ok(TwoSite {
             east_vpnd,
             west_vpnd,
+            east_log,
             _vlan,
             eh,
             wh,

@@ -52,6 +52,33 @@ fn vpnd_carries_ping_and_tcp_between_vlan_and_vxlan_sites() -> Result<()> {
         .context("ping West -> East")?;
     eprintln!("{}", p.lines().last().unwrap_or_default());
 
+    // The peer's MAC is followed while running: a changed neighbour entry is picked up.
+    site.east.ip(&[
+        "neigh",
+        "replace",
+        "172.24.4.233",
+        "lladdr",
+        "02:77:00:00:aa:bb",
+        "dev",
+        "wire",
+    ])?;
+    let moved = (0..100).any(|_| {
+        site.east_log
+            .recv_timeout(Duration::from_millis(100))
+            .is_ok_and(|l| l.contains("moved to MAC"))
+    });
+    assert!(moved, "vpnd did not follow the peer's new MAC");
+    let real = vpn_tests::topology::mac_of(&site.west, "wire")?;
+    site.east.ip(&[
+        "neigh",
+        "replace",
+        "172.24.4.233",
+        "lladdr",
+        &real,
+        "dev",
+        "wire",
+    ])?;
+
     // Path MTU through the tunnel: East's host has a 1500-byte MTU, like the wire, so a full
     // packet cannot fit once encapsulated. With DF, the gateway answers "fragmentation
     // needed" with the MTU that fits; without DF, the packet is fragmented before encryption.

@@ -30,7 +30,8 @@ use vpn_userspace::{
     dataplane::{
         Dataplane, LoadOptions, Side,
         worker::{
-            InboundState, OutboundState, Prefix, Selector, Tenant, TenantLink, Worker, WorkerStats,
+            InboundState, NextHop, OutboundState, Prefix, Selector, Tenant, TenantLink, Worker,
+            WorkerStats,
         },
     },
     esp::{Cipher, InboundSa, OutboundSa, Outer, SaKey},
@@ -196,7 +197,7 @@ fn east_vlan_to_west_vxlan_and_back_through_esp() -> Result<()> {
             10,
             OutboundState {
                 sa: Arc::new(OutboundSa::new(SPI_EW, &key_ew, false, out_ew.clone())),
-                dst_mac: MAC_WIRE_W,
+                dst_mac: NextHop::new(MAC_WIRE_W),
                 src_mac: MAC_WIRE_E,
             },
         );
@@ -262,7 +263,7 @@ fn east_vlan_to_west_vxlan_and_back_through_esp() -> Result<()> {
             10,
             OutboundState {
                 sa: Arc::new(OutboundSa::new(SPI_WE, &key_we, false, out_we)),
-                dst_mac: MAC_WIRE_E,
+                dst_mac: NextHop::new(MAC_WIRE_E),
                 src_mac: MAC_WIRE_W,
             },
         );

@@ -28,7 +28,7 @@ use vpn_userspace::{
     config::{Config, parse_mac},
     dataplane::{
         Dataplane, LoadOptions, Side,
-        worker::{InboundState, OutboundState, Selector, Tenant, TenantLink, Worker},
+        worker::{InboundState, NextHop, OutboundState, Selector, Tenant, TenantLink, Worker},
     },
     esp::{InboundSa, OutboundSa, Outer, crypto::IV_LEN},
 };
@@ -86,6 +86,26 @@ fn resolve_neighbour(peer: IpAddr, ifname: &str, timeout: Duration) -> Result<[u
             let _ = s.send_to(b"", (peer, 9));
         }
         std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Re-reads the peers' MACs from the neighbour table; the worker picks a change up with its
+/// next packet. While an entry is missing the last MAC stays in use.
+async fn refresh_neighbours(neighbours: &[(IpAddr, NextHop)], ifname: &str) {
+    for (peer, hop) in neighbours {
+        let (peer, ifname) = (*peer, ifname.to_string());
+        let found = tokio::task::spawn_blocking(move || {
+            resolve_neighbour(peer, &ifname, Duration::ZERO).ok()
+        })
+        .await
+        .ok()
+        .flatten();
+        if let Some(mac) = found
+            && mac != hop.get()
+        {
+            eprintln!("vpnd: peer {peer} moved to MAC {mac:02x?}");
+            hop.set(mac);
+        }
     }
 }
 
@@ -207,14 +227,24 @@ fn main() -> Result<()> {
 
     let backend = cfg.backend();
     eprintln!("vpnd: AES-GCM backend {backend:?}");
+    let mut neighbours: Vec<(IpAddr, NextHop)> = Vec::new();
     let mut next_slot = 1u32;
     let mut names = HashMap::new();
     for sa in sas {
         let (slot_in, slot_out) = (next_slot, next_slot + 1);
         next_slot += 2;
-        let peer_mac = match sa.peer_mac {
-            Some(m) => m,
-            None => resolve_neighbour(sa.peer, &cfg.wire.interface, Duration::from_secs(5))?,
+        let next_hop = match sa.peer_mac {
+            Some(m) => NextHop::new(m),
+            None => {
+                let n = NextHop::new(resolve_neighbour(
+                    sa.peer,
+                    &cfg.wire.interface,
+                    Duration::from_secs(5),
+                )?);
+                // Followed while running: the peer's MAC may change (failover, new NIC).
+                neighbours.push((sa.peer, n.clone()));
+                n
+            }
         };
         dp.add_sa_in(
             sa.spi_in,
@@ -276,7 +306,7 @@ fn main() -> Result<()> {
                     outer,
                     backend,
                 )),
-                dst_mac: peer_mac,
+                dst_mac: next_hop.clone(),
                 src_mac: wire_mac,
             },
         );
@@ -287,6 +317,7 @@ fn main() -> Result<()> {
         names.insert(slot_in, sa.name);
     }
 
+    let wire_if = cfg.wire.interface.clone();
     let stop = Arc::new(AtomicBool::new(false));
     let s = stop.clone();
     let handle = std::thread::Builder::new()
@@ -311,9 +342,13 @@ fn main() -> Result<()> {
         .build()?;
     rt.block_on(async {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = term.recv() => {}
+        let mut tick = tokio::time::interval(Duration::from_secs(5));
+        loop {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => break,
+                _ = term.recv() => break,
+                _ = tick.tick() => refresh_neighbours(&neighbours, &wire_if).await,
+            }
         }
         anyhow::Ok(())
     })?;

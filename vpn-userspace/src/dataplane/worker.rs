@@ -102,10 +102,38 @@ pub struct InboundState {
     pub selectors: Vec<Selector>,
 }
 
+/// The peer's (next hop's) MAC, updated by the control thread when the neighbour table
+/// changes and read by the worker for every packet without a lock.
+#[derive(Clone, Debug, Default)]
+pub struct NextHop(Arc<std::sync::atomic::AtomicU64>);
+
+impl NextHop {
+    pub fn new(mac: [u8; 6]) -> NextHop {
+        let n = NextHop::default();
+        n.set(mac);
+        n
+    }
+
+    pub fn set(&self, mac: [u8; 6]) {
+        let mut b = [0u8; 8];
+        b[..6].copy_from_slice(&mac);
+        self.0
+            .store(u64::from_ne_bytes(b), std::sync::atomic::Ordering::Relaxed);
+    }
+
+    pub fn get(&self) -> [u8; 6] {
+        let b = self
+            .0
+            .load(std::sync::atomic::Ordering::Relaxed)
+            .to_ne_bytes();
+        [b[0], b[1], b[2], b[3], b[4], b[5]]
+    }
+}
+
 pub struct OutboundState {
     pub sa: Arc<OutboundSa>,
     /// Next hop MAC on the wire, and our wire MAC.
-    pub dst_mac: [u8; 6],
+    pub dst_mac: NextHop,
     pub src_mac: [u8; 6],
 }
 
@@ -613,7 +641,7 @@ fn seal_one(st: &OutboundState, inner: &[u8], wire: &mut XskSocket) -> Result<()
     let mut result = Ok(());
     let sent = wire.send(|buf| {
         buf.get_mut(..ETH_LEN)?;
-        buf[..6].copy_from_slice(&st.dst_mac);
+        buf[..6].copy_from_slice(&st.dst_mac.get());
         buf[6..12].copy_from_slice(&st.src_mac);
         let et: u16 = if st.sa.outer.dst.is_ipv6() {
             0x86dd
