@@ -149,10 +149,19 @@ fn main() -> Result<()> {
     // One AF_XDP socket per rx queue on each side, all served by one worker thread.
     let wire = dp.bind_sockets(Side::Wire, &cfg.wire.interface, 0, cfg.xsk_frames)?;
     let ten = dp.bind_sockets(Side::Tenant, tenant_if, 0, cfg.xsk_frames)?;
+    let mode = |v: &[vpn_userspace::dataplane::xsk::XskSocket]| {
+        if v.iter().all(|s| s.zero_copy()) {
+            "zero-copy"
+        } else {
+            "copy mode"
+        }
+    };
     eprintln!(
-        "vpnd: AF_XDP sockets on {} wire and {} tenant rx queues",
+        "vpnd: AF_XDP sockets on {} wire ({}) and {} tenant ({}) rx queues",
         wire.len(),
-        ten.len()
+        mode(&wire),
+        ten.len(),
+        mode(&ten)
     );
     let mut worker = Worker::new(wire, ten, dp.replay_shared());
 

@@ -9,6 +9,7 @@ use xdpilone::{DeviceQueue, IfInfo, RingRx, RingTx, Socket, SocketConfig, Umem, 
 
 pub const FRAME_SIZE: u32 = 2048;
 const XDP_COPY: u16 = 1 << 1;
+const XDP_ZEROCOPY: u16 = 1 << 2;
 const XDP_USE_NEED_WAKEUP: u16 = 1 << 3;
 
 /// An mmap'd, page-aligned area for the UMEM.
@@ -71,6 +72,7 @@ pub struct XskSocket {
     tx_pending: Vec<xdpilone::xdp::XdpDesc>,
     /// Frames handed to the TX ring and not yet completed.
     in_tx: u32,
+    zero_copy: bool,
 }
 
 // SAFETY: owned rings and memory; used by one thread at a time.
@@ -83,7 +85,20 @@ fn errno(what: &str, e: xdpilone::Errno) -> anyhow::Error {
 impl XskSocket {
     /// Binds a socket to `ifname` queue `queue` with `frames` UMEM frames, half of them given
     /// to the fill ring at once.
+    /// Zero-copy where the driver supports it, else copy mode (veth: copy).
     pub fn bind(ifname: &str, queue: u32, frames: u32) -> Result<XskSocket> {
+        match XskSocket::bind_with(ifname, queue, frames, XDP_ZEROCOPY) {
+            Ok(s) => Ok(s),
+            Err(_) => XskSocket::bind_with(ifname, queue, frames, XDP_COPY),
+        }
+    }
+
+    /// Whether the kernel accepted zero-copy for this socket.
+    pub fn zero_copy(&self) -> bool {
+        self.zero_copy
+    }
+
+    fn bind_with(ifname: &str, queue: u32, frames: u32, mode: u16) -> Result<XskSocket> {
         let frames = frames.next_power_of_two().max(64);
         let area = Area::new(frames as usize * FRAME_SIZE as usize)?;
         let ring = frames / 2;
@@ -112,7 +127,7 @@ impl XskSocket {
                 &SocketConfig {
                     rx_size: NonZeroU32::new(ring),
                     tx_size: NonZeroU32::new(ring),
-                    bind_flags: XDP_COPY | XDP_USE_NEED_WAKEUP,
+                    bind_flags: mode | XDP_USE_NEED_WAKEUP,
                 },
             )
             .map_err(|e| errno("rx/tx rings", e))?;
@@ -133,6 +148,7 @@ impl XskSocket {
             in_fill: 0,
             tx_pending: Vec::with_capacity(ring as usize),
             in_tx: 0,
+            zero_copy: mode == XDP_ZEROCOPY,
         };
         s.refill();
         Ok(s)
