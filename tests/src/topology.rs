@@ -175,8 +175,9 @@ pub struct TwoSite {
     // Field order is drop order: daemons first, then the VLAN helper, then namespaces.
     pub east_vpnd: Proc,
     pub west_vpnd: Proc,
-    /// East's vpnd log lines after start-up.
+    /// The daemons' log lines after start-up.
     pub east_log: mpsc::Receiver<String>,
+    pub west_log: mpsc::Receiver<String>,
     _vlan: VlanHost,
     pub eh: NetNs,
     pub wh: NetNs,
@@ -193,6 +194,31 @@ impl Drop for TwoSite {
 }
 
 impl TwoSite {
+    /// Stops both daemons (SIGTERM, bounded wait) and returns their final statistics lines
+    /// (East's, West's).
+    pub fn stop_daemons(&mut self) -> (String, String) {
+        for p in [&mut self.east_vpnd, &mut self.west_vpnd] {
+            // SAFETY: signalling our own child.
+            unsafe { libc::kill(p.0.id() as i32, libc::SIGTERM) };
+            for _ in 0..100 {
+                if let Ok(Some(_)) = p.0.try_wait() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        let last = |rx: &mpsc::Receiver<String>| {
+            let mut stats = String::new();
+            while let Ok(l) = rx.recv_timeout(Duration::from_millis(500)) {
+                if l.contains("stopping:") {
+                    stats = l;
+                }
+            }
+            stats
+        };
+        (last(&self.east_log), last(&self.west_log))
+    }
+
     /// Builds the topology and starts both daemons. `before_vpnd` runs once the network
     /// exists (e.g. to start a capture).
     pub fn start(mut before_vpnd: impl FnMut(&NetNs, &Path) -> Result<()>) -> Result<TwoSite> {
@@ -231,7 +257,6 @@ impl TwoSite {
         veth(&east, "ten", &eh, "eth0")?;
         eh.ip(&["addr", "add", "10.1.0.5/24", "dev", "eth0"])?;
         eh.ip(&["route", "add", "default", "via", "10.1.0.1"])?;
-        eh.ip(&["neigh", "add", "10.1.0.1", "lladdr", GW_E, "dev", "eth0"])?;
         // Locally generated TCP leaves a veth with its checksum still to be filled in (offload);
         // a real NIC would deliver finished packets, so finish them at the source.
         eh.exec(&[
@@ -266,7 +291,6 @@ impl TwoSite {
         wh.ip(&["link", "set", "vx0", "mtu", "1350", "up"])?;
         wh.ip(&["addr", "add", "10.2.0.9/24", "dev", "vx0"])?;
         wh.ip(&["route", "add", "default", "via", "10.2.0.1"])?;
-        wh.ip(&["neigh", "add", "10.2.0.1", "lladdr", GW_W, "dev", "vx0"])?;
         wh.exec(&[
             "ethtool", "-K", "vx0", "tx", "off", "gso", "off", "tso", "off",
         ])?;
@@ -290,7 +314,7 @@ impl TwoSite {
         let west_cfg = node_config(&Site {
             instance: "vpnW",
             tenant: format!(
-                "[[tenant]]\nid = 1\ninterface = \"ten\"\nvni = 5001\nlocal_vtep = \"192.168.100.1\"\nremote_vtep = \"192.168.100.2\"\nvtep_mac = \"{}\"\ngateway_mac = \"{GW_W}\"\nhost_mac = \"{}\"\n",
+                "[[tenant]]\nid = 1\ninterface = \"ten\"\nvni = 5001\ngateway_ip = \"10.2.0.1\"\nlocal_vtep = \"192.168.100.1\"\nremote_vtep = \"192.168.100.2\"\nvtep_mac = \"{}\"\ngateway_mac = \"{GW_W}\"\nhost_mac = \"{}\"\n",
                 mac_of(&wh, "vtep")?,
                 mac_of(&wh, "vx0")?
             ),
@@ -303,11 +327,12 @@ impl TwoSite {
         });
         before_vpnd(&inet, &dir)?;
         let (east_vpnd, east_log) = start_vpnd(&east, &east_cfg, &dir)?;
-        let (west_vpnd, _) = start_vpnd(&west, &west_cfg, &dir)?;
+        let (west_vpnd, west_log) = start_vpnd(&west, &west_cfg, &dir)?;
         Ok(TwoSite {
             east_vpnd,
             west_vpnd,
             east_log,
+            west_log,
             _vlan,
             eh,
             wh,

@@ -15,12 +15,21 @@ use vpn_tests::{
     topology::{Proc, TwoSite, spawn_in},
 };
 
+/// A counter from vpnd's final `WorkerStats { name: value, ... }` line.
+fn stat(line: &str, name: &str) -> u64 {
+    line.split(&format!("{name}: "))
+        .nth(1)
+        .and_then(|r| r.split(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
 #[test]
 fn vpnd_carries_ping_and_tcp_between_vlan_and_vxlan_sites() -> Result<()> {
     require_root();
     let mut pcap = PathBuf::new();
     let mut tcpdump = None;
-    let site = TwoSite::start(|inet, dir| {
+    let mut site = TwoSite::start(|inet, dir| {
         pcap = dir.join("wire.pcap");
         tcpdump = Some(Proc(
             Command::new("ip")
@@ -82,6 +91,10 @@ fn vpnd_carries_ping_and_tcp_between_vlan_and_vxlan_sites() -> Result<()> {
     // Path MTU through the tunnel: East's host has a 1500-byte MTU, like the wire, so a full
     // packet cannot fit once encapsulated. With DF, the gateway answers "fragmentation
     // needed" with the MTU that fits; without DF, the packet is fragmented before encryption.
+    eh.exec(&[
+        "ping", "-c", "2", "-i", "0.2", "-W", "2", "-M", "dont", "-s", "1472", "10.2.0.9",
+    ])
+    .context("a large packet without DF, fragmented before encryption")?;
     let out = Command::new("ip")
         .args([
             "netns",
@@ -111,10 +124,6 @@ fn vpnd_carries_ping_and_tcp_between_vlan_and_vxlan_sites() -> Result<()> {
         text.contains("Frag needed") && text.contains("mtu = 14"),
         "expected ICMP fragmentation needed from the gateway: {text}"
     );
-    eh.exec(&[
-        "ping", "-c", "2", "-i", "0.2", "-W", "2", "-M", "dont", "-s", "1472", "10.2.0.9",
-    ])
-    .context("a large packet without DF, fragmented before encryption")?;
 
     let server = spawn_in(wh, &["iperf3", "-s", "-1", "-B", "10.2.0.9"])?;
     std::thread::sleep(Duration::from_millis(300));
@@ -146,6 +155,20 @@ fn vpnd_carries_ping_and_tcp_between_vlan_and_vxlan_sites() -> Result<()> {
 
     std::thread::sleep(Duration::from_millis(300));
     drop(tcpdump);
+    let (east_stats, west_stats) = site.stop_daemons();
+    eprintln!("East: {east_stats}\nWest: {west_stats}");
+    for (name, st) in [("East", &east_stats), ("West", &west_stats)] {
+        assert!(
+            st.contains("arp_replies: 1"),
+            "{name} answered its host's ARP: {st}"
+        );
+        assert!(st.contains("drops: {}"), "{name} dropped nothing: {st}");
+    }
+    assert!(
+        stat(&east_stats, "fragmented_before_encryption") == 2
+            && stat(&east_stats, "icmp_too_big") == 1,
+        "East fragmented the non-DF pings and answered the DF one: {east_stats}"
+    );
     let pcap = pcap.to_string_lossy().to_string();
     let count = |filter: &str| -> Result<usize> {
         let out = run("tcpdump", &["-n", "-r", &pcap, filter])?;

@@ -11,8 +11,8 @@ use vpn_common::{
         PolicyValue, SaIn, WIRE_F_UNKNOWN_SPI_PASS, WireConfig, programs,
     },
     meta::{
-        META_F_FROM_VLAN, META_F_FROM_VXLAN, META_F_IPV6, META_F_UDP_ENCAP, META_KIND_ESP_IN,
-        META_KIND_FRAGMENT, META_KIND_OUTBOUND, META_MAGIC, NO_SLOT,
+        META_F_FROM_VLAN, META_F_FROM_VXLAN, META_F_IPV6, META_F_UDP_ENCAP, META_KIND_ARP,
+        META_KIND_ESP_IN, META_KIND_FRAGMENT, META_KIND_OUTBOUND, META_MAGIC, NO_SLOT,
     },
 };
 use vpn_tests::{
@@ -591,6 +591,45 @@ fn out_meta(flags: u8, slot: u32, tenant: u32) -> XdpMeta {
     }
 }
 
+fn arp_meta(flags: u8, tenant: u32) -> XdpMeta {
+    XdpMeta {
+        magic: META_MAGIC,
+        kind: META_KIND_ARP,
+        flags,
+        slot: NO_SLOT,
+        tenant,
+        l3_off: 14,
+        esp_off: 0,
+    }
+}
+
+/// A VXLAN frame whose inner frame is the builder's ARP frame.
+fn vxlan_arp(vni: u32) -> Vec<u8> {
+    let inner = Packet::eth_type(0x0806).payload_len(28).build();
+    let mut f = Packet::eth()
+        .ipv4("172.24.4.10", "172.24.4.226")
+        .udp(49152, 4789)
+        .vxlan(vni)
+        .payload(&inner)
+        .build();
+    // The builder has no "raw inner frame" layer; the payload is exactly the inner frame.
+    f.truncate(50 + inner.len());
+    f
+}
+
+/// Inserts an 802.1Q tag after the MAC addresses.
+trait SpliceVlan {
+    fn splice_vlan(self, vid: u16) -> Vec<u8>;
+}
+
+impl SpliceVlan for Vec<u8> {
+    fn splice_vlan(mut self, vid: u16) -> Vec<u8> {
+        let tag = [0x81, 0x00, (vid >> 8) as u8, vid as u8];
+        self.splice(12..12, tag);
+        self
+    }
+}
+
 fn protect(slot: u32) -> PolicyValue {
     PolicyValue {
         sa_slot: slot,
@@ -788,6 +827,27 @@ fn tenant_ingress_fixtures() -> Result<()> {
             Packet::eth_type(0x0806).payload_len(28).build(),
             Expect::Pass,
             out(Outcome::TenantPassNotIp),
+        ),
+        Fixture::new(
+            "arp_on_tenant_vlan_to_worker",
+            Packet::eth_type(0x0806)
+                .payload_len(28)
+                .build()
+                .splice_vlan(TENANT_VLAN_A),
+            redirect(
+                arp_meta(META_F_FROM_VLAN, 7),
+                &Packet::eth_type(0x0806).payload_len(28).build(),
+            ),
+            out(Outcome::TenantRedirectArp),
+        ),
+        Fixture::new(
+            "arp_on_tenant_vxlan_to_worker",
+            vxlan_arp(VNI_B),
+            redirect(
+                arp_meta(META_F_FROM_VXLAN, 8),
+                &Packet::eth_type(0x0806).payload_len(28).build(),
+            ),
+            out(Outcome::TenantRedirectArp),
         ),
         Fixture::new(
             "vxlan_without_i_flag",

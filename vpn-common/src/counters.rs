@@ -36,10 +36,12 @@ pub enum Outcome {
     TenantPassNotIp = 19,
     /// A policy with action BYPASS matched: passed untouched.
     TenantPassBypass = 20,
+    /// ARP on a VLAN/VXLAN tenant network, sent to the worker (which answers for the gateway).
+    TenantRedirectArp = 21,
 }
 
 impl Outcome {
-    pub const ALL: [Outcome; 12] = [
+    pub const ALL: [Outcome; 13] = [
         Outcome::WireRedirectEsp,
         Outcome::WireRedirectEspUdp,
         Outcome::WireRedirectFragment,
@@ -52,6 +54,7 @@ impl Outcome {
         Outcome::TenantPassNoPolicy,
         Outcome::TenantPassNotIp,
         Outcome::TenantPassBypass,
+        Outcome::TenantRedirectArp,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -68,6 +71,7 @@ impl Outcome {
             Outcome::TenantPassNoPolicy => "pass_no_policy",
             Outcome::TenantPassNotIp => "pass_not_ip",
             Outcome::TenantPassBypass => "pass_bypass",
+            Outcome::TenantRedirectArp => "redirect_arp",
         }
     }
 
@@ -289,14 +293,14 @@ mod tests {
 
     #[test]
     fn indices_are_unique_and_names_too() {
-        let all: [Counter; 48] = {
-            let mut a = [Counter::Outcome(Outcome::WirePassIke); 48];
+        let all: [Counter; 49] = {
+            let mut a = [Counter::Outcome(Outcome::WirePassIke); 49];
             for (slot, c) in a.iter_mut().zip(Counter::all()) {
                 *slot = c;
             }
             a
         };
-        assert_eq!(Counter::all().count(), 48);
+        assert_eq!(Counter::all().count(), 49);
         for (i, a) in all.iter().enumerate() {
             for b in &all[i + 1..] {
                 assert_ne!(a.index(), b.index());

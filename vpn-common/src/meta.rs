@@ -16,6 +16,9 @@ pub const META_KIND_FRAGMENT: u8 = 2;
 /// Tenant traffic that matched an outbound policy.
 pub const META_KIND_OUTBOUND: u8 = 3;
 
+/// ARP from a VLAN or VXLAN tenant network (tag popped), for the worker to answer.
+pub const META_KIND_ARP: u8 = 4;
+
 /// `flags`: the ESP came inside UDP/4500 (RFC 3948).
 pub const META_F_UDP_ENCAP: u8 = 1 << 0;
 /// `flags`: outer header is IPv6.

@@ -9,7 +9,10 @@ use vpn_common::{
         NO_TENANT, POLICY_BYPASS, POLICY_DISCARD, PolicyKeyV4, PolicyKeyV6, PolicyValue,
         policy_prefix_len,
     },
-    meta::{META_F_FROM_VLAN, META_F_FROM_VXLAN, META_F_IPV6, META_KIND_OUTBOUND, META_MAGIC},
+    meta::{
+        META_F_FROM_VLAN, META_F_FROM_VXLAN, META_F_IPV6, META_KIND_ARP, META_KIND_OUTBOUND,
+        META_MAGIC, NO_SLOT,
+    },
 };
 
 use crate::{
@@ -23,6 +26,7 @@ use crate::{
 };
 
 const ETH_LEN: usize = 14;
+const ETH_P_ARP: u16 = 0x0806;
 const VXLAN_LEN: usize = 8;
 const VXLAN_F_I: u8 = 0x08;
 
@@ -66,6 +70,9 @@ pub fn try_tenant_ingress(ctx: &XdpContext) -> Result<Verdict, DropReason> {
             return Ok(Verdict::Pass(Outcome::TenantPassNoTenant));
         };
         let tenant = *tenant;
+        if inner == ETH_P_ARP {
+            return arp(ctx, tenant, Ingress::Vlan, xsk_base);
+        }
         let Some(l3) = parse_l3(ctx, inner, ETH_LEN + 4)? else {
             return Ok(Verdict::Pass(Outcome::TenantPassNotIp));
         };
@@ -91,6 +98,9 @@ pub fn try_tenant_ingress(ctx: &XdpContext) -> Result<Verdict, DropReason> {
             let tenant = *tenant;
             let inner_eth = vx_off + VXLAN_LEN;
             let inner = u16_at(ctx, inner_eth + 12).ok_or(DropReason::TruncatedVxlan)?;
+            if inner == ETH_P_ARP {
+                return arp(ctx, tenant, Ingress::Vxlan(inner_eth), xsk_base);
+            }
             let Some(l3) = parse_l3(ctx, inner, inner_eth + ETH_LEN)? else {
                 return Ok(Verdict::Pass(Outcome::TenantPassNotIp));
             };
@@ -137,17 +147,25 @@ pub fn try_tenant_ingress(ctx: &XdpContext) -> Result<Verdict, DropReason> {
     let slot = policy.sa_slot;
     let mut flags = if l3.ipv6 { META_F_IPV6 } else { 0 };
 
-    // Pop the tag: the worker sees a plain Ethernet frame with the IP packet at offset 14.
     let l3_start = match ingress {
         Ingress::Untagged => ETH_LEN,
         Ingress::Vlan => ETH_LEN + 4,
         Ingress::Vxlan(inner_eth) => inner_eth + ETH_LEN,
     };
     let bytes = (l3.ip_end - l3_start) as u64;
+    flags |= pop(ctx, &ingress)?;
+    send_to_worker(ctx, META_KIND_OUTBOUND, flags, slot, tenant, xsk_base)?;
+    count_sa(slot, bytes);
+    Ok(Verdict::Redirect(Outcome::TenantRedirect))
+}
+
+/// Pops the tag or the VXLAN outer headers: the worker sees a plain Ethernet frame with
+/// the payload at offset 14. Returns the metadata flag saying what was popped.
+#[inline(always)]
+fn pop(ctx: &XdpContext, ingress: &Ingress) -> Result<u8, DropReason> {
     match ingress {
-        Ingress::Untagged => {}
+        Ingress::Untagged => Ok(0),
         Ingress::Vlan => {
-            flags |= META_F_FROM_VLAN;
             let macs = ptr_at::<[u8; 12]>(ctx, 0).ok_or(DropReason::TruncatedEthernet)?;
             let macs = unsafe { *macs };
             if unsafe { bpf_xdp_adjust_head(ctx.ctx, 4) } != 0 {
@@ -155,18 +173,29 @@ pub fn try_tenant_ingress(ctx: &XdpContext) -> Result<Verdict, DropReason> {
             }
             let dst = ptr_at::<[u8; 12]>(ctx, 0).ok_or(DropReason::HeadAdjustFailed)?;
             unsafe { core::ptr::write(dst as *mut [u8; 12], macs) };
+            Ok(META_F_FROM_VLAN)
         }
         Ingress::Vxlan(inner_eth) => {
-            flags |= META_F_FROM_VXLAN;
-            if unsafe { bpf_xdp_adjust_head(ctx.ctx, inner_eth as i32) } != 0 {
+            if unsafe { bpf_xdp_adjust_head(ctx.ctx, *inner_eth as i32) } != 0 {
                 return Err(DropReason::HeadAdjustFailed);
             }
+            Ok(META_F_FROM_VXLAN)
         }
     }
+}
 
+#[inline(always)]
+fn send_to_worker(
+    ctx: &XdpContext,
+    kind: u8,
+    flags: u8,
+    slot: u32,
+    tenant: u32,
+    xsk_base: u32,
+) -> Result<(), DropReason> {
     let meta = XdpMeta {
         magic: META_MAGIC,
-        kind: META_KIND_OUTBOUND,
+        kind,
         flags,
         slot,
         tenant,
@@ -178,6 +207,19 @@ pub fn try_tenant_ingress(ctx: &XdpContext) -> Result<Verdict, DropReason> {
     TENANT_XSKS
         .redirect(key, xdp_action::XDP_ABORTED as u64)
         .map_err(|_| DropReason::NoXskSocket)?;
-    count_sa(slot, bytes);
-    Ok(Verdict::Redirect(Outcome::TenantRedirect))
+    Ok(())
+}
+
+/// ARP on a VLAN or VXLAN tenant network goes to the worker, which answers for the tenant's
+/// gateway (the kernel has no interface on those networks to answer from).
+#[inline(always)]
+fn arp(
+    ctx: &XdpContext,
+    tenant: u32,
+    ingress: Ingress,
+    xsk_base: u32,
+) -> Result<Verdict, DropReason> {
+    let flags = pop(ctx, &ingress)?;
+    send_to_worker(ctx, META_KIND_ARP, flags, NO_SLOT, tenant, xsk_base)?;
+    Ok(Verdict::Redirect(Outcome::TenantRedirectArp))
 }

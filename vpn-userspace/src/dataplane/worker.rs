@@ -12,7 +12,7 @@ use std::{
 
 use vpn_common::{
     DropReason, XdpMeta,
-    meta::{META_KIND_ESP_IN, META_KIND_FRAGMENT, META_KIND_OUTBOUND, META_MAGIC},
+    meta::{META_KIND_ARP, META_KIND_ESP_IN, META_KIND_FRAGMENT, META_KIND_OUTBOUND, META_MAGIC},
 };
 
 use super::{ReplayTable, xsk::XskSocket};
@@ -149,6 +149,9 @@ pub struct WorkerStats {
     pub esp_fragments: u64,
     /// ICMP "fragmentation needed" / ICMPv6 "packet too big" sent to tenant hosts.
     pub icmp_too_big: u64,
+    /// ARP requests for a tenant gateway answered, and other ARP seen (not for us).
+    pub arp_replies: u64,
+    pub arp_ignored: u64,
     pub drops: HashMap<DropReason, u64>,
 }
 
@@ -282,6 +285,14 @@ impl Worker {
         let mut n = 0;
         for rx in tenant.iter_mut() {
             n += rx.recv(BATCH, |f| {
+                if f.meta.kind == META_KIND_ARP {
+                    match arp_frame(f.meta, f.data, tenants, learned, replies) {
+                        Ok(true) => stats.arp_replies += 1,
+                        Ok(false) => stats.arp_ignored += 1,
+                        Err(r) => stats.drop(r),
+                    }
+                    return;
+                }
                 match outbound_frame(
                     f.meta, f.data, outbound, tenants, learned, out, *wire_mtu, replies,
                 ) {
@@ -304,12 +315,7 @@ impl Worker {
                 let Some(t) = tenants.get(&r.tenant) else {
                     continue;
                 };
-                let et: u16 = if r.packet[0] >> 4 == 6 {
-                    0x86dd
-                } else {
-                    0x0800
-                };
-                if !back.send(|buf| retag(t, r.host_mac, et, &r.packet, buf)) {
+                if !back.send(|buf| retag(t, r.host_mac, r.ethertype, &r.packet, buf)) {
                     stats.drop(DropReason::NoRoom);
                 }
             }
@@ -569,6 +575,7 @@ enum Sent {
 pub struct Reply {
     tenant: u32,
     host_mac: [u8; 6],
+    ethertype: u16,
     packet: Vec<u8>,
 }
 
@@ -625,15 +632,62 @@ fn outbound_frame(
         .unwrap_or(info.dst);
         let mtu = fit.min(u16::MAX as usize) as u16;
         if let Some(packet) = too_big(inner, &info, mtu, from) {
+            let ethertype = if info.v6 { 0x86dd } else { 0x0800 };
             replies.push(Reply {
                 tenant: meta.tenant,
                 host_mac,
+                ethertype,
                 packet,
             });
         }
         return Ok(Sent::TooBig);
     }
     seal_one(st, inner, wire).map(|()| Sent::Esp(1))
+}
+
+/// Answers an ARP request for the tenant's gateway address (RFC 826), learning the asker's
+/// MAC. Returns whether a reply was queued.
+fn arp_frame(
+    meta: XdpMeta,
+    frame: &[u8],
+    tenants: &HashMap<u32, Tenant>,
+    learned: &mut HashMap<(u32, IpAddr), [u8; 6]>,
+    replies: &mut Vec<Reply>,
+) -> Result<bool, DropReason> {
+    check_meta(&meta, META_KIND_ARP)?;
+    let a = frame
+        .get(meta.l3_off as usize..meta.l3_off as usize + 28)
+        .ok_or(DropReason::BadInnerPacket)?;
+    // Ethernet/IPv4 ARP only: htype 1, ptype 0x0800, hlen 6, plen 4.
+    if a[..6] != [0, 1, 8, 0, 6, 4] {
+        return Ok(false);
+    }
+    let op = u16::from_be_bytes([a[6], a[7]]);
+    let sha: [u8; 6] = a[8..14].try_into().expect("6");
+    let spa = Ipv4Addr::new(a[14], a[15], a[16], a[17]);
+    let tpa = Ipv4Addr::new(a[24], a[25], a[26], a[27]);
+    let Some(t) = tenants.get(&meta.tenant) else {
+        return Ok(false);
+    };
+    if !spa.is_unspecified() && learned.len() < 65_536 {
+        learned.insert((meta.tenant, IpAddr::V4(spa)), sha);
+    }
+    if op != 1 || Some(tpa) != t.gateway_v4 {
+        return Ok(false);
+    }
+    let mut r = Vec::with_capacity(28);
+    r.extend_from_slice(&[0, 1, 8, 0, 6, 4, 0, 2]);
+    r.extend_from_slice(&t.gateway_mac);
+    r.extend_from_slice(&tpa.octets());
+    r.extend_from_slice(&sha);
+    r.extend_from_slice(&spa.octets());
+    replies.push(Reply {
+        tenant: meta.tenant,
+        host_mac: sha,
+        ethertype: 0x0806,
+        packet: r,
+    });
+    Ok(true)
 }
 
 /// Encapsulates one inner packet into a wire frame.
