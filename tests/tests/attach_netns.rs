@@ -5,7 +5,7 @@
 
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
 use aya::programs::XdpMode;
 use vpn_common::{
     Counter, DropReason, Outcome, ReplayWindow, XdpMeta,
@@ -15,59 +15,9 @@ use vpn_common::{
 use vpn_tests::{
     netns::{NetNs, require_root, unique},
     pkt::Packet,
+    raw::RawSocket,
 };
 use vpn_userspace::dataplane::{Dataplane, LoadOptions, Side, xsk::XskSocket};
-
-/// A raw AF_PACKET socket that sends whole frames out of one interface.
-struct RawSender {
-    fd: i32,
-    ifindex: i32,
-}
-
-impl RawSender {
-    fn new(ifindex: u32) -> Result<RawSender> {
-        // SAFETY: plain socket(2).
-        let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0) };
-        if fd < 0 {
-            return Err(std::io::Error::last_os_error()).context("AF_PACKET socket");
-        }
-        Ok(RawSender {
-            fd,
-            ifindex: ifindex as i32,
-        })
-    }
-
-    fn send(&self, frame: &[u8]) -> Result<()> {
-        // SAFETY: zeroed sockaddr_ll filled below.
-        let mut sa: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
-        sa.sll_family = libc::AF_PACKET as u16;
-        sa.sll_ifindex = self.ifindex;
-        sa.sll_halen = 6;
-        sa.sll_addr[..6].copy_from_slice(&frame[..6]);
-        // SAFETY: valid buffer and address.
-        let n = unsafe {
-            libc::sendto(
-                self.fd,
-                frame.as_ptr().cast(),
-                frame.len(),
-                0,
-                (&raw const sa).cast(),
-                std::mem::size_of::<libc::sockaddr_ll>() as u32,
-            )
-        };
-        if n != frame.len() as isize {
-            return Err(std::io::Error::last_os_error()).context("sendto");
-        }
-        Ok(())
-    }
-}
-
-impl Drop for RawSender {
-    fn drop(&mut self) {
-        // SAFETY: our fd.
-        unsafe { libc::close(self.fd) };
-    }
-}
 
 /// Waits (bounded) for one frame on `sock`.
 fn recv_one(sock: &mut XskSocket) -> Result<(XdpMeta, Vec<u8>)> {
@@ -151,8 +101,8 @@ fn attached_programs_count_and_redirect_real_frames() -> Result<()> {
         },
     )?;
 
-    let wire = RawSender::new(wire0)?;
-    let tenant = RawSender::new(ten0)?;
+    let wire = RawSocket::new(wire0)?;
+    let tenant = RawSocket::new(ten0)?;
 
     // 1. ESP with a known SPI reaches the worker's socket with its metadata.
     let esp = Packet::eth()
