@@ -49,6 +49,7 @@ const GW_W: [u8; 6] = [0x02, 0x77, 0, 0, 0, 0xfe];
 
 const SPI_EW: u32 = 0x0000_e0f0; // East -> West, raw ESP
 const SPI_WE: u32 = 0x0000_f0e0; // West -> East, ESP in UDP/4500
+const SPI_EW6: u32 = 0x0000_e6f6; // East -> West over IPv6 outer headers (4-in-6)
 const KEY_EW: [u8; 20] = [0x11; 20];
 const KEY_WE: [u8; 36] = [0x22; 36];
 
@@ -57,6 +58,13 @@ fn mac(m: &[u8; 6]) -> String {
         .map(|b| format!("{b:02x}"))
         .collect::<Vec<_>>()
         .join(":")
+}
+
+fn prefix6(a: &str, len: u8) -> Prefix {
+    Prefix {
+        addr: IpAddr::V6(a.parse().expect("IPv6 prefix")),
+        len,
+    }
 }
 
 fn prefix(a: [u8; 4], len: u8) -> Prefix {
@@ -150,6 +158,12 @@ fn east_vlan_to_west_vxlan_and_back_through_esp() -> Result<()> {
         udp: Some((4500, 4500)),
         ttl: 64,
     };
+    let out_ew6 = Outer {
+        src: IpAddr::V6("2001:db8:ff::226".parse()?),
+        dst: IpAddr::V6("2001:db8:ff::233".parse()?),
+        udp: None,
+        ttl: 64,
+    };
     let sa_in = |slot, tenant| SaIn {
         slot,
         tenant,
@@ -179,6 +193,16 @@ fn east_vlan_to_west_vxlan_and_back_through_esp() -> Result<()> {
                 action: POLICY_PROTECT,
             },
         )?;
+        // IPv6 tenant traffic through the same (IPv4-outer) SA: 6-in-4.
+        dp.set_policy_v6(
+            1,
+            "2001:db8:2::".parse()?,
+            48,
+            PolicyValue {
+                sa_slot: 10,
+                action: POLICY_PROTECT,
+            },
+        )?;
         dp.add_sa_in(SPI_WE, sa_in(20, 1), ReplayWindow::new(128, false))?;
         let mut w = Worker::new(wire, ten, dp.replay_shared());
         w.inbound.insert(
@@ -197,6 +221,23 @@ fn east_vlan_to_west_vxlan_and_back_through_esp() -> Result<()> {
             10,
             OutboundState {
                 sa: Arc::new(OutboundSa::new(SPI_EW, &key_ew, false, out_ew.clone())),
+                dst_mac: NextHop::new(MAC_WIRE_W),
+                src_mac: MAC_WIRE_E,
+            },
+        );
+        dp.set_policy_v4(
+            1,
+            "10.3.0.0".parse()?,
+            24,
+            PolicyValue {
+                sa_slot: 11,
+                action: POLICY_PROTECT,
+            },
+        )?;
+        w.outbound.insert(
+            11,
+            OutboundState {
+                sa: Arc::new(OutboundSa::new(SPI_EW6, &key_ew, true, out_ew6.clone())),
                 dst_mac: NextHop::new(MAC_WIRE_W),
                 src_mac: MAC_WIRE_E,
             },
@@ -246,17 +287,36 @@ fn east_vlan_to_west_vxlan_and_back_through_esp() -> Result<()> {
             },
         )?;
         dp.add_sa_in(SPI_EW, sa_in(20, 5), ReplayWindow::new(128, false))?;
+        dp.add_sa_in(SPI_EW6, sa_in(21, 5), ReplayWindow::new(128, true))?;
         let mut w = Worker::new(wire, ten, dp.replay_shared());
+        w.inbound.insert(
+            21,
+            InboundState {
+                sa: InboundSa::new(SPI_EW6, &key_ew, true),
+                slot: 21,
+                tenant: 5,
+                selectors: vec![Selector {
+                    src: prefix([10, 1, 0, 0], 24),
+                    dst: prefix([10, 3, 0, 0], 24),
+                }],
+            },
+        );
         w.inbound.insert(
             20,
             InboundState {
                 sa: InboundSa::new(SPI_EW, &key_ew, false),
                 slot: 20,
                 tenant: 5,
-                selectors: vec![Selector {
-                    src: prefix([10, 1, 0, 0], 24),
-                    dst: prefix([10, 2, 0, 0], 24),
-                }],
+                selectors: vec![
+                    Selector {
+                        src: prefix([10, 1, 0, 0], 24),
+                        dst: prefix([10, 2, 0, 0], 24),
+                    },
+                    Selector {
+                        src: prefix6("2001:db8:1::", 48),
+                        dst: prefix6("2001:db8:2::", 48),
+                    },
+                ],
             },
         );
         w.outbound.insert(
@@ -406,6 +466,49 @@ fn east_vlan_to_west_vxlan_and_back_through_esp() -> Result<()> {
         );
     }
 
+    // 2b. IPv6 inside the IPv4 tunnel (6-in-4), VLAN at East to VXLAN at West.
+    let inner6 = Packet::eth()
+        .ipv6("2001:db8:1::5", "2001:db8:2::9")
+        .udp(40000, 7)
+        .payload_len(200)
+        .build()[14..]
+        .to_vec();
+    let mut vlan6 = Vec::new();
+    vlan6.extend_from_slice(&GW_E);
+    vlan6.extend_from_slice(&MAC_HOST_E);
+    vlan6.extend_from_slice(&[0x81, 0x00, 0x00, 100, 0x86, 0xdd]);
+    vlan6.extend_from_slice(&inner6);
+    e_host.send(&vlan6)?;
+    let want6 = inner6.clone();
+    let got = w_host
+        .recv_matching(Duration::from_secs(3), move |f| {
+            f.len() > 64 && f[36..38] == [0x12, 0xb5] && f[64..] == want6[..]
+        })
+        .context("IPv6 inner packet not delivered through the IPv4 tunnel")?;
+    assert_eq!(&got[62..64], &[0x86, 0xdd], "inner ethertype IPv6");
+
+    // 2c. IPv4 inside IPv6 outer headers (4-in-6), with ESN, through a second SA.
+    let inner46 = Packet::eth()
+        .ipv4("10.1.0.5", "10.3.0.9")
+        .udp(40000, 7)
+        .payload_len(120)
+        .build()[14..]
+        .to_vec();
+    let mut vlan46 = Vec::new();
+    vlan46.extend_from_slice(&GW_E);
+    vlan46.extend_from_slice(&MAC_HOST_E);
+    vlan46.extend_from_slice(&[0x81, 0x00, 0x00, 100, 0x08, 0x00]);
+    vlan46.extend_from_slice(&inner46);
+    e_host.send(&vlan46)?;
+    w_host
+        .recv_matching(Duration::from_secs(3), is_vxlan_with(&inner46))
+        .context("4-in-6 packet not delivered")?;
+    assert_eq!(
+        west_node.dp.sa_stats(21)?.packets,
+        1,
+        "came in on the IPv6 SA"
+    );
+
     // 3. An attacker on the wire: a valid packet, its replay, a tampered one.
     let attacker = OutboundSa::new(SPI_EW, &key_ew, false, out_ew);
     let esp_frame = |seq: u64| -> Vec<u8> {
@@ -474,10 +577,10 @@ fn east_vlan_to_west_vxlan_and_back_through_esp() -> Result<()> {
     let east_stats = east_node.stop();
     let west_stats = west_node.stop();
     assert_eq!(west_stats.dropped(DropReason::BadIcv), 1, "{west_stats:?}");
-    assert_eq!(west_stats.decrypted, 4, "{west_stats:?}");
+    assert_eq!(west_stats.decrypted, 6, "{west_stats:?}");
     assert_eq!(west_stats.fragments_seen, frags.len() as u64);
     assert_eq!(east_stats.decrypted, 1, "{east_stats:?}");
-    assert_eq!(east_stats.encrypted, 1, "{east_stats:?}");
+    assert_eq!(east_stats.encrypted, 3, "{east_stats:?}");
     assert_eq!(west_stats.encrypted, 1, "{west_stats:?}");
     Ok(())
 }
