@@ -237,7 +237,25 @@ impl TwoSite {
         let veth = |a: &NetNs, an: &str, b: &NetNs, bn: &str| -> Result<()> {
             let tmp = unique("v");
             let tmp = &tmp[tmp.len().saturating_sub(12)..];
-            a.ip(&["link", "add", an, "type", "veth", "peer", "name", tmp])?;
+            // Two queues each way, so the daemons run two workers and flows spread over them.
+            a.ip(&[
+                "link",
+                "add",
+                an,
+                "numtxqueues",
+                "2",
+                "numrxqueues",
+                "2",
+                "type",
+                "veth",
+                "peer",
+                "name",
+                tmp,
+                "numtxqueues",
+                "2",
+                "numrxqueues",
+                "2",
+            ])?;
             a.ip(&["link", "set", tmp, "netns", b.name()])?;
             b.ip(&["link", "set", tmp, "name", bn])?;
             a.ip(&["link", "set", an, "up"])?;

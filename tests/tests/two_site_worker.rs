@@ -100,16 +100,31 @@ impl Drop for Node {
     }
 }
 
-fn spawn(mut w: Worker) -> (Arc<AtomicBool>, JoinHandle<WorkerStats>) {
+/// Runs the node's workers, one thread per queue pair (veth has one rx queue per CPU), and
+/// returns a handle that yields their summed stats.
+fn spawn(w: Worker) -> (Arc<AtomicBool>, JoinHandle<WorkerStats>) {
     let stop = Arc::new(AtomicBool::new(false));
-    let s = stop.clone();
+    let threads: Vec<_> = w
+        .split()
+        .into_iter()
+        .map(|mut w| {
+            let s = stop.clone();
+            std::thread::spawn(move || {
+                while !s.load(Ordering::Relaxed) {
+                    if w.poll() == 0 {
+                        w.wait(5);
+                    }
+                }
+                w.stats
+            })
+        })
+        .collect();
     let h = std::thread::spawn(move || {
-        while !s.load(Ordering::Relaxed) {
-            if w.poll() == 0 {
-                w.wait(5);
-            }
+        let mut total = WorkerStats::default();
+        for t in threads {
+            total.merge(&t.join().expect("worker thread"));
         }
-        w.stats
+        total
     });
     (stop, h)
 }
@@ -205,19 +220,16 @@ fn east_vlan_to_west_vxlan_and_back_through_esp() -> Result<()> {
         )?;
         dp.add_sa_in(SPI_WE, sa_in(20, 1), ReplayWindow::new(128, false))?;
         let mut w = Worker::new(wire, ten, dp.replay_shared());
-        w.inbound.insert(
-            20,
-            InboundState {
-                sa: InboundSa::new(SPI_WE, &key_we, false),
-                slot: 20,
-                tenant: 1,
-                selectors: vec![Selector {
-                    src: prefix([10, 2, 0, 0], 24),
-                    dst: prefix([10, 1, 0, 0], 24),
-                }],
-            },
-        );
-        w.outbound.insert(
+        w.add_inbound(InboundState {
+            sa: InboundSa::new(SPI_WE, &key_we, false),
+            slot: 20,
+            tenant: 1,
+            selectors: vec![Selector {
+                src: prefix([10, 2, 0, 0], 24),
+                dst: prefix([10, 1, 0, 0], 24),
+            }],
+        });
+        w.add_outbound(
             10,
             OutboundState {
                 sa: Arc::new(OutboundSa::new(SPI_EW, &key_ew, false, out_ew.clone())),
@@ -234,7 +246,7 @@ fn east_vlan_to_west_vxlan_and_back_through_esp() -> Result<()> {
                 action: POLICY_PROTECT,
             },
         )?;
-        w.outbound.insert(
+        w.add_outbound(
             11,
             OutboundState {
                 sa: Arc::new(OutboundSa::new(SPI_EW6, &key_ew, true, out_ew6.clone())),
@@ -242,7 +254,7 @@ fn east_vlan_to_west_vxlan_and_back_through_esp() -> Result<()> {
                 src_mac: MAC_WIRE_E,
             },
         );
-        w.tenants.insert(
+        w.add_tenant(
             1,
             Tenant {
                 link: TenantLink::Vlan(100),
@@ -289,37 +301,31 @@ fn east_vlan_to_west_vxlan_and_back_through_esp() -> Result<()> {
         dp.add_sa_in(SPI_EW, sa_in(20, 5), ReplayWindow::new(128, false))?;
         dp.add_sa_in(SPI_EW6, sa_in(21, 5), ReplayWindow::new(128, true))?;
         let mut w = Worker::new(wire, ten, dp.replay_shared());
-        w.inbound.insert(
-            21,
-            InboundState {
-                sa: InboundSa::new(SPI_EW6, &key_ew, true),
-                slot: 21,
-                tenant: 5,
-                selectors: vec![Selector {
+        w.add_inbound(InboundState {
+            sa: InboundSa::new(SPI_EW6, &key_ew, true),
+            slot: 21,
+            tenant: 5,
+            selectors: vec![Selector {
+                src: prefix([10, 1, 0, 0], 24),
+                dst: prefix([10, 3, 0, 0], 24),
+            }],
+        });
+        w.add_inbound(InboundState {
+            sa: InboundSa::new(SPI_EW, &key_ew, false),
+            slot: 20,
+            tenant: 5,
+            selectors: vec![
+                Selector {
                     src: prefix([10, 1, 0, 0], 24),
-                    dst: prefix([10, 3, 0, 0], 24),
-                }],
-            },
-        );
-        w.inbound.insert(
-            20,
-            InboundState {
-                sa: InboundSa::new(SPI_EW, &key_ew, false),
-                slot: 20,
-                tenant: 5,
-                selectors: vec![
-                    Selector {
-                        src: prefix([10, 1, 0, 0], 24),
-                        dst: prefix([10, 2, 0, 0], 24),
-                    },
-                    Selector {
-                        src: prefix6("2001:db8:1::", 48),
-                        dst: prefix6("2001:db8:2::", 48),
-                    },
-                ],
-            },
-        );
-        w.outbound.insert(
+                    dst: prefix([10, 2, 0, 0], 24),
+                },
+                Selector {
+                    src: prefix6("2001:db8:1::", 48),
+                    dst: prefix6("2001:db8:2::", 48),
+                },
+            ],
+        });
+        w.add_outbound(
             10,
             OutboundState {
                 sa: Arc::new(OutboundSa::new(SPI_WE, &key_we, false, out_we)),
@@ -327,7 +333,7 @@ fn east_vlan_to_west_vxlan_and_back_through_esp() -> Result<()> {
                 src_mac: MAC_WIRE_W,
             },
         );
-        w.tenants.insert(
+        w.add_tenant(
             5,
             Tenant {
                 link: TenantLink::Vxlan {

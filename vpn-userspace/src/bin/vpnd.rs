@@ -146,7 +146,7 @@ fn main() -> Result<()> {
         cfg.wire.interface,
         dp.pin_dir().display()
     );
-    // One AF_XDP socket per rx queue on each side, all served by one worker thread.
+    // One AF_XDP socket per rx queue on each side.
     let wire = dp.bind_sockets(Side::Wire, &cfg.wire.interface, 0, cfg.xsk_frames)?;
     let ten = dp.bind_sockets(Side::Tenant, tenant_if, 0, cfg.xsk_frames)?;
     let mode = |v: &[vpn_userspace::dataplane::xsk::XskSocket]| {
@@ -214,7 +214,7 @@ fn main() -> Result<()> {
             TenantLink::Untagged
         };
         dp.set_tenant_encap(t.id, encap)?;
-        worker.tenants.insert(
+        worker.add_tenant(
             t.id,
             Tenant {
                 link,
@@ -290,22 +290,19 @@ fn main() -> Result<()> {
                 })
             })
             .collect();
-        worker.inbound.insert(
-            slot_in,
-            InboundState {
-                sa: InboundSa::with_backend(sa.spi_in, &sa.key_in, sa.esn, backend),
-                slot: slot_in,
-                tenant: sa.tenant,
-                selectors,
-            },
-        );
+        worker.add_inbound(InboundState {
+            sa: InboundSa::with_backend(sa.spi_in, &sa.key_in, sa.esn, backend),
+            slot: slot_in,
+            tenant: sa.tenant,
+            selectors,
+        });
         let outer = Outer {
             src: sa.local,
             dst: sa.peer,
             udp: sa.udp_encap.then_some((4500, 4500)),
             ttl: 64,
         };
-        worker.outbound.insert(
+        worker.add_outbound(
             slot_out,
             OutboundState {
                 sa: Arc::new(OutboundSa::with_backend(
@@ -328,22 +325,31 @@ fn main() -> Result<()> {
 
     let wire_if = cfg.wire.interface.clone();
     let stop = Arc::new(AtomicBool::new(false));
-    let s = stop.clone();
-    let handle = std::thread::Builder::new()
-        .name("vpnd-worker".into())
-        .spawn(move || {
-            while !s.load(Ordering::Relaxed) {
-                if worker.poll() == 0 {
-                    worker.wait(1);
-                }
-            }
-            eprintln!(
-                "vpnd: AF_XDP kernel counters [rx_dropped, rx_ring_full, fill_empty, tx_invalid, tx_empty]: wire {:?}, tenant {:?}",
-                worker.wire.iter().map(|s| s.kernel_stats()).collect::<Vec<_>>(),
-                worker.tenant.iter().map(|s| s.kernel_stats()).collect::<Vec<_>>()
-            );
-            worker.stats
-        })?;
+    // One worker thread per queue pair (see Worker::split).
+    let workers = worker.split();
+    let n_workers = workers.len();
+    let mut handles = Vec::with_capacity(n_workers);
+    for (i, mut w) in workers.into_iter().enumerate() {
+        let s = stop.clone();
+        handles.push(
+            std::thread::Builder::new()
+                .name(format!("vpnd-worker-{i}"))
+                .spawn(move || {
+                    while !s.load(Ordering::Relaxed) {
+                        if w.poll() == 0 {
+                            w.wait(1);
+                        }
+                    }
+                    eprintln!(
+                        "vpnd: worker {i} AF_XDP kernel counters [rx_dropped, rx_ring_full, fill_empty, tx_invalid, tx_empty]: wire {:?}, tenant {:?}",
+                        w.wire.iter().map(|s| s.kernel_stats()).collect::<Vec<_>>(),
+                        w.tenant.iter().map(|s| s.kernel_stats()).collect::<Vec<_>>()
+                    );
+                    w.stats
+                })?,
+        );
+    }
+    eprintln!("vpnd: {n_workers} worker thread(s)");
     eprintln!("vpnd: running");
 
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -362,9 +368,11 @@ fn main() -> Result<()> {
         anyhow::Ok(())
     })?;
     stop.store(true, Ordering::Relaxed);
-    let stats = handle
-        .join()
-        .map_err(|_| anyhow::anyhow!("worker panicked"))?;
+    let mut stats = vpn_userspace::dataplane::worker::WorkerStats::default();
+    for h in handles {
+        let s = h.join().map_err(|_| anyhow::anyhow!("worker panicked"))?;
+        stats.merge(&s);
+    }
     eprintln!("vpnd: stopping: {stats:?}");
     drop(dp);
     Ok(())

@@ -10,9 +10,13 @@ pub struct ReplayTable {
     base: NonNull<ReplayWindow>,
     slots: u32,
     len: usize,
+    /// One flag per slot: the writer's exclusive section when several workers can see the
+    /// same SA (an SA normally lands on one rx queue, so it is uncontended).
+    writers: Box<[std::sync::atomic::AtomicBool]>,
 }
 
-// SAFETY: the mapping is plain shared memory; writers follow the single-writer-per-SA rule.
+// SAFETY: the mapping is plain shared memory; writes go through `accept` (exclusive per
+// slot) or `advance` (caller is the only writer).
 unsafe impl Send for ReplayTable {}
 unsafe impl Sync for ReplayTable {}
 
@@ -43,6 +47,37 @@ impl ReplayTable {
             base: NonNull::new(p.cast()).context("mmap returned null")?,
             slots,
             len,
+            writers: (0..slots)
+                .map(|_| std::sync::atomic::AtomicBool::new(false))
+                .collect(),
+        })
+    }
+
+    /// A table in private memory (tests, tools): the same code without a BPF map behind it.
+    pub fn anonymous(slots: u32) -> Result<ReplayTable> {
+        let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as usize;
+        let len = (slots as usize * std::mem::size_of::<ReplayWindow>()).div_ceil(page) * page;
+        // SAFETY: anonymous mapping, checked below.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            return Err(std::io::Error::last_os_error()).context("anonymous mmap");
+        }
+        Ok(ReplayTable {
+            base: NonNull::new(p.cast()).context("mmap returned null")?,
+            slots,
+            len,
+            writers: (0..slots)
+                .map(|_| std::sync::atomic::AtomicBool::new(false))
+                .collect(),
         })
     }
 
@@ -78,6 +113,31 @@ impl ReplayTable {
         Ok(unsafe { (*self.ptr(slot)?).check(seq_low) })
     }
 
+    /// For an authenticated packet: checks `seq_low` again and records it, as one step
+    /// exclusive with other workers on the same slot, so two copies of a packet decrypted
+    /// on two queues are never both accepted (RFC 4303 3.4.3).
+    pub fn accept(&self, slot: u32, seq_low: u32) -> Result<Result<u64, vpn_common::ReplayError>> {
+        use std::sync::atomic::Ordering;
+        let p = self.ptr(slot)?;
+        let w = &self.writers[slot as usize];
+        while w
+            .compare_exchange_weak(false, true, Ordering::Acquire, Ordering::Relaxed)
+            .is_err()
+        {
+            std::hint::spin_loop();
+        }
+        // SAFETY: in bounds; we hold this slot's writer flag.
+        let r = unsafe {
+            let r = (*p).check(seq_low);
+            if let Ok(seq) = r {
+                ReplayWindow::advance_shared(p, seq);
+            }
+            r
+        };
+        w.store(false, Ordering::Release);
+        Ok(r)
+    }
+
     /// Records an authenticated sequence number. The caller must be this SA's only writer.
     pub fn advance(&self, slot: u32, seq: u64) -> Result<()> {
         let p = self.ptr(slot)?;
@@ -91,5 +151,40 @@ impl Drop for ReplayTable {
     fn drop(&mut self) {
         // SAFETY: unmapping exactly what map() mapped.
         unsafe { libc::munmap(self.base.as_ptr().cast(), self.len) };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Two workers offered the same packets (the same SA seen on two queues): no sequence
+    /// number is ever accepted twice.
+    #[test]
+    fn accept_is_exclusive_across_threads() {
+        let t = std::sync::Arc::new(ReplayTable::anonymous(4).unwrap());
+        t.init(1, ReplayWindow::new(4096, false)).unwrap();
+        let n = 200_000u32;
+        let accepted: Vec<Vec<u64>> = std::thread::scope(|sc| {
+            let hs: Vec<_> = (0..2)
+                .map(|_| {
+                    let t = t.clone();
+                    sc.spawn(move || {
+                        (1..=n)
+                            .filter_map(|s| t.accept(1, s).ok()?.ok())
+                            .collect::<Vec<u64>>()
+                    })
+                })
+                .collect();
+            hs.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        let mut all: Vec<u64> = accepted.concat();
+        let total = all.len();
+        all.sort_unstable();
+        all.dedup();
+        assert_eq!(all.len(), total, "a sequence number was accepted twice");
+        // Nothing is lost either: each number is accepted by one of the two (the window is
+        // wide enough for how far apart two threads get here).
+        assert!(total as u32 > n - 4096, "{total}");
     }
 }

@@ -1,6 +1,8 @@
-//! The AF_XDP worker: ESP in from every wire rx queue, decrypt, re-tag toward the tenant;
-//! tenant traffic in from every tenant rx queue, encrypt, out on the wire. One thread serves
-//! all queues, so each SA's replay window has a single writer. Batches of frames, no allocation,
+//! The AF_XDP workers: ESP in from the wire, decrypt, re-tag toward the tenant; tenant
+//! traffic in, encrypt, out on the wire. One worker thread per queue pair (`Worker::split`);
+//! the SA tables are shared read-only, replay windows are updated through
+//! `ReplayTable::accept` (exclusive per SA, uncontended when an SA stays on one queue, as RSS
+//! keeps it), outbound sequence numbers are atomic. Batches of frames, no allocation,
 //! lock or syscall per packet (one kick per batch and direction).
 
 use std::{
@@ -14,6 +16,8 @@ use vpn_common::{
     DropReason, XdpMeta,
     meta::{META_KIND_ARP, META_KIND_ESP_IN, META_KIND_FRAGMENT, META_KIND_OUTBOUND, META_MAGIC},
 };
+
+use arc_swap::ArcSwap;
 
 use super::{ReplayTable, xsk::XskSocket};
 use crate::esp::{
@@ -156,6 +160,21 @@ pub struct WorkerStats {
 }
 
 impl WorkerStats {
+    /// Adds another worker's counts (for a node-wide total).
+    pub fn merge(&mut self, o: &WorkerStats) {
+        self.decrypted += o.decrypted;
+        self.encrypted += o.encrypted;
+        self.fragments_seen += o.fragments_seen;
+        self.fragmented_before_encryption += o.fragmented_before_encryption;
+        self.esp_fragments += o.esp_fragments;
+        self.icmp_too_big += o.icmp_too_big;
+        self.arp_replies += o.arp_replies;
+        self.arp_ignored += o.arp_ignored;
+        for (r, n) in &o.drops {
+            *self.drops.entry(*r).or_default() += n;
+        }
+    }
+
     fn drop(&mut self, r: DropReason) {
         *self.drops.entry(r).or_default() += 1;
     }
@@ -171,11 +190,13 @@ pub struct Worker {
     /// One socket per rx queue of the tenant interface; transmits go out on the first.
     pub tenant: Vec<XskSocket>,
     replay: Arc<ReplayTable>,
-    pub inbound: HashMap<u32, InboundState>,
-    pub outbound: HashMap<u32, OutboundState>,
-    pub tenants: HashMap<u32, Tenant>,
-    /// (tenant, host address) -> MAC, learned from outbound traffic.
-    learned: HashMap<(u32, IpAddr), [u8; 6]>,
+    // Shared by the workers of a node: read-only once they run (add_* before split).
+    inbound: Arc<HashMap<u32, InboundState>>,
+    outbound: Arc<HashMap<u32, OutboundState>>,
+    tenants: Arc<HashMap<u32, Tenant>>,
+    /// (tenant, host address) -> MAC, learned from tenant traffic and ARP. Read for every
+    /// decrypted packet without a lock; replaced (copy on write) when a new host appears.
+    learned: Arc<ArcSwap<LearnedMacs>>,
     /// Outer fragments of ESP, until their datagram is whole.
     reassembler: Reassembler,
     /// IP MTU of the wire: encapsulated packets never exceed it.
@@ -185,12 +206,28 @@ pub struct Worker {
     pub stats: WorkerStats,
 }
 
+type LearnedMacs = HashMap<(u32, IpAddr), [u8; 6]>;
+const MAX_LEARNED: usize = 65_536;
+
+/// Records a tenant host's MAC if it is new or moved (rare: copies the table).
+fn learn(learned: &ArcSwap<LearnedMacs>, key: (u32, IpAddr), mac: [u8; 6]) {
+    let cur = learned.load();
+    if cur.get(&key) == Some(&mac) || cur.len() >= MAX_LEARNED {
+        return;
+    }
+    learned.rcu(|m| {
+        let mut m = HashMap::clone(m);
+        m.insert(key, mac);
+        m
+    });
+}
+
 /// What the inbound path needs besides the frame.
 struct InCtx<'a> {
     replay: &'a ReplayTable,
     inbound: &'a HashMap<u32, InboundState>,
     tenants: &'a HashMap<u32, Tenant>,
-    learned: &'a HashMap<(u32, IpAddr), [u8; 6]>,
+    learned: &'a LearnedMacs,
 }
 
 impl Worker {
@@ -203,16 +240,68 @@ impl Worker {
             wire,
             tenant,
             replay,
-            inbound: HashMap::new(),
-            outbound: HashMap::new(),
-            tenants: HashMap::new(),
-            learned: HashMap::new(),
+            inbound: Arc::default(),
+            outbound: Arc::default(),
+            tenants: Arc::default(),
+            learned: Arc::default(),
             reassembler: Reassembler::new(Limits::default()),
             wire_mtu: 1500,
             replies: Vec::new(),
             epoch: Instant::now(),
             stats: WorkerStats::default(),
         }
+    }
+
+    fn tables<T>(t: &mut Arc<T>) -> &mut T {
+        Arc::get_mut(t).expect("configure a worker before splitting it")
+    }
+
+    /// Adds an inbound SA (before `split`).
+    pub fn add_inbound(&mut self, st: InboundState) {
+        Self::tables(&mut self.inbound).insert(st.slot, st);
+    }
+
+    /// Adds an outbound SA at its slot (before `split`).
+    pub fn add_outbound(&mut self, slot: u32, st: OutboundState) {
+        Self::tables(&mut self.outbound).insert(slot, st);
+    }
+
+    /// Adds a tenant (before `split`).
+    pub fn add_tenant(&mut self, id: u32, t: Tenant) {
+        Self::tables(&mut self.tenants).insert(id, t);
+    }
+
+    /// One worker per queue pair: worker `i` takes the sockets of queues `i`, `i + n`, ... on
+    /// each side, with `n` the smaller queue count, so every worker can receive and transmit
+    /// on both sides. The SA tables are shared; a replay window stays consistent because its
+    /// updates go through `ReplayTable::accept`.
+    pub fn split(self) -> Vec<Worker> {
+        let n = self.wire.len().min(self.tenant.len());
+        let mut wire: Vec<Vec<XskSocket>> = (0..n).map(|_| Vec::new()).collect();
+        let mut tenant: Vec<Vec<XskSocket>> = (0..n).map(|_| Vec::new()).collect();
+        for (i, s) in self.wire.into_iter().enumerate() {
+            wire[i % n].push(s);
+        }
+        for (i, s) in self.tenant.into_iter().enumerate() {
+            tenant[i % n].push(s);
+        }
+        wire.into_iter()
+            .zip(tenant)
+            .map(|(w, t)| Worker {
+                wire: w,
+                tenant: t,
+                replay: self.replay.clone(),
+                inbound: self.inbound.clone(),
+                outbound: self.outbound.clone(),
+                tenants: self.tenants.clone(),
+                learned: self.learned.clone(),
+                reassembler: Reassembler::new(Limits::default()),
+                wire_mtu: self.wire_mtu,
+                replies: Vec::new(),
+                epoch: self.epoch,
+                stats: WorkerStats::default(),
+            })
+            .collect()
     }
 
     /// The inbound SA slot of an SPI (for reassembled packets, which the XDP program could
@@ -239,11 +328,12 @@ impl Worker {
             stats,
             ..
         } = self;
+        let learned = learned.load();
         let ctx = InCtx {
             replay,
             inbound,
             tenants,
-            learned,
+            learned: &learned,
         };
         let out = &mut tenant[0];
         let mut n = 0;
@@ -461,10 +551,17 @@ fn esp_packet(
         Err(vpn_common::ReplayError::Zero) => return Err(DropReason::ReplaySeqZero),
     };
     let d = st.sa.decapsulate(&mut ip[esp_off..end], seq)?;
-    // Only an authenticated packet moves the window (RFC 4303 3.4.3).
-    ctx.replay
-        .advance(st.slot, seq)
-        .map_err(|_| DropReason::SaStateMissing)?;
+    // Only an authenticated packet moves the window (RFC 4303 3.4.3); checked again under
+    // the slot's writer flag, in case another worker accepted the same number meanwhile.
+    match ctx
+        .replay
+        .accept(st.slot, seq_low)
+        .map_err(|_| DropReason::SaStateMissing)?
+    {
+        Ok(s) if s == seq => {}
+        Err(vpn_common::ReplayError::TooOld) => return Err(DropReason::ReplayTooOld),
+        Ok(_) | Err(_) => return Err(DropReason::ReplayDuplicate),
+    }
     let inner = &ip[esp_off + d.inner.start..esp_off + d.inner.end];
     let info = inner_info(inner).ok_or(DropReason::BadInnerPacket)?;
     if !st.selectors.is_empty()
@@ -585,7 +682,7 @@ fn outbound_frame(
     frame: &mut [u8],
     outbound: &HashMap<u32, OutboundState>,
     tenants: &HashMap<u32, Tenant>,
-    learned: &mut HashMap<(u32, IpAddr), [u8; 6]>,
+    learned: &ArcSwap<LearnedMacs>,
     wire: &mut XskSocket,
     wire_mtu: usize,
     replies: &mut Vec<Reply>,
@@ -600,9 +697,7 @@ fn outbound_frame(
         .and_then(|m| m.try_into().ok())
         .ok_or(DropReason::BadInnerPacket)?;
     // Learn the tenant host's MAC for the return path (bounded: one entry per host).
-    if learned.len() < 65_536 {
-        learned.entry((meta.tenant, info.src)).or_insert(host_mac);
-    }
+    learn(learned, (meta.tenant, info.src), host_mac);
     let inner = &frame[l3..l3 + info.len];
 
     if st.sa.encapsulated_len(inner.len()) > wire_mtu {
@@ -651,7 +746,7 @@ fn arp_frame(
     meta: XdpMeta,
     frame: &[u8],
     tenants: &HashMap<u32, Tenant>,
-    learned: &mut HashMap<(u32, IpAddr), [u8; 6]>,
+    learned: &ArcSwap<LearnedMacs>,
     replies: &mut Vec<Reply>,
 ) -> Result<bool, DropReason> {
     check_meta(&meta, META_KIND_ARP)?;
@@ -669,8 +764,8 @@ fn arp_frame(
     let Some(t) = tenants.get(&meta.tenant) else {
         return Ok(false);
     };
-    if !spa.is_unspecified() && learned.len() < 65_536 {
-        learned.insert((meta.tenant, IpAddr::V4(spa)), sha);
+    if !spa.is_unspecified() {
+        learn(learned, (meta.tenant, IpAddr::V4(spa)), sha);
     }
     if op != 1 || Some(tpa) != t.gateway_v4 {
         return Ok(false);
