@@ -493,6 +493,39 @@ fn east_vlan_to_west_vxlan_and_back_through_esp() -> Result<()> {
         .context("IPv6 inner packet not delivered through the IPv4 tunnel")?;
     assert_eq!(&got[62..64], &[0x86, 0xdd], "inner ethertype IPv6");
 
+    // 2b'. An IPv6 packet too big for the wire once encapsulated: ICMPv6 "packet too big"
+    //      back to the host (IPv6 is never fragmented on the way, RFC 8200 5).
+    let big6 = Packet::eth()
+        .ipv6("2001:db8:1::5", "2001:db8:2::9")
+        .udp(40000, 7)
+        .payload_len(1452)
+        .build()[14..]
+        .to_vec();
+    assert_eq!(big6.len(), 1500);
+    let mut vlan_big6 = Vec::new();
+    vlan_big6.extend_from_slice(&GW_E);
+    vlan_big6.extend_from_slice(&MAC_HOST_E);
+    vlan_big6.extend_from_slice(&[0x81, 0x00, 0x00, 100, 0x86, 0xdd]);
+    vlan_big6.extend_from_slice(&big6);
+    e_host.send(&vlan_big6)?;
+    let ptb = e_host
+        .recv_matching(Duration::from_secs(3), |f| {
+            f.len() > 18 + 48 && f[16..18] == [0x86, 0xdd] && f[18 + 6] == 58 && f[18 + 40] == 2
+        })
+        .context("no ICMPv6 packet too big came back")?;
+    assert_eq!(&ptb[..6], &MAC_HOST_E, "to the sender");
+    assert_eq!(&ptb[14..16], &[0x00, 100], "on its VLAN");
+    let mtu = u32::from_be_bytes(ptb[18 + 44..18 + 48].try_into()?);
+    assert_eq!(
+        mtu, 1446,
+        "the largest inner packet that fits a 1500-byte wire"
+    );
+    assert_eq!(
+        &ptb[18 + 48..18 + 48 + 40],
+        &big6[..40],
+        "quotes the packet"
+    );
+
     // 2c. IPv4 inside IPv6 outer headers (4-in-6), with ESN, through a second SA.
     let inner46 = Packet::eth()
         .ipv4("10.1.0.5", "10.3.0.9")
@@ -587,6 +620,7 @@ fn east_vlan_to_west_vxlan_and_back_through_esp() -> Result<()> {
     assert_eq!(west_stats.fragments_seen, frags.len() as u64);
     assert_eq!(east_stats.decrypted, 1, "{east_stats:?}");
     assert_eq!(east_stats.encrypted, 3, "{east_stats:?}");
+    assert_eq!(east_stats.icmp_too_big, 1, "{east_stats:?}");
     assert_eq!(west_stats.encrypted, 1, "{west_stats:?}");
     Ok(())
 }
