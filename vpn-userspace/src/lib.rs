@@ -4,3 +4,4 @@
 pub mod config;
 pub mod dataplane;
 pub mod esp;
+pub mod ike;
