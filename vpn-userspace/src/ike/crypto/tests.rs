@@ -700,6 +700,280 @@ fn x25519_rejects_low_order_points_and_bad_lengths() {
     );
 }
 
+/// Wycheproof testvectors_v1/x25519_test.json (C2SP/wycheproof, commit 085c1189), tcIds 63-86:
+/// "public key with low order" / "public key == 0" / "public key == 1", flag ZeroSharedSecret,
+/// shared secret all zero. (tcId, public, private); every one must be refused.
+#[test]
+fn x25519_wycheproof_low_order_points() {
+    let cases = [
+        (
+            63,
+            "e0eb7a7c3b41b8ae1656e3faf19fc46ada098deb9c32b1fd866205165f49b800",
+            "e0f978dfcd3a8f1a5093418de54136a584c20b7b349afdf6c0520886f95b1272",
+        ),
+        (
+            64,
+            "5f9c95bca3508c24b1d0b1559c83ef5b04445cc4581c8e86d8224eddd09f1157",
+            "387355d995616090503aafad49da01fb3dc3eda962704eaee6b86f9e20c92579",
+        ),
+        (
+            65,
+            "ecffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f",
+            "c8fe0df92ae68a03023fc0c9adb9557d31be7feed0d3ab36c558143daf4dbb40",
+        ),
+        (
+            66,
+            "e0eb7a7c3b41b8ae1656e3faf19fc46ada098deb9c32b1fd866205165f49b880",
+            "c8d74acde5934e64b9895d5ff7afbffd7f704f7dfccff7ac28fa62a1e6410347",
+        ),
+        (
+            67,
+            "5f9c95bca3508c24b1d0b1559c83ef5b04445cc4581c8e86d8224eddd09f11d7",
+            "b85649d5120e01e8ccaf7b2fb8d81b62e8ad6f3d5c0553fdde1906cb9d79c050",
+        ),
+        (
+            68,
+            "ecffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff",
+            "2064b2f4c9dc97ec7cf58932fdfa3265ba6ea4d11f0259b8efc8afb35db88c48",
+        ),
+        (
+            69,
+            "0000000000000000000000000000000000000000000000000000000000000000",
+            "786a33a4f7af297a20e7642925932bf509e7070fa1bc36986af1eb13f4f50b55",
+        ),
+        (
+            70,
+            "0100000000000000000000000000000000000000000000000000000000000000",
+            "786a33a4f7af297a20e7642925932bf509e7070fa1bc36986af1eb13f4f50b55",
+        ),
+        (
+            71,
+            "ecffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f",
+            "786a33a4f7af297a20e7642925932bf509e7070fa1bc36986af1eb13f4f50b55",
+        ),
+        (
+            72,
+            "5f9c95bca3508c24b1d0b1559c83ef5b04445cc4581c8e86d8224eddd09f1157",
+            "786a33a4f7af297a20e7642925932bf509e7070fa1bc36986af1eb13f4f50b55",
+        ),
+        (
+            73,
+            "e0eb7a7c3b41b8ae1656e3faf19fc46ada098deb9c32b1fd866205165f49b800",
+            "786a33a4f7af297a20e7642925932bf509e7070fa1bc36986af1eb13f4f50b55",
+        ),
+        (
+            74,
+            "edffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f",
+            "786a33a4f7af297a20e7642925932bf509e7070fa1bc36986af1eb13f4f50b55",
+        ),
+        (
+            75,
+            "eeffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f",
+            "786a33a4f7af297a20e7642925932bf509e7070fa1bc36986af1eb13f4f50b55",
+        ),
+        (
+            76,
+            "0000000000000000000000000000000000000000000000000000000000000080",
+            "786a33a4f7af297a20e7642925932bf509e7070fa1bc36986af1eb13f4f50b55",
+        ),
+        (
+            77,
+            "0100000000000000000000000000000000000000000000000000000000000080",
+            "786a33a4f7af297a20e7642925932bf509e7070fa1bc36986af1eb13f4f50b55",
+        ),
+        (
+            78,
+            "ecffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff",
+            "786a33a4f7af297a20e7642925932bf509e7070fa1bc36986af1eb13f4f50b55",
+        ),
+        (
+            79,
+            "5f9c95bca3508c24b1d0b1559c83ef5b04445cc4581c8e86d8224eddd09f11d7",
+            "786a33a4f7af297a20e7642925932bf509e7070fa1bc36986af1eb13f4f50b55",
+        ),
+        (
+            80,
+            "e0eb7a7c3b41b8ae1656e3faf19fc46ada098deb9c32b1fd866205165f49b880",
+            "786a33a4f7af297a20e7642925932bf509e7070fa1bc36986af1eb13f4f50b55",
+        ),
+        (
+            81,
+            "edffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff",
+            "786a33a4f7af297a20e7642925932bf509e7070fa1bc36986af1eb13f4f50b55",
+        ),
+        (
+            82,
+            "eeffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff",
+            "786a33a4f7af297a20e7642925932bf509e7070fa1bc36986af1eb13f4f50b55",
+        ),
+        (
+            83,
+            "edffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f",
+            "40ff586e73d61f0960dc2d763ac19e98225f1194f6fe43d5dd97ad55b3d35961",
+        ),
+        (
+            84,
+            "0000000000000000000000000000000000000000000000000000000000000080",
+            "7887889bac4c629a101d3724f2ed8b98d936fde79e1a1f77d86779626bf8f263",
+        ),
+        (
+            85,
+            "eeffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f",
+            "584fceaebae944bfe93b2e0d0a575f706ce5ada1da2b1311c3b421f9186c7a6f",
+        ),
+        (
+            86,
+            "0100000000000000000000000000000000000000000000000000000000000080",
+            "e07971ee820e48b0b266d8be3cdbbb5e900a43f59ee8535c6572418615de4962",
+        ),
+    ];
+    for (tc, public, private) in cases {
+        let s = DhSecret::from_private(DhGroup::Curve25519, &hx(private)).unwrap();
+        assert_eq!(
+            s.agree(&hx(public)).unwrap_err(),
+            CryptoError::InvalidPublicValue,
+            "Wycheproof x25519 tcId {tc}"
+        );
+    }
+}
+
+/// Wycheproof testvectors_v1/ecdh_secp256r1_ecpoint_test.json (C2SP/wycheproof, commit
+/// 1295cf54): tcId 1 (normal case) must work, tcIds 332-347 ("point is not on curve",
+/// InvalidCurveAttack, coordinates from {0, 1, p-1, p}) must be refused. The vectors carry the
+/// SEC1 0x04 prefix, which IKEv2's KE payload leaves out (RFC 5903 section 7).
+#[test]
+fn ecp256_wycheproof_ecpoint() {
+    let ke = |sec1: &str| {
+        let b = hx(sec1);
+        assert_eq!(b[0], 4);
+        b[1..].to_vec()
+    };
+    // tcId 1
+    let s = DhSecret::from_private(
+        DhGroup::Ecp256,
+        &hx("0612465c89a023ab17855b0a6bcebfd3febb53aef84138647b5352e02c10c346"),
+    )
+    .unwrap();
+    assert_eq!(
+        *s.agree(&ke(
+            "0462d5bd3372af75fe85a040715d0f502428e07046868b0bfdfa61d731afe44f26
+                      ac333a93a9e70a81cd5a95b5bf8d13990eb741c8c38872b4a07d275a014e30cf"
+        ))
+        .unwrap(),
+        hx("53020d908b0219328b658b525f26780e3ae12bcd952bb25a93bc0895e1714285")
+    );
+    let s = DhSecret::from_private(
+        DhGroup::Ecp256,
+        &hx("7e4aa54f714bf01df85c50269bea3a86721f84afe74f7b41ea58abcf3474e88d"),
+    )
+    .unwrap();
+    let cases = [
+        (
+            332,
+            "04
+             0000000000000000000000000000000000000000000000000000000000000000
+             0000000000000000000000000000000000000000000000000000000000000000",
+        ),
+        (
+            333,
+            "04
+             0000000000000000000000000000000000000000000000000000000000000000
+             0000000000000000000000000000000000000000000000000000000000000001",
+        ),
+        (
+            334,
+            "04
+             0000000000000000000000000000000000000000000000000000000000000000
+             ffffffff00000001000000000000000000000000fffffffffffffffffffffffe",
+        ),
+        (
+            335,
+            "04
+             0000000000000000000000000000000000000000000000000000000000000000
+             ffffffff00000001000000000000000000000000ffffffffffffffffffffffff",
+        ),
+        (
+            336,
+            "04
+             0000000000000000000000000000000000000000000000000000000000000001
+             0000000000000000000000000000000000000000000000000000000000000000",
+        ),
+        (
+            337,
+            "04
+             0000000000000000000000000000000000000000000000000000000000000001
+             0000000000000000000000000000000000000000000000000000000000000001",
+        ),
+        (
+            338,
+            "04
+             0000000000000000000000000000000000000000000000000000000000000001
+             ffffffff00000001000000000000000000000000fffffffffffffffffffffffe",
+        ),
+        (
+            339,
+            "04
+             0000000000000000000000000000000000000000000000000000000000000001
+             ffffffff00000001000000000000000000000000ffffffffffffffffffffffff",
+        ),
+        (
+            340,
+            "04
+             ffffffff00000001000000000000000000000000fffffffffffffffffffffffe
+             0000000000000000000000000000000000000000000000000000000000000000",
+        ),
+        (
+            341,
+            "04
+             ffffffff00000001000000000000000000000000fffffffffffffffffffffffe
+             0000000000000000000000000000000000000000000000000000000000000001",
+        ),
+        (
+            342,
+            "04
+             ffffffff00000001000000000000000000000000fffffffffffffffffffffffe
+             ffffffff00000001000000000000000000000000fffffffffffffffffffffffe",
+        ),
+        (
+            343,
+            "04
+             ffffffff00000001000000000000000000000000fffffffffffffffffffffffe
+             ffffffff00000001000000000000000000000000ffffffffffffffffffffffff",
+        ),
+        (
+            344,
+            "04
+             ffffffff00000001000000000000000000000000ffffffffffffffffffffffff
+             0000000000000000000000000000000000000000000000000000000000000000",
+        ),
+        (
+            345,
+            "04
+             ffffffff00000001000000000000000000000000ffffffffffffffffffffffff
+             0000000000000000000000000000000000000000000000000000000000000001",
+        ),
+        (
+            346,
+            "04
+             ffffffff00000001000000000000000000000000ffffffffffffffffffffffff
+             ffffffff00000001000000000000000000000000fffffffffffffffffffffffe",
+        ),
+        (
+            347,
+            "04
+             ffffffff00000001000000000000000000000000ffffffffffffffffffffffff
+             ffffffff00000001000000000000000000000000ffffffffffffffffffffffff",
+        ),
+    ];
+    for (tc, public) in cases {
+        assert_eq!(
+            s.agree(&ke(public)).unwrap_err(),
+            CryptoError::InvalidPublicValue,
+            "Wycheproof secp256r1 ecpoint tcId {tc}"
+        );
+    }
+}
+
 // ---------------------------------------------------------------------------------------
 // SK payload protection
 // ---------------------------------------------------------------------------------------
