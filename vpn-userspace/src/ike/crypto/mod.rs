@@ -89,12 +89,7 @@ impl Prf {
 
     /// HMAC with `key` over the concatenation of `data`.
     pub fn compute(self, key: &[u8], data: &[&[u8]]) -> Zeroizing<Vec<u8>> {
-        let key = hmac::Key::new(self.hmac_alg(), key);
-        let mut ctx = hmac::Context::with_key(&key);
-        for d in data {
-            ctx.update(d);
-        }
-        Zeroizing::new(ctx.sign().as_ref().to_vec())
+        hmac_concat(self.hmac_alg(), key, data)
     }
 
     /// prf+ (RFC 7296 2.13): `T1 | T2 | ...` truncated to `len` bytes, where
@@ -104,29 +99,44 @@ impl Prf {
     /// If `len` exceeds 255 PRF outputs, the most prf+ can produce (a programming error:
     /// IKE never asks for that much).
     pub fn plus(self, key: &[u8], seed: &[&[u8]], len: usize) -> Zeroizing<Vec<u8>> {
-        let out_len = self.output_len();
-        assert!(
-            len <= 255 * out_len,
-            "prf+ output of {len} bytes is too long"
-        );
-        let key = hmac::Key::new(self.hmac_alg(), key);
-        let mut out = Zeroizing::new(Vec::with_capacity(len + out_len));
-        let mut counter: u8 = 1;
-        while out.len() < len {
-            let mut ctx = hmac::Context::with_key(&key);
-            if counter > 1 {
-                ctx.update(&out[out.len() - out_len..]);
-            }
-            for s in seed {
-                ctx.update(s);
-            }
-            ctx.update(&[counter]);
-            out.extend_from_slice(ctx.sign().as_ref());
-            counter = counter.wrapping_add(1);
-        }
-        out.truncate(len);
-        out
+        prf_plus(self.hmac_alg(), key, seed, len)
     }
+}
+
+/// HMAC over the concatenation of `data`.
+fn hmac_concat(alg: hmac::Algorithm, key: &[u8], data: &[&[u8]]) -> Zeroizing<Vec<u8>> {
+    let key = hmac::Key::new(alg, key);
+    let mut ctx = hmac::Context::with_key(&key);
+    for d in data {
+        ctx.update(d);
+    }
+    Zeroizing::new(ctx.sign().as_ref().to_vec())
+}
+
+/// prf+ over an HMAC algorithm (see [`Prf::plus`]).
+fn prf_plus(alg: hmac::Algorithm, key: &[u8], seed: &[&[u8]], len: usize) -> Zeroizing<Vec<u8>> {
+    let out_len = alg.digest_algorithm().output_len();
+    assert!(
+        len <= 255 * out_len,
+        "prf+ output of {len} bytes is too long"
+    );
+    let key = hmac::Key::new(alg, key);
+    let mut out = Zeroizing::new(Vec::with_capacity(len + out_len));
+    let mut counter: u8 = 1;
+    while out.len() < len {
+        let mut ctx = hmac::Context::with_key(&key);
+        if counter > 1 {
+            ctx.update(&out[out.len() - out_len..]);
+        }
+        for s in seed {
+            ctx.update(s);
+        }
+        ctx.update(&[counter]);
+        out.extend_from_slice(ctx.sign().as_ref());
+        counter = counter.wrapping_add(1);
+    }
+    out.truncate(len);
+    out
 }
 
 /// Diffie-Hellman groups (IKEv2 transform type 4).

@@ -194,6 +194,61 @@ fn prf_plus_python_cross_check() {
     );
 }
 
+/// A published IKEv2 KDF vector: libreswan's IKEv2 KDF CAVS driver (libreswan-ikev2-cavs),
+/// example run in its source comment, `-g <g^ir> -n <g^ir new> -a <Ni> -b <Nr> -c <SPIi>
+/// -d <SPIr> -l 132 -h 2`. It uses PRF-HMAC-SHA1, which `Prf` does not offer, so it runs the
+/// same HMAC and prf+ cores that `Prf` uses with SHA-1 and the RFC 7296 compositions of
+/// skeyseed / derive_ike_keys / child_keymat / skeyseed_rekey. (Our Python cross-check
+/// script, with SHA-1, reproduces these five values too.)
+#[test]
+fn prf_plus_libreswan_cavs_sha1_vector() {
+    let sha1 = aws_lc_rs::hmac::HMAC_SHA1_FOR_LEGACY_USE_ONLY;
+    let g = hx("4b2c1f971981a8ad8d0abeafabf38cf75fc8349c148142465ed9c8b516b8be52");
+    let g_new = hx("863f3c9d06efd39d2b907b97f8699e5dd5251ef64a2a176f36ee40c87d4f9330");
+    let ni = hx("32b50d5f4a3763f3");
+    let nr = hx("9206a04b26564cb1");
+    let spi_i = hx("34c9e7c188868785");
+    let spi_r = hx("3ff77d760d2b2199");
+    let ss = hmac_concat(sha1, &[&ni[..], &nr[..]].concat(), &[&g]);
+    assert_eq!(*ss, hx("a9a7b222b59f8f48645f28a1db5b5f5d7479cba7"));
+    let dkm = prf_plus(sha1, &ss, &[&ni, &nr, &spi_i, &spi_r], 132);
+    assert_eq!(
+        *dkm,
+        hx(
+            "a14293677cc80ff8f9cc0eee30d895da9d8f405666e30ef0dfcb63c634a46002
+            a2a63080e514a062768b76606f9fa5e992204fc5a670bde3f10d6b027113936a
+            5c55b648a194ae587b0088d52204b702c979fa280870d2ed41efa9c549fd1119
+            8af1670b143d384bd275c5f594cf266b05ebadca855e4249520a441a81157435
+            a7a56cc4"
+        )
+    );
+    let sk_d = &dkm[..20];
+    assert_eq!(
+        *prf_plus(sha1, sk_d, &[&ni, &nr], 132),
+        hx(
+            "8059e3ee8810e6c3a91bc8bcd2a7a41151b8d0e6ae239c7b38093ad85ef4c581
+            1a8e7b5d1cdabd9560b2d5e092d1f24e2d4b85eccdf0ad0dc9abd94b51ee7181
+            4ca6dbc8bb51b6309f5b9545c7eb35cf5580b1e521a8fe20754a2d883ba0c2cf
+            285f524aea6545b33106bc03e614296d319d41d4b50b3f510b1c0a22f3e66499
+            4d234cb4"
+        )
+    );
+    assert_eq!(
+        *prf_plus(sha1, sk_d, &[&g_new, &ni, &nr], 132),
+        hx(
+            "bb43244c1860ad65ee1e211ffe8bb3661750c8f89cb9f547df7f4fa61d373016
+            28190e38c66232eab4b3ab14c400a5197dd3730ed4820a8a10394d51e1c04000
+            52f63ebd36b0e7ef53aaed31eba4a5080d7d4b5666023a8bbb5ffb7857240f9a
+            05884d1b7d2f933708450b7b3288f1fc863ab49fa901227cffc06e27899c7054
+            d56fd74c"
+        )
+    );
+    assert_eq!(
+        *hmac_concat(sha1, sk_d, &[&g_new, &ni, &nr]),
+        hx("63e81194946ebd05df7df5ebf5d8750056bf1f1d")
+    );
+}
+
 #[test]
 #[should_panic(expected = "too long")]
 fn prf_plus_refuses_more_than_255_blocks() {
