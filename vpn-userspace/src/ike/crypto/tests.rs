@@ -1320,3 +1320,13 @@ fn sk_cbc_layout() {
     // 32 bytes, pad length 31: all padding, no payload.
     assert!(c.open(&a, &body).unwrap().is_empty());
 }
+
+/// The IKE state machine keeps these in tasks: they must be movable across threads.
+#[test]
+fn crypto_state_is_send_and_sync() {
+    fn check<T: Send + Sync>() {}
+    check::<DhSecret>();
+    check::<SkCipher>();
+    check::<IkeSaKeys>();
+    check::<CryptoError>();
+}
