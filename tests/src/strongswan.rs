@@ -25,6 +25,20 @@ use crate::netns::{NetNs, unique};
 /// Where Debian installs the daemon.
 pub const CHARON: &str = "/usr/lib/ipsec/charon";
 
+/// Whether the test may run: true as root; otherwise prints why it is skipped (charon, the
+/// namespaces and the TUN device all need root).
+pub fn skip_unless_root(test: &str) -> bool {
+    // SAFETY: plain libc call.
+    if unsafe { libc::geteuid() } == 0 {
+        return true;
+    }
+    eprintln!(
+        "SKIPPED {test}: it runs strongSwan's charon in network namespaces and needs root \
+         (cargo xtask test runs it as root)"
+    );
+    false
+}
+
 /// One `connections` entry of swanctl.conf (with its single CHILD_SA) and its PSK secret.
 #[derive(Clone, Debug)]
 pub struct SwanConn {
