@@ -184,7 +184,8 @@ pub fn render_swanctl_conf(conns: &[SwanConn]) -> String {
 /// charon's own settings (strongswan.conf).
 #[derive(Clone, Debug, Default)]
 pub struct CharonSettings {
-    /// Half-open IKE_SAs before charon demands COOKIEs (1 forces them on every IKE_SA_INIT).
+    /// charon demands a COOKIE once this many IKE_SAs are half-open (when the IKE_SA_INIT
+    /// arrives, not counting it): even 1 lets a lone first IKE_SA_INIT through unchallenged.
     pub cookie_threshold: Option<u32>,
     /// `retransmit_timeout` (s), `retransmit_tries`, `retransmit_base`.
     pub retransmit_timeout: Option<f64>,
@@ -974,5 +975,65 @@ fn group_ike(o: &mut KeyOracle) {
     }
     if let Some(k) = cur.take() {
         o.ike.push(k);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_pretty_list_sas() {
+        let text = "list-sa event {\n  c1 {\n    uniqueid = 1\n    state = ESTABLISHED\n    \
+            initiator = yes\n    initiator-spi = cdda7871ae578434\n    \
+            responder-spi = 8deb5d55675733b5\n    encr-alg = AES_GCM_16\n    \
+            encr-keysize = 256\n    established = 2\n    child-sas {\n      ch1-1 {\n        \
+            name = ch1\n        state = INSTALLED\n        encap = yes\n        \
+            spi-in = e785faee\n        spi-out = 574a9986\n        bytes-in = 420\n        \
+            packets-in = 5\n        local-ts = [\n          10.71.1.0/24\n        ]\n        \
+            remote-ts = [\n          10.71.2.0/24\n        ]\n      }\n    }\n  }\n}\n\
+            list-sas reply {\n}\n";
+        let sas = parse_list_sas(text);
+        assert_eq!(sas.len(), 1);
+        let s = &sas[0];
+        assert_eq!((s.name.as_str(), s.state.as_str()), ("c1", "ESTABLISHED"));
+        assert_eq!((s.spi_i, s.spi_r), (0xcdda7871ae578434, 0x8deb5d55675733b5));
+        assert!(s.initiator);
+        assert_eq!((s.encr_keysize, s.established), (256, 2));
+        let c = s.installed_child("ch1").expect("child");
+        assert_eq!((c.spi_in, c.spi_out), (0xe785faee, 0x574a9986));
+        assert_eq!((c.bytes_in, c.packets_in), (420, 5));
+        assert!(c.encap);
+        assert_eq!(c.local_ts, ["10.71.1.0/24"]);
+        assert_eq!(c.remote_ts, ["10.71.2.0/24"]);
+    }
+
+    #[test]
+    fn extracts_child_keys_and_spis() {
+        let log = "\
+Nov 23 18:01:17 14[ENC] parsed IKE_AUTH response 1 [ IDr AUTH SA TSi TSr ]
+Nov 23 18:01:17 14[CHD] seed => 4 bytes @ 0x1
+Nov 23 18:01:17 14[CHD]    0: 01 02 03 04                                      ....
+Nov 23 18:01:17 14[CHD] encryption initiator key => 20 bytes @ 0x2
+Nov 23 18:01:17 14[CHD]    0: 0C AE 0F 3E 86 8A 2C EB 93 E2 33 60 D2 00 6E 59  ...>..,...3`..nY
+Nov 23 18:01:17 14[CHD]   16: 1E 76 54 22                                      .vT\"
+Nov 23 18:01:17 14[CHD] encryption responder key => 20 bytes @ 0x3
+Nov 23 18:01:17 14[CHD]    0: 9E 2F 8B 60 B5 B7 57 DE E5 2B 94 51 3B 79 B6 7D  ./.`..W..+.Q;y.}
+Nov 23 18:01:17 14[CHD]   16: 17 12 D1 8D                                      ....
+Nov 23 18:01:17 14[CHD] adding inbound ESP SA
+Nov 23 18:01:17 14[CHD]   SPI 0xe785faee, src 172.31.9.2 dst 172.31.9.1
+Nov 23 18:01:17 14[CHD] adding outbound ESP SA
+Nov 23 18:01:17 14[CHD]   SPI 0x574a9986, src 172.31.9.1 dst 172.31.9.2
+";
+        let o = key_oracle(log);
+        assert_eq!(o.dumps.len(), 3);
+        assert_eq!(o.children.len(), 1);
+        let c = &o.children[0];
+        assert!(c.initiator);
+        assert_eq!(c.seed, [1, 2, 3, 4]);
+        assert_eq!(c.encr_i.len(), 20);
+        assert_eq!(c.encr_out()[..2], [0x0c, 0xae]);
+        assert_eq!(c.encr_in()[16..], [0x17, 0x12, 0xd1, 0x8d]);
+        assert_eq!((c.spi_in, c.spi_out), (Some(0xe785faee), Some(0x574a9986)));
     }
 }

@@ -138,7 +138,16 @@ fn strongswan_pair_tunnel_rekey_and_keys() -> Result<()> {
         ..Default::default()
     };
     let psk = "correct horse battery staple";
-    let ca = Charon::start(&a, &settings, &[conn(A_OUT, B_OUT, psk, A_NET, B_NET)])?;
+    // Every optional knob on A's side, so that their rendering is proven to load.
+    let mut conn_a = conn(A_OUT, B_OUT, psk, A_NET, B_NET);
+    conn_a.dpd_delay = Some(30);
+    conn_a.dpd_action = "restart".into();
+    conn_a.rekey_time = Some(3600);
+    conn_a.child_rekey_time = Some(1200);
+    conn_a.encap = true;
+    conn_a.local_port = Some(500);
+    conn_a.remote_port = Some(500);
+    let ca = Charon::start(&a, &settings, &[conn_a])?;
     let cb = Charon::start(&b, &settings, &[conn(B_OUT, A_OUT, psk, B_NET, A_NET)])?;
 
     ca.initiate(CHILD, IKE, Duration::from_secs(15))
