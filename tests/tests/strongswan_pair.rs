@@ -150,6 +150,12 @@ fn strongswan_pair_tunnel_rekey_and_keys() -> Result<()> {
     let ca = Charon::start(&a, &settings, &[conn_a])?;
     let cb = Charon::start(&b, &settings, &[conn(B_OUT, A_OUT, psk, B_NET, A_NET)])?;
 
+    // The PID the harness holds (and kills on drop) is charon's own: every wrapper exec'd.
+    for c in [&ca, &cb] {
+        let comm = std::fs::read_to_string(format!("/proc/{}/comm", c.pid()))?;
+        assert_eq!(comm.trim(), "charon");
+    }
+
     ca.initiate(CHILD, IKE, Duration::from_secs(15))
         .with_context(|| format!("initiate; responder log:\n{}", cb.log()))?;
     let ike_a = ca.wait_established(IKE, Duration::from_secs(10))?;
