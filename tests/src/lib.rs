@@ -6,5 +6,6 @@ pub mod netns;
 pub mod pkt;
 pub mod raw;
 pub mod results;
+pub mod strongswan;
 pub mod topology;
 pub mod vlanhost;

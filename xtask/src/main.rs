@@ -33,7 +33,20 @@ const DEB_PACKAGES: &[&str] = &[
     "pkg-config",
     "libelf-dev",
     "zlib1g-dev",
+    // strongSwan as a real IKEv2 peer for the interoperability tests (vpn_tests::strongswan):
+    // one charon per test namespace, userspace ESP through kernel-libipsec.
+    "charon-systemd",
+    "strongswan-swanctl",
+    "strongswan-charon",
+    "libcharon-extra-plugins",
+    "libstrongswan-extra-plugins",
+    "libstrongswan-standard-plugins",
 ];
+/// The systemd units of the strongSwan packages (`charon-systemd`, and `strongswan-starter`
+/// which they pull in); Debian enables and starts them on install where systemd runs. The tests
+/// start their own charons in private namespaces with a private /run, so a system-wide one would
+/// not get in their way, but an IKE daemon has no business running on a test machine.
+const STRONGSWAN_UNITS: [&str; 2] = ["strongswan.service", "strongswan-starter.service"];
 const BPF_LINKER_VERSION: &str = "0.13.0";
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
 /// The rustup name of Debian's compiler; `vpn-userspace/build.rs` builds the eBPF crate with it.
@@ -233,16 +246,39 @@ fn ensure_deb_packages() -> Result<()> {
         .env("DEBIAN_FRONTEND", "noninteractive")
         .args(["install", "-y", "--no-install-recommends"])
         .args(&missing))?;
-    for pkg in missing {
+    for pkg in &missing {
         if !deb_installed(pkg)? {
             bail!("apt-get install finished but {pkg} is still not installed");
         }
         item(&format!("debian package {pkg}"), "installed");
     }
+    if missing.contains(&"charon-systemd") {
+        stop_system_charon()?;
+    }
     Ok(())
 }
 
 /// `dpkg-query` fails for packages it has never heard of; that counts as not installed.
+/// Stops and disables the system-wide charon that installing `charon-systemd` just started
+/// (only where systemd runs; without systemd, the package scripts start nothing).
+fn stop_system_charon() -> Result<()> {
+    if !Path::new("/run/systemd/system").is_dir() {
+        item(
+            "strongSwan system service",
+            "not started (systemd is not running)",
+        );
+        return Ok(());
+    }
+    for unit in STRONGSWAN_UNITS {
+        run(cmd("systemctl").args(["disable", "--now", unit]))?;
+        item(
+            unit,
+            "stopped and disabled (the tests run their own charons)",
+        );
+    }
+    Ok(())
+}
+
 fn deb_installed(pkg: &str) -> Result<bool> {
     let out = cmd("dpkg-query")
         .args(["-W", "-f=${Status}", pkg])
