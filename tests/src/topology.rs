@@ -1,6 +1,6 @@
 //! The East/West two-site topology of the VPNaaS seed document, with real kernel stacks as
-//! tenant hosts and `vpnd` (manual SAs) on both network nodes; shared by the integration test
-//! and the tunnel benchmark.
+//! tenant hosts and `vpnd` on both network nodes, keyed manually or over IKEv2
+//! ([`Keying`]); shared by the integration tests and the tunnel benchmark.
 //!
 //! ```text
 //! [eh: 10.1.0.5, VLAN 100] -- east node (172.24.4.226) -- [inet: bridge] --
@@ -8,11 +8,13 @@
 //! ```
 
 use std::{
+    cell::RefCell,
+    fmt::Write as _,
     io::{BufRead, BufReader},
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     sync::mpsc,
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use anyhow::{Context, Result, bail};
@@ -45,6 +47,116 @@ impl Drop for Proc {
     }
 }
 
+impl Proc {
+    pub fn pid(&self) -> i32 {
+        self.0.id() as i32
+    }
+
+    /// Sends `sig` (e.g. `libc::SIGUSR1`) to the process.
+    pub fn signal(&self, sig: i32) -> Result<()> {
+        // SAFETY: signalling our own child.
+        if unsafe { libc::kill(self.pid(), sig) } != 0 {
+            return Err(std::io::Error::last_os_error()).context("kill");
+        }
+        Ok(())
+    }
+
+    /// Waits (bounded) for the process to exit; true if it did.
+    pub fn wait_exit(&mut self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.0.try_wait() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        false
+    }
+}
+
+/// A daemon's stderr lines: received from its reader thread, and kept, so that a test can wait
+/// for a line and still search everything said before.
+pub struct Log {
+    rx: mpsc::Receiver<String>,
+    lines: RefCell<Vec<String>>,
+}
+
+impl Log {
+    pub fn new(rx: mpsc::Receiver<String>) -> Log {
+        Log {
+            rx,
+            lines: RefCell::new(Vec::new()),
+        }
+    }
+
+    /// The next line not yet received (kept as well).
+    pub fn recv_timeout(&self, timeout: Duration) -> Result<String, mpsc::RecvTimeoutError> {
+        let l = self.rx.recv_timeout(timeout)?;
+        self.lines.borrow_mut().push(l.clone());
+        Ok(l)
+    }
+
+    fn pump(&self) {
+        while let Ok(l) = self.rx.try_recv() {
+            self.lines.borrow_mut().push(l);
+        }
+    }
+
+    /// Every line so far.
+    pub fn lines(&self) -> Vec<String> {
+        self.pump();
+        self.lines.borrow().clone()
+    }
+
+    /// How many lines so far (a cursor for [`Log::wait_after`]).
+    pub fn len(&self) -> usize {
+        self.pump();
+        self.lines.borrow().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Everything so far, one line each.
+    pub fn text(&self) -> String {
+        self.lines().join("\n")
+    }
+
+    /// The first line (from index `from` on) for which `pred` holds, waiting at most `timeout`.
+    pub fn wait_after(
+        &self,
+        from: usize,
+        timeout: Duration,
+        pred: impl Fn(&str) -> bool,
+    ) -> Result<String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            self.pump();
+            if let Some(l) = self.lines.borrow().iter().skip(from).find(|l| pred(l)) {
+                return Ok(l.clone());
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                bail!("no such log line within {timeout:?}");
+            }
+            if let Ok(l) = self.rx.recv_timeout(left.min(Duration::from_millis(100))) {
+                self.lines.borrow_mut().push(l);
+            }
+        }
+    }
+
+    /// The first line ever said for which `pred` holds, waiting at most `timeout`.
+    pub fn wait_for(&self, timeout: Duration, pred: impl Fn(&str) -> bool) -> Result<String> {
+        self.wait_after(0, timeout, pred)
+    }
+
+    /// Whether any line so far contains `needle`.
+    pub fn contains(&self, needle: &str) -> bool {
+        self.lines().iter().any(|l| l.contains(needle))
+    }
+}
+
 pub fn vpnd_path() -> Result<PathBuf> {
     // target/<profile>/deps/<test> or target/<profile>/<bench> -> target/<profile>/vpnd
     let exe = std::env::current_exe()?;
@@ -64,12 +176,8 @@ pub fn vpnd_path() -> Result<PathBuf> {
 }
 
 /// Starts vpnd in `ns` and waits (bounded) until it says it runs.
-/// Returns the process and its log lines after the start-up.
-pub fn start_vpnd(
-    ns: &NetNs,
-    config: &str,
-    dir: &std::path::Path,
-) -> Result<(Proc, mpsc::Receiver<String>)> {
+/// Returns the process and its log (start-up lines included).
+pub fn start_vpnd(ns: &NetNs, config: &str, dir: &std::path::Path) -> Result<(Proc, Log)> {
     let path = dir.join(format!("{}.toml", ns.name()));
     std::fs::write(&path, config)?;
     let mut child = Command::new("ip")
@@ -84,17 +192,19 @@ pub fn start_vpnd(
     let stderr = child.stderr.take().expect("piped");
     let proc = Proc(child);
     let (tx, rx) = mpsc::channel();
+    let tag = ns.name().split('-').next().unwrap_or("vpnd").to_string();
     std::thread::spawn(move || {
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            eprintln!("[vpnd] {line}");
+            eprintln!("[{tag}] {line}");
             let _ = tx.send(line);
         }
     });
+    let log = Log::new(rx);
     loop {
-        match rx.recv_timeout(Duration::from_secs(15)) {
-            Ok(l) if l.contains("vpnd: running") => return Ok((proc, rx)),
+        match log.recv_timeout(Duration::from_secs(15)) {
+            Ok(l) if l.contains("vpnd: running") => return Ok((proc, log)),
             Ok(_) => {}
-            Err(_) => bail!("vpnd in {} did not come up", ns.name()),
+            Err(_) => bail!("vpnd in {} did not come up:\n{}", ns.name(), log.text()),
         }
     }
 }
@@ -102,6 +212,117 @@ pub fn start_vpnd(
 pub fn mac_of(ns: &NetNs, ifname: &str) -> Result<String> {
     let out = ns.exec(&["cat", &format!("/sys/class/net/{ifname}/address")])?;
     Ok(out.trim().to_string())
+}
+
+/// How the two vpnds get their SAs.
+#[derive(Clone, Debug)]
+pub enum Keying {
+    /// Fixed `[[manual_sa]]` entries (the original data-plane tests and the benchmark).
+    Manual,
+    /// IKEv2 between the nodes: the same settings on both sides, mirrored.
+    Ike(IkeKeying),
+}
+
+/// vpnd's Neutron-VPNaaS-shaped IKE configuration for one `ipsec_site_connection`.
+#[derive(Clone, Debug)]
+pub struct IkeKeying {
+    /// The lines of `[ike]` (empty: the section is left out, defaults apply).
+    pub ike: String,
+    /// The body of `[[ikepolicy]]` (after `name`), TOML lines.
+    pub ikepolicy: String,
+    /// The body of `[[ipsecpolicy]]` (after `name`), TOML lines.
+    pub ipsecpolicy: String,
+    pub psk: String,
+    /// `bi-directional` or `response-only` for East; West's is [`IkeKeying::west_initiator`].
+    pub initiator: String,
+    pub west_initiator: String,
+    /// An inline table such as `{ action = "hold", interval = 30, timeout = 120 }`.
+    pub dpd: Option<String>,
+    /// `auto` or `force`.
+    pub udp_encap: String,
+    pub replay_window: u32,
+}
+
+impl Default for IkeKeying {
+    /// The field form: AES-256-GCM IKE SA with MODP-2048, AES-128-GCM ESP with ESN and PFS.
+    fn default() -> Self {
+        IkeKeying {
+            ike: String::new(),
+            ikepolicy: "encryption_algorithm = \"aes-256-gcm-16\"\nauth_algorithm = \"sha256\"\n\
+                        pfs = \"group14\"\nlifetime = 3600\n"
+                .into(),
+            ipsecpolicy: "encryption_algorithm = \"aes-128-gcm-16\"\nauth_algorithm = \"sha256\"\n\
+                          pfs = \"group14\"\nlifetime = 3600\nesn = true\n"
+                .into(),
+            psk: "a long shared secret for the test tunnel".into(),
+            initiator: "bi-directional".into(),
+            west_initiator: "response-only".into(),
+            dpd: None,
+            udp_encap: "auto".into(),
+            replay_window: 1024,
+        }
+    }
+}
+
+fn toml_list(items: &[&str]) -> String {
+    let quoted: Vec<String> = items.iter().map(|s| format!("{s:?}")).collect();
+    format!("[{}]", quoted.join(", "))
+}
+
+impl IkeKeying {
+    /// The proposal form (strongSwan syntax), e.g. `["aes256gcm16-prfsha256-modp2048"]` and
+    /// `["aes128gcm16-noesn"]`.
+    pub fn proposals(ike: &[&str], esp: &[&str]) -> IkeKeying {
+        IkeKeying {
+            ikepolicy: format!("proposals = {}\nlifetime = 3600\n", toml_list(ike)),
+            ipsecpolicy: format!("proposals = {}\nlifetime = 3600\n", toml_list(esp)),
+            ..Default::default()
+        }
+    }
+
+    /// The IKE sections of one node's configuration: service `svc` on `local` for `local_net`,
+    /// connection `conn` to `peer` for `peer_net`, with `initiator`'s role.
+    #[allow(clippy::too_many_arguments)]
+    pub fn render(
+        &self,
+        svc: &str,
+        conn: &str,
+        local: &str,
+        local_net: &str,
+        peer: &str,
+        peer_net: &str,
+        initiator: &str,
+    ) -> String {
+        let mut out = String::new();
+        if !self.ike.is_empty() {
+            let _ = writeln!(out, "[ike]\n{}", self.ike.trim_end());
+        }
+        let _ = writeln!(
+            out,
+            "[[ikepolicy]]\nname = \"ike1\"\n{}\n[[ipsecpolicy]]\nname = \"esp1\"\n{}",
+            self.ikepolicy.trim_end(),
+            self.ipsecpolicy.trim_end()
+        );
+        let _ = writeln!(
+            out,
+            "[[vpnservice]]\nname = \"{svc}\"\ntenant = 1\nexternal_address = \"{local}\"\n\
+             local_subnets = [\"{local_net}\"]\n"
+        );
+        let _ = writeln!(
+            out,
+            "[[ipsec_site_connection]]\nname = \"{conn}\"\nvpnservice = \"{svc}\"\n\
+             ikepolicy = \"ike1\"\nipsecpolicy = \"esp1\"\npeer_address = \"{peer}\"\n\
+             peer_id = \"{peer}\"\npeer_cidrs = [\"{peer_net}\"]\npsk = {psk:?}\n\
+             initiator = \"{initiator}\"\nudp_encap = \"{encap}\"\nreplay_window = {rw}",
+            psk = self.psk,
+            encap = self.udp_encap,
+            rw = self.replay_window,
+        );
+        if let Some(d) = &self.dpd {
+            let _ = writeln!(out, "dpd = {d}");
+        }
+        out
+    }
 }
 
 struct Site<'a> {
@@ -116,7 +337,7 @@ struct Site<'a> {
     keys: (&'a str, &'a str),
 }
 
-fn node_config(site: &Site<'_>) -> String {
+fn node_config(site: &Site<'_>, keying: &Keying, svc: &str, conn: &str, initiator: &str) -> String {
     let Site {
         instance,
         tenant,
@@ -127,12 +348,16 @@ fn node_config(site: &Site<'_>) -> String {
         spis,
         keys,
     } = site;
+    let head = format!("instance = \"{instance}\"\n[wire]\ninterface = \"wire\"\n{tenant}\n");
+    let ike = match keying {
+        Keying::Manual => None,
+        Keying::Ike(k) => Some(k),
+    };
+    if let Some(k) = ike {
+        return head + &k.render(svc, conn, local, local_net, peer, peer_net, initiator);
+    }
     format!(
-        r#"instance = "{instance}"
-[wire]
-interface = "wire"
-{tenant}
-[[manual_sa]]
+        r#"{head}[[manual_sa]]
 name = "{instance}-sa"
 tenant = 1
 local = "{local}"
@@ -157,6 +382,58 @@ key_out = "{key_out}"
     )
 }
 
+/// Joins `an` in `a` and `bn` in `b` with a veth pair (two queues each way, so that the
+/// daemons run two workers and flows spread over them).
+pub fn veth(a: &NetNs, an: &str, b: &NetNs, bn: &str) -> Result<()> {
+    let tmp = unique("v");
+    let tmp = &tmp[tmp.len().saturating_sub(12)..];
+    a.ip(&[
+        "link",
+        "add",
+        an,
+        "numtxqueues",
+        "2",
+        "numrxqueues",
+        "2",
+        "type",
+        "veth",
+        "peer",
+        "name",
+        tmp,
+        "numtxqueues",
+        "2",
+        "numrxqueues",
+        "2",
+    ])?;
+    a.ip(&["link", "set", tmp, "netns", b.name()])?;
+    b.ip(&["link", "set", tmp, "name", bn])?;
+    a.ip(&["link", "set", an, "up"])?;
+    b.ip(&["link", "set", bn, "up"])?;
+    Ok(())
+}
+
+/// East's tenant host `eh` (10.1.0.5/24, VLAN 100 pushed and popped by TC) behind East's
+/// `ten` interface; returns the VLAN helper (keep it) and East's `[[tenant]]` section.
+pub fn east_tenant(east: &NetNs, eh: &NetNs) -> Result<(VlanHost, String)> {
+    veth(east, "ten", eh, "eth0")?;
+    eh.ip(&["addr", "add", "10.1.0.5/24", "dev", "eth0"])?;
+    eh.ip(&["route", "add", "default", "via", "10.1.0.1"])?;
+    // Locally generated TCP leaves a veth with its checksum still to be filled in (offload);
+    // a real NIC would deliver finished packets, so finish them at the source.
+    eh.exec(&[
+        "ethtool", "-K", "eth0", "tx", "off", "gso", "off", "tso", "off",
+    ])?;
+    let vlan = {
+        let _in = eh.enter()?;
+        VlanHost::attach("eth0", 100)?
+    };
+    let cfg = format!(
+        "[[tenant]]\nid = 1\ninterface = \"ten\"\nvlan = 100\ngateway_ip = \"10.1.0.1\"\ngateway_mac = \"{GW_E}\"\nhost_mac = \"{}\"\n",
+        mac_of(eh, "eth0")?
+    );
+    Ok((vlan, cfg))
+}
+
 /// Spawns a command inside a namespace, output discarded; killed on drop.
 pub fn spawn_in(ns: &NetNs, cmd: &[&str]) -> Result<Proc> {
     Ok(Proc(
@@ -175,9 +452,9 @@ pub struct TwoSite {
     // Field order is drop order: daemons first, then the VLAN helper, then namespaces.
     pub east_vpnd: Proc,
     pub west_vpnd: Proc,
-    /// The daemons' log lines after start-up.
-    pub east_log: mpsc::Receiver<String>,
-    pub west_log: mpsc::Receiver<String>,
+    /// The daemons' logs (start-up lines included).
+    pub east_log: Log,
+    pub west_log: Log,
     _vlan: VlanHost,
     pub eh: NetNs,
     pub wh: NetNs,
@@ -207,23 +484,51 @@ impl TwoSite {
                 std::thread::sleep(Duration::from_millis(20));
             }
         }
-        let last = |rx: &mpsc::Receiver<String>| {
-            let mut stats = String::new();
-            while let Ok(l) = rx.recv_timeout(Duration::from_millis(500)) {
-                if l.contains("stopping:") {
-                    stats = l;
-                }
-            }
-            stats
+        let last = |log: &Log| {
+            while log.recv_timeout(Duration::from_millis(500)).is_ok() {}
+            log.lines()
+                .into_iter()
+                .rfind(|l| l.contains("stopping:"))
+                .unwrap_or_default()
         };
         (last(&self.east_log), last(&self.west_log))
     }
 
-    /// Builds the topology and starts both daemons. `before_vpnd` runs once the network
-    /// exists (e.g. to start a capture).
-    pub fn start(mut before_vpnd: impl FnMut(&NetNs, &Path) -> Result<()>) -> Result<TwoSite> {
+    /// Waits (bounded) until both daemons log their connection ACTIVE (IKE keying).
+    pub fn wait_active(&self, timeout: Duration) -> Result<()> {
+        for (log, conn) in [(&self.east_log, "east-west"), (&self.west_log, "west-east")] {
+            let active = format!("conn {conn}: ACTIVE");
+            log.wait_for(timeout, |l| l.contains(&active))
+                .with_context(|| format!("{conn} did not come up:\n{}", log.text()))?;
+        }
+        Ok(())
+    }
+
+    /// Builds the topology and starts both daemons with manual SAs. `before_vpnd` runs once
+    /// the network exists (e.g. to start a capture).
+    pub fn start(before_vpnd: impl FnMut(&NetNs, &Path) -> Result<()>) -> Result<TwoSite> {
+        TwoSite::start_with(&Keying::Manual, before_vpnd)
+    }
+
+    /// Builds the topology and starts both daemons keyed as `keying` says. With IKE, West
+    /// (`west-east`, by default response-only) starts first, then East (`east-west`); neither
+    /// is waited for: see [`TwoSite::wait_active`].
+    pub fn start_with(
+        keying: &Keying,
+        mut before_vpnd: impl FnMut(&NetNs, &Path) -> Result<()>,
+    ) -> Result<TwoSite> {
         let dir = std::env::temp_dir().join(unique("vpnd-two-site"));
         std::fs::create_dir_all(&dir)?;
+        // Removes the directory if building fails half-way.
+        struct Dir(Option<PathBuf>);
+        impl Drop for Dir {
+            fn drop(&mut self) {
+                if let Some(d) = &self.0 {
+                    let _ = std::fs::remove_dir_all(d);
+                }
+            }
+        }
+        let mut dir_guard = Dir(Some(dir.clone()));
         let east = NetNs::new("vpnE")?;
         let west = NetNs::new("vpnW")?;
         let inet = NetNs::new("vpnI")?;
@@ -234,34 +539,6 @@ impl TwoSite {
         }
 
         // Wires through a bridge in the "internet" namespace, where tcpdump listens.
-        let veth = |a: &NetNs, an: &str, b: &NetNs, bn: &str| -> Result<()> {
-            let tmp = unique("v");
-            let tmp = &tmp[tmp.len().saturating_sub(12)..];
-            // Two queues each way, so the daemons run two workers and flows spread over them.
-            a.ip(&[
-                "link",
-                "add",
-                an,
-                "numtxqueues",
-                "2",
-                "numrxqueues",
-                "2",
-                "type",
-                "veth",
-                "peer",
-                "name",
-                tmp,
-                "numtxqueues",
-                "2",
-                "numrxqueues",
-                "2",
-            ])?;
-            a.ip(&["link", "set", tmp, "netns", b.name()])?;
-            b.ip(&["link", "set", tmp, "name", bn])?;
-            a.ip(&["link", "set", an, "up"])?;
-            b.ip(&["link", "set", bn, "up"])?;
-            Ok(())
-        };
         veth(&east, "wire", &inet, "pe")?;
         veth(&west, "wire", &inet, "pw")?;
         inet.ip(&["link", "add", "br0", "type", "bridge"])?;
@@ -272,18 +549,7 @@ impl TwoSite {
         west.ip(&["addr", "add", "172.24.4.233/24", "dev", "wire"])?;
 
         // East tenant host: VLAN 100 on a plain veth (TC pushes/pops the tag).
-        veth(&east, "ten", &eh, "eth0")?;
-        eh.ip(&["addr", "add", "10.1.0.5/24", "dev", "eth0"])?;
-        eh.ip(&["route", "add", "default", "via", "10.1.0.1"])?;
-        // Locally generated TCP leaves a veth with its checksum still to be filled in (offload);
-        // a real NIC would deliver finished packets, so finish them at the source.
-        eh.exec(&[
-            "ethtool", "-K", "eth0", "tx", "off", "gso", "off", "tso", "off",
-        ])?;
-        let _vlan = {
-            let _in = eh.enter()?;
-            VlanHost::attach("eth0", 100)?
-        };
+        let (_vlan, east_tenant_cfg) = east_tenant(&east, &eh)?;
 
         // West tenant host: a kernel VXLAN device toward the node's VTEP.
         veth(&west, "ten", &wh, "vtep")?;
@@ -316,36 +582,57 @@ impl TwoSite {
             "ethtool", "-K", "vtep", "tx", "off", "gso", "off", "tso", "off",
         ])?;
 
-        let east_cfg = node_config(&Site {
-            instance: "vpnE",
-            tenant: format!(
-                "[[tenant]]\nid = 1\ninterface = \"ten\"\nvlan = 100\ngateway_ip = \"10.1.0.1\"\ngateway_mac = \"{GW_E}\"\nhost_mac = \"{}\"\n",
-                mac_of(&eh, "eth0")?
-            ),
-            local: "172.24.4.226",
-            peer: "172.24.4.233",
-            local_net: "10.1.0.0/24",
-            peer_net: "10.2.0.0/24",
-            spis: (0xf0e0, 0xe0f0),
-            keys: (KEY_WE, KEY_EW),
-        });
-        let west_cfg = node_config(&Site {
-            instance: "vpnW",
-            tenant: format!(
-                "[[tenant]]\nid = 1\ninterface = \"ten\"\nvni = 5001\ngateway_ip = \"10.2.0.1\"\nlocal_vtep = \"192.168.100.1\"\nremote_vtep = \"192.168.100.2\"\nvtep_mac = \"{}\"\ngateway_mac = \"{GW_W}\"\nhost_mac = \"{}\"\n",
-                mac_of(&wh, "vtep")?,
-                mac_of(&wh, "vx0")?
-            ),
-            local: "172.24.4.233",
-            peer: "172.24.4.226",
-            local_net: "10.2.0.0/24",
-            peer_net: "10.1.0.0/24",
-            spis: (0xe0f0, 0xf0e0),
-            keys: (KEY_EW, KEY_WE),
-        });
+        let (east_init, west_init) = match keying {
+            Keying::Ike(k) => (k.initiator.as_str(), k.west_initiator.as_str()),
+            Keying::Manual => ("", ""),
+        };
+        let east_cfg = node_config(
+            &Site {
+                instance: east.name(),
+                tenant: east_tenant_cfg,
+                local: "172.24.4.226",
+                peer: "172.24.4.233",
+                local_net: "10.1.0.0/24",
+                peer_net: "10.2.0.0/24",
+                spis: (0xf0e0, 0xe0f0),
+                keys: (KEY_WE, KEY_EW),
+            },
+            keying,
+            "east",
+            "east-west",
+            east_init,
+        );
+        let west_cfg = node_config(
+            &Site {
+                instance: west.name(),
+                tenant: format!(
+                    "[[tenant]]\nid = 1\ninterface = \"ten\"\nvni = 5001\ngateway_ip = \"10.2.0.1\"\nlocal_vtep = \"192.168.100.1\"\nremote_vtep = \"192.168.100.2\"\nvtep_mac = \"{}\"\ngateway_mac = \"{GW_W}\"\nhost_mac = \"{}\"\n",
+                    mac_of(&wh, "vtep")?,
+                    mac_of(&wh, "vx0")?
+                ),
+                local: "172.24.4.233",
+                peer: "172.24.4.226",
+                local_net: "10.2.0.0/24",
+                peer_net: "10.1.0.0/24",
+                spis: (0xe0f0, 0xf0e0),
+                keys: (KEY_EW, KEY_WE),
+            },
+            keying,
+            "west",
+            "west-east",
+            west_init,
+        );
         before_vpnd(&inet, &dir)?;
-        let (east_vpnd, east_log) = start_vpnd(&east, &east_cfg, &dir)?;
-        let (west_vpnd, west_log) = start_vpnd(&west, &west_cfg, &dir)?;
+        let (east_vpnd, east_log, west_vpnd, west_log) = if let Keying::Ike(_) = keying {
+            let (west_vpnd, west_log) = start_vpnd(&west, &west_cfg, &dir)?;
+            let (east_vpnd, east_log) = start_vpnd(&east, &east_cfg, &dir)?;
+            (east_vpnd, east_log, west_vpnd, west_log)
+        } else {
+            let (east_vpnd, east_log) = start_vpnd(&east, &east_cfg, &dir)?;
+            let (west_vpnd, west_log) = start_vpnd(&west, &west_cfg, &dir)?;
+            (east_vpnd, east_log, west_vpnd, west_log)
+        };
+        dir_guard.0 = None;
         Ok(TwoSite {
             east_vpnd,
             west_vpnd,
