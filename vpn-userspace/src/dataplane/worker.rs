@@ -184,6 +184,13 @@ impl WorkerStats {
         *self.drops.entry(r).or_default() += 1;
     }
 
+    /// Frames lost to a full TX ring: counted as `NoRoom`.
+    fn no_room(&mut self, n: u32) {
+        if n > 0 {
+            *self.drops.entry(DropReason::NoRoom).or_default() += n as u64;
+        }
+    }
+
     pub fn dropped(&self, r: DropReason) -> u64 {
         self.drops.get(&r).copied().unwrap_or(0)
     }
@@ -365,7 +372,7 @@ impl Worker {
         for _ in 0..reassembler.expire(now) {
             stats.drop(DropReason::FragmentTimeout);
         }
-        out.flush();
+        stats.no_room(out.flush());
         n
     }
 
@@ -408,7 +415,7 @@ impl Worker {
                 }
             });
         }
-        out.flush();
+        stats.no_room(out.flush());
         // ICMP errors back toward the tenant hosts (rare: path MTU discovery).
         if !replies.is_empty() {
             let back = &mut tenant[0];
@@ -420,7 +427,7 @@ impl Worker {
                     stats.drop(DropReason::NoRoom);
                 }
             }
-            back.flush();
+            stats.no_room(back.flush());
         }
         n
     }
