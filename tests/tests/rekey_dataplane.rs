@@ -48,7 +48,7 @@ const TENANT_E: u32 = 1;
 const TENANT_W: u32 = 5;
 const MAGIC: &[u8; 4] = b"RKEY";
 /// Time between two datagrams of one direction.
-const INTERVAL: Duration = Duration::from_millis(1);
+const INTERVAL: Duration = Duration::from_micros(250);
 const OVERLAP: Duration = Duration::from_millis(200);
 const REKEYS: u32 = 3;
 
@@ -585,7 +585,7 @@ fn make_before_break_rekeys_lose_nothing() -> Result<()> {
             g.0.len(),
             g.1
         );
-        assert!(sent > 1000, "{name}: only {sent} datagrams sent");
+        assert!(sent > 3000, "{name}: only {sent} datagrams sent");
         assert!(
             missing.is_empty(),
             "{name}: {} of {sent} lost across the rekeys: {:?}",
@@ -595,8 +595,7 @@ fn make_before_break_rekeys_lose_nothing() -> Result<()> {
         assert_eq!(g.1, 0, "{name}: duplicates delivered");
     }
     for (name, s) in [("east", &e_stats), ("west", &w_stats)] {
-        assert_eq!(s.dropped(DropReason::WorkerNoSa), 0, "{name}: {s:?}");
-        assert_eq!(s.dropped(DropReason::BadIcv), 0, "{name}: {s:?}");
+        assert!(s.drops.is_empty(), "{name}: the workers dropped: {s:?}");
     }
     assert_eq!(
         e.unknown_spi()?,
