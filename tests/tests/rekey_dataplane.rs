@@ -98,7 +98,7 @@ fn spec_east(k: u32) -> ChildSaSpec {
         key_in: key(k, 2),
         key_out: key(k, 1),
         // ESN is agreed per child SA, for both directions; alternate it across rekeys.
-        esn: k % 2 == 0,
+        esn: k.is_multiple_of(2),
         replay_window: 1024,
         local_subnets: vec![prefix([10, 1, 0, 0], 24)],
         peer_subnets: vec![prefix([10, 2, 0, 0], 24)],
@@ -119,7 +119,7 @@ fn spec_west(k: u32) -> ChildSaSpec {
         spi_out: spi_we(k),
         key_in: key(k, 1),
         key_out: key(k, 2),
-        esn: k % 2 == 0,
+        esn: k.is_multiple_of(2),
         replay_window: 1024,
         local_subnets: vec![prefix([10, 2, 0, 0], 24)],
         peer_subnets: vec![prefix([10, 1, 0, 0], 24)],
