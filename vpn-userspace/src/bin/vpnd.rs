@@ -4,7 +4,6 @@
 //! and removes its pins.
 
 use std::{
-    collections::HashMap,
     net::IpAddr,
     path::PathBuf,
     sync::{
@@ -17,20 +16,16 @@ use std::{
 use anyhow::{Context, Result, bail};
 use aya::programs::XdpMode;
 use clap::Parser;
-use vpn_common::{
-    ReplayWindow,
-    maps::{
-        AF_INET, ENCAP_UNTAGGED, ENCAP_VLAN, ENCAP_VXLAN, IfaceConfig, POLICY_PROTECT, PeerKey,
-        PolicyValue, SA_F_UDP_ENCAP, SaIn, TenantEncap,
-    },
+use vpn_common::maps::{
+    AF_INET, ENCAP_UNTAGGED, ENCAP_VLAN, ENCAP_VXLAN, IfaceConfig, TenantEncap,
 };
 use vpn_userspace::{
     config::{Config, parse_mac},
     dataplane::{
-        Dataplane, LoadOptions, Side,
-        worker::{InboundState, NextHop, OutboundState, Selector, Tenant, TenantLink, Worker},
+        ChildSaSpec, Dataplane, Installer, LoadOptions, Side,
+        worker::{NextHop, Tenant, TenantLink, Worker},
     },
-    esp::{InboundSa, OutboundSa, Outer, crypto::IV_LEN},
+    esp::NAT_T_PORT,
 };
 
 #[derive(Parser)]
@@ -237,11 +232,11 @@ fn main() -> Result<()> {
     let backend = cfg.backend();
     eprintln!("vpnd: AES-GCM backend {backend:?}");
     let mut neighbours: Vec<(IpAddr, NextHop)> = Vec::new();
-    let mut next_slot = 1u32;
-    let mut names = HashMap::new();
+    // One code path for manual and (later) IKE-negotiated SAs: install the inbound SA, then
+    // activate the outbound one, as a rekey does.
+    let mut installer = Installer::new(worker.tables(), dp.replay_shared(), backend);
+    let mut children = Vec::with_capacity(sas.len());
     for sa in sas {
-        let (slot_in, slot_out) = (next_slot, next_slot + 1);
-        next_slot += 2;
         let next_hop = match sa.peer_mac {
             Some(m) => NextHop::new(m),
             None => {
@@ -255,72 +250,30 @@ fn main() -> Result<()> {
                 n
             }
         };
-        dp.add_sa_in(
-            sa.spi_in,
-            SaIn {
-                slot: slot_in,
-                tenant: sa.tenant,
-                flags: if sa.udp_encap { SA_F_UDP_ENCAP } else { 0 },
-                min_esp_len: SaIn::min_esp_len_for(IV_LEN as u16, 16),
-                _pad: 0,
-            },
-            ReplayWindow::new(sa.replay_window, sa.esn),
-        )?;
-        dp.add_peer(match sa.peer {
-            IpAddr::V4(a) => PeerKey::v4(a.octets()),
-            IpAddr::V6(a) => PeerKey::v6(a.octets()),
-        })?;
-        for p in &sa.peer_subnets {
-            let v = PolicyValue {
-                sa_slot: slot_out,
-                action: POLICY_PROTECT,
-            };
-            match p.addr {
-                IpAddr::V4(a) => dp.set_policy_v4(sa.tenant, a, p.len, v)?,
-                IpAddr::V6(a) => dp.set_policy_v6(sa.tenant, a, p.len, v)?,
-            }
-        }
-        let selectors = sa
-            .peer_subnets
-            .iter()
-            .flat_map(|src| {
-                sa.local_subnets.iter().map(|dst| Selector {
-                    src: *src,
-                    dst: *dst,
-                })
-            })
-            .collect();
-        worker.add_inbound(InboundState {
-            sa: InboundSa::with_backend(sa.spi_in, &sa.key_in, sa.esn, backend),
-            slot: slot_in,
+        let spec = ChildSaSpec {
+            name: sa.name,
             tenant: sa.tenant,
-            selectors,
-        });
-        let outer = Outer {
-            src: sa.local,
-            dst: sa.peer,
-            udp: sa.udp_encap.then_some((4500, 4500)),
-            ttl: 64,
+            local: sa.local,
+            peer: sa.peer,
+            udp_encap: sa.udp_encap.then_some((NAT_T_PORT, NAT_T_PORT)),
+            spi_in: sa.spi_in,
+            spi_out: sa.spi_out,
+            key_in: sa.key_in,
+            key_out: sa.key_out,
+            esn: sa.esn,
+            replay_window: sa.replay_window,
+            local_subnets: sa.local_subnets,
+            peer_subnets: sa.peer_subnets,
+            next_hop,
+            src_mac: wire_mac,
         };
-        worker.add_outbound(
-            slot_out,
-            OutboundState {
-                sa: Arc::new(OutboundSa::with_backend(
-                    sa.spi_out,
-                    &sa.key_out,
-                    sa.esn,
-                    outer,
-                    backend,
-                )),
-                dst_mac: next_hop.clone(),
-                src_mac: wire_mac,
-            },
-        );
+        let mut child = installer.install_inbound(&mut dp, &spec)?;
+        installer.activate_outbound(&mut dp, &mut child)?;
         eprintln!(
-            "vpnd: SA {:?} installed: in {:#010x} (slot {slot_in}), out {:#010x} (slot {slot_out}), peer {}",
-            sa.name, sa.spi_in, sa.spi_out, sa.peer
+            "vpnd: SA {:?} installed: in {:#010x} (slot {}), out {:#010x} (slot {}), peer {}",
+            child.name, child.spi_in, child.slot_in, child.spi_out, child.slot_out, child.peer
         );
-        names.insert(slot_in, sa.name);
+        children.push(child);
     }
 
     let wire_if = cfg.wire.interface.clone();
@@ -374,6 +327,9 @@ fn main() -> Result<()> {
         stats.merge(&s);
     }
     eprintln!("vpnd: stopping: {stats:?}");
+    for c in &children {
+        eprintln!("vpnd: SA {:?}: {:?}", c.name, installer.stats(c));
+    }
     drop(dp);
     Ok(())
 }
