@@ -3,6 +3,7 @@
 
 pub mod installer;
 mod loader;
+pub mod neigh;
 mod replay;
 pub mod sa_tables;
 pub mod worker;
