@@ -43,6 +43,17 @@ pub struct Config {
     /// AES-GCM implementation: "aws-lc-rs" (default), "ring" or "rustcrypto".
     #[serde(default)]
     pub crypto_backend: Option<String>,
+    /// Neutron VPNaaS resources (see `vpnaas.rs`).
+    #[serde(default, rename = "ikepolicy")]
+    pub ikepolicies: Vec<crate::vpnaas::IkePolicy>,
+    #[serde(default, rename = "ipsecpolicy")]
+    pub ipsecpolicies: Vec<crate::vpnaas::IpsecPolicy>,
+    #[serde(default, rename = "vpnservice")]
+    pub vpnservices: Vec<crate::vpnaas::VpnService>,
+    #[serde(default, rename = "ipsec_site_connection")]
+    pub connections: Vec<crate::vpnaas::SiteConnection>,
+    #[serde(default)]
+    pub ike: crate::vpnaas::IkeSettings,
 }
 
 fn default_frames() -> u32 {

@@ -5,3 +5,4 @@ pub mod config;
 pub mod dataplane;
 pub mod esp;
 pub mod ike;
+pub mod vpnaas;

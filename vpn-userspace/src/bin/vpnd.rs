@@ -1,7 +1,10 @@
-//! vpnd: the ESP data plane on a network node. This version runs manually keyed SAs from its
-//! configuration file (the IKEv2 control plane comes next): it loads and attaches the XDP
-//! programs, fills the maps, and runs the AF_XDP worker until SIGINT/SIGTERM, then detaches
-//! and removes its pins.
+//! vpnd: the ESP data plane and IKEv2 control plane of a network node. It loads and attaches
+//! the XDP programs, installs the manually keyed SAs of its configuration, negotiates the
+//! Neutron-VPNaaS-shaped site connections with IKEv2 (installing, rekeying and deleting their
+//! CHILD_SAs make-before-break), and runs the AF_XDP workers until SIGINT/SIGTERM; then it
+//! deletes its IKE SAs politely, detaches and removes its pins.
+//!
+//! SIGUSR1 rekeys every CHILD_SA now, SIGUSR2 every IKE_SA (operator and test aid).
 
 use std::{
     collections::HashMap,
@@ -11,30 +14,35 @@ use std::{
         Arc,
         atomic::{AtomicBool, Ordering},
     },
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use anyhow::{Context, Result, bail};
 use aya::programs::XdpMode;
 use clap::Parser;
-use vpn_common::{
-    ReplayWindow,
-    maps::{
-        AF_INET, ENCAP_UNTAGGED, ENCAP_VLAN, ENCAP_VXLAN, IfaceConfig, POLICY_PROTECT, PeerKey,
-        PolicyValue, SA_F_UDP_ENCAP, SaIn, TenantEncap,
-    },
+use vpn_common::maps::{
+    AF_INET, ENCAP_UNTAGGED, ENCAP_VLAN, ENCAP_VXLAN, IfaceConfig, TenantEncap,
 };
 use vpn_userspace::{
     config::{Config, parse_mac},
     dataplane::{
-        Dataplane, LoadOptions, Side,
-        worker::{InboundState, NextHop, OutboundState, Selector, Tenant, TenantLink, Worker},
+        ChildSaSpec, Dataplane, Installer, LoadOptions, Side,
+        neigh::resolve_neighbour,
+        worker::{NextHop, Tenant, TenantLink, Worker},
     },
-    esp::{InboundSa, OutboundSa, Outer, crypto::IV_LEN},
+    esp::NAT_T_PORT,
+    ike::{
+        endpoint::{Endpoint, Settings},
+        plane::{ConnPlane, PlaneSink},
+        shell::{Command, Shell},
+    },
 };
 
 #[derive(Parser)]
-#[command(version, about = "ESP fast-path daemon (manual keying)")]
+#[command(
+    version,
+    about = "IPsec (IKEv2 + ESP) daemon with an XDP/AF_XDP data plane"
+)]
 struct Args {
     /// Configuration file (TOML).
     #[arg(long, short)]
@@ -56,43 +64,19 @@ fn ifindex(ifname: &str) -> Result<u32> {
     Ok(s.trim().parse()?)
 }
 
-/// The peer's MAC from the kernel's neighbour table, prodding the kernel to resolve it
-/// (a datagram to the discard port) while it is not there yet.
-fn resolve_neighbour(peer: IpAddr, ifname: &str, timeout: Duration) -> Result<[u8; 6]> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let out = std::process::Command::new("ip")
-            .args(["neigh", "show", &peer.to_string(), "dev", ifname])
-            .output()
-            .context("running ip neigh")?;
-        let text = String::from_utf8_lossy(&out.stdout);
-        if let Some(mac) = text
-            .split_whitespace()
-            .skip_while(|w| *w != "lladdr")
-            .nth(1)
-            .and_then(parse_mac)
-        {
-            return Ok(mac);
-        }
-        if Instant::now() > deadline {
-            bail!("no neighbour entry for {peer} on {ifname}; set peer_mac in the config");
-        }
-        let bind = if peer.is_ipv4() {
-            "0.0.0.0:0"
-        } else {
-            "[::]:0"
-        };
-        if let Ok(s) = std::net::UdpSocket::bind(bind) {
-            let _ = s.send_to(b"", (peer, 9));
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
 /// Re-reads the peers' MACs from the neighbour table; the worker picks a change up with its
 /// next packet. While an entry is missing the last MAC stays in use.
-async fn refresh_neighbours(neighbours: &[(IpAddr, NextHop)], ifname: &str) {
-    for (peer, hop) in neighbours {
+async fn refresh_neighbours(
+    neighbours: &Arc<std::sync::Mutex<HashMap<IpAddr, NextHop>>>,
+    ifname: &str,
+) {
+    let list: Vec<(IpAddr, NextHop)> = neighbours
+        .lock()
+        .expect("not poisoned")
+        .iter()
+        .map(|(a, h)| (*a, h.clone()))
+        .collect();
+    for (peer, hop) in &list {
         let (peer, ifname) = (*peer, ifname.to_string());
         let found = tokio::task::spawn_blocking(move || {
             resolve_neighbour(peer, &ifname, Duration::ZERO).ok()
@@ -113,12 +97,14 @@ fn main() -> Result<()> {
     let args = Args::parse();
     let cfg = Config::load(&args.config)?;
     let sas = cfg.resolve_sas(&args.config)?;
+    let conns = cfg.resolve_connections(&args.config)?;
     if args.check {
         println!(
-            "{}: ok ({} tenants, {} manual SAs)",
+            "{}: ok ({} tenants, {} manual SAs, {} site connections)",
             args.config.display(),
             cfg.tenants.len(),
-            sas.len()
+            sas.len(),
+            conns.len()
         );
         return Ok(());
     }
@@ -236,12 +222,12 @@ fn main() -> Result<()> {
 
     let backend = cfg.backend();
     eprintln!("vpnd: AES-GCM backend {backend:?}");
-    let mut neighbours: Vec<(IpAddr, NextHop)> = Vec::new();
-    let mut next_slot = 1u32;
-    let mut names = HashMap::new();
+    let neighbours: Arc<std::sync::Mutex<HashMap<IpAddr, NextHop>>> = Arc::default();
+    // One code path for manual and (later) IKE-negotiated SAs: install the inbound SA, then
+    // activate the outbound one, as a rekey does.
+    let mut installer = Installer::new(worker.tables(), dp.replay_shared(), backend);
+    let mut children = Vec::with_capacity(sas.len());
     for sa in sas {
-        let (slot_in, slot_out) = (next_slot, next_slot + 1);
-        next_slot += 2;
         let next_hop = match sa.peer_mac {
             Some(m) => NextHop::new(m),
             None => {
@@ -251,76 +237,37 @@ fn main() -> Result<()> {
                     Duration::from_secs(5),
                 )?);
                 // Followed while running: the peer's MAC may change (failover, new NIC).
-                neighbours.push((sa.peer, n.clone()));
+                neighbours
+                    .lock()
+                    .expect("not poisoned")
+                    .insert(sa.peer, n.clone());
                 n
             }
         };
-        dp.add_sa_in(
-            sa.spi_in,
-            SaIn {
-                slot: slot_in,
-                tenant: sa.tenant,
-                flags: if sa.udp_encap { SA_F_UDP_ENCAP } else { 0 },
-                min_esp_len: SaIn::min_esp_len_for(IV_LEN as u16, 16),
-                _pad: 0,
-            },
-            ReplayWindow::new(sa.replay_window, sa.esn),
-        )?;
-        dp.add_peer(match sa.peer {
-            IpAddr::V4(a) => PeerKey::v4(a.octets()),
-            IpAddr::V6(a) => PeerKey::v6(a.octets()),
-        })?;
-        for p in &sa.peer_subnets {
-            let v = PolicyValue {
-                sa_slot: slot_out,
-                action: POLICY_PROTECT,
-            };
-            match p.addr {
-                IpAddr::V4(a) => dp.set_policy_v4(sa.tenant, a, p.len, v)?,
-                IpAddr::V6(a) => dp.set_policy_v6(sa.tenant, a, p.len, v)?,
-            }
-        }
-        let selectors = sa
-            .peer_subnets
-            .iter()
-            .flat_map(|src| {
-                sa.local_subnets.iter().map(|dst| Selector {
-                    src: *src,
-                    dst: *dst,
-                })
-            })
-            .collect();
-        worker.add_inbound(InboundState {
-            sa: InboundSa::with_backend(sa.spi_in, &sa.key_in, sa.esn, backend),
-            slot: slot_in,
+        let spec = ChildSaSpec {
+            name: sa.name,
             tenant: sa.tenant,
-            selectors,
-        });
-        let outer = Outer {
-            src: sa.local,
-            dst: sa.peer,
-            udp: sa.udp_encap.then_some((4500, 4500)),
-            ttl: 64,
+            local: sa.local,
+            peer: sa.peer,
+            udp_encap: sa.udp_encap.then_some((NAT_T_PORT, NAT_T_PORT)),
+            spi_in: sa.spi_in,
+            spi_out: sa.spi_out,
+            key_in: sa.key_in,
+            key_out: sa.key_out,
+            esn: sa.esn,
+            replay_window: sa.replay_window,
+            local_subnets: sa.local_subnets,
+            peer_subnets: sa.peer_subnets,
+            next_hop,
+            src_mac: wire_mac,
         };
-        worker.add_outbound(
-            slot_out,
-            OutboundState {
-                sa: Arc::new(OutboundSa::with_backend(
-                    sa.spi_out,
-                    &sa.key_out,
-                    sa.esn,
-                    outer,
-                    backend,
-                )),
-                dst_mac: next_hop.clone(),
-                src_mac: wire_mac,
-            },
-        );
+        let mut child = installer.install_inbound(&mut dp, &spec)?;
+        installer.activate_outbound(&mut dp, &mut child)?;
         eprintln!(
-            "vpnd: SA {:?} installed: in {:#010x} (slot {slot_in}), out {:#010x} (slot {slot_out}), peer {}",
-            sa.name, sa.spi_in, sa.spi_out, sa.peer
+            "vpnd: SA {:?} installed: in {:#010x} (slot {}), out {:#010x} (slot {}), peer {}",
+            child.name, child.spi_in, child.slot_in, child.spi_out, child.slot_out, child.peer
         );
-        names.insert(slot_in, sa.name);
+        children.push(child);
     }
 
     let wire_if = cfg.wire.interface.clone();
@@ -355,17 +302,89 @@ fn main() -> Result<()> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    rt.block_on(async {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    // The IKE shell owns the data plane's map writer while it runs and gives it back.
+    let mut dp_keep = Some(dp);
+    let mut installer_keep = Some(installer);
+    let (dp, installer) = rt.block_on(async {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut term = signal(SignalKind::terminate())?;
+        let mut usr1 = signal(SignalKind::user_defined1())?;
+        let mut usr2 = signal(SignalKind::user_defined2())?;
         let mut tick = tokio::time::interval(Duration::from_secs(5));
-        loop {
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => break,
-                _ = term.recv() => break,
-                _ = tick.tick() => refresh_neighbours(&neighbours, &wire_if).await,
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let (cmd_tx, cmd_rx) = tokio::sync::mpsc::channel(64);
+        let n_conns = conns.len();
+        let shell = if conns.is_empty() {
+            None
+        } else {
+            let settings = Settings {
+                ike_port: cfg.ike.port,
+                natt_port: cfg.ike.natt_port,
+                cookie_threshold: cfg.ike.cookie_threshold,
+                half_open_timeout: Duration::from_secs(cfg.ike.half_open_timeout),
+                overlap: Duration::from_secs(cfg.ike.rekey_overlap),
+                ..Settings::default()
+            };
+            let mut ep = Endpoint::new(settings);
+            let mut planes = Vec::new();
+            for c in conns {
+                planes.push(ConnPlane {
+                    name: c.conn.name.clone(),
+                    tenant: c.tenant,
+                    replay_window: c.replay_window,
+                    peer_ts: c.conn.peer_ts.clone(),
+                });
+                eprintln!(
+                    "vpnd: conn {}: {} -> {} ({:?}, peer id {})",
+                    c.conn.name, c.conn.local, c.conn.peer, c.conn.initiator, c.conn.peer_id
+                );
+                ep.add_conn(c.conn);
+            }
+            let sink = PlaneSink {
+                dp: dp_keep.take().expect("present"),
+                installer: installer_keep.take().expect("present"),
+                conns: planes,
+                children: HashMap::new(),
+                hops: neighbours.clone(),
+                wire_if: wire_if.clone(),
+                wire_mac,
+            };
+            Some(Shell::bind(ep, sink).await?)
+        };
+        let control = async {
+            loop {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => break,
+                    _ = term.recv() => break,
+                    _ = usr1.recv() => {
+                        eprintln!("vpnd: SIGUSR1: rekeying every CHILD_SA");
+                        for c in 0..n_conns {
+                            let _ = cmd_tx.send(Command::RekeyChild(c)).await;
+                        }
+                    }
+                    _ = usr2.recv() => {
+                        eprintln!("vpnd: SIGUSR2: rekeying every IKE_SA");
+                        for c in 0..n_conns {
+                            let _ = cmd_tx.send(Command::RekeyIke(c)).await;
+                        }
+                    }
+                    _ = tick.tick() => refresh_neighbours(&neighbours, &wire_if).await,
+                }
+            }
+            let _ = stop_tx.send(true);
+        };
+        match shell {
+            None => {
+                control.await;
+                anyhow::Ok((dp_keep.take(), installer_keep.take()))
+            }
+            Some(shell) => {
+                let (r, ()) = tokio::join!(shell.run(stop_rx, cmd_rx), control);
+                let (ike_stats, sink) = r?;
+                eprintln!("vpnd: IKE: {ike_stats:?}");
+                anyhow::Ok((Some(sink.dp), Some(sink.installer)))
             }
         }
-        anyhow::Ok(())
     })?;
     stop.store(true, Ordering::Relaxed);
     let mut stats = vpn_userspace::dataplane::worker::WorkerStats::default();
@@ -374,6 +393,11 @@ fn main() -> Result<()> {
         stats.merge(&s);
     }
     eprintln!("vpnd: stopping: {stats:?}");
+    if let Some(installer) = &installer {
+        for c in &children {
+            eprintln!("vpnd: SA {:?}: {:?}", c.name, installer.stats(c));
+        }
+    }
     drop(dp);
     Ok(())
 }

@@ -201,11 +201,71 @@ impl Dataplane {
         Ok(())
     }
 
+    /// Removes an inbound SPI: from then on its packets are dropped as `UnknownSpi` (or
+    /// passed, with `WIRE_F_UNKNOWN_SPI_PASS`). Errors if the SPI was not there.
     pub fn remove_sa_in(&mut self, spi: u32) -> Result<()> {
         let mut m: HashMap<_, u32, SaIn> = HashMap::try_from(self.map_mut(names::SA_IN)?)?;
         m.remove(&spi)
             .with_context(|| format!("removing SPI {spi:#010x}"))?;
         Ok(())
+    }
+
+    /// The inbound SA of an SPI, if installed.
+    pub fn sa_in(&self, spi: u32) -> Result<Option<SaIn>> {
+        let m: HashMap<_, u32, SaIn> = HashMap::try_from(self.map(names::SA_IN)?)?;
+        not_found_as_none(m.get(&spi, 0))
+    }
+
+    /// Removes the IPv4 policy of exactly (tenant, prefix/plen). Returns whether it existed.
+    pub fn remove_policy_v4(&mut self, tenant: u32, prefix: Ipv4Addr, plen: u8) -> Result<bool> {
+        if plen > 32 {
+            bail!("IPv4 prefix length {plen} > 32");
+        }
+        let addr = mask_v4(prefix, plen);
+        let mut m: LpmTrie<_, PolicyKeyV4, PolicyValue> =
+            LpmTrie::try_from(self.map_mut(names::POLICY_V4)?)?;
+        let key = Key::new(
+            policy_prefix_len(plen as u32),
+            PolicyKeyV4 {
+                tenant_be: tenant.to_be_bytes(),
+                addr: addr.octets(),
+            },
+        );
+        not_found_as_false(m.remove(&key))
+            .with_context(|| format!("removing policy tenant {tenant} {addr}/{plen}"))
+    }
+
+    /// Removes the IPv6 policy of exactly (tenant, prefix/plen). Returns whether it existed.
+    pub fn remove_policy_v6(&mut self, tenant: u32, prefix: Ipv6Addr, plen: u8) -> Result<bool> {
+        if plen > 128 {
+            bail!("IPv6 prefix length {plen} > 128");
+        }
+        let addr = mask_v6(prefix, plen);
+        let mut m: LpmTrie<_, PolicyKeyV6, PolicyValue> =
+            LpmTrie::try_from(self.map_mut(names::POLICY_V6)?)?;
+        let key = Key::new(
+            policy_prefix_len(plen as u32),
+            PolicyKeyV6 {
+                tenant_be: tenant.to_be_bytes(),
+                addr: addr.octets(),
+            },
+        );
+        not_found_as_false(m.remove(&key))
+            .with_context(|| format!("removing policy tenant {tenant} {addr}/{plen}"))
+    }
+
+    /// The policy the tenant-side program finds for `dst` of `tenant` (longest prefix match).
+    pub fn lookup_policy_v4(&self, tenant: u32, dst: Ipv4Addr) -> Result<Option<PolicyValue>> {
+        let m: LpmTrie<_, PolicyKeyV4, PolicyValue> =
+            LpmTrie::try_from(self.map(names::POLICY_V4)?)?;
+        let key = Key::new(
+            policy_prefix_len(32),
+            PolicyKeyV4 {
+                tenant_be: tenant.to_be_bytes(),
+                addr: dst.octets(),
+            },
+        );
+        not_found_as_none(m.get(&key, 0))
     }
 
     pub fn set_policy_v4(
@@ -298,6 +358,24 @@ impl Dataplane {
     pub fn add_peer(&mut self, peer: PeerKey) -> Result<()> {
         let mut m: HashMap<_, PeerKey, u32> = HashMap::try_from(self.map_mut(names::PEERS)?)?;
         m.insert(peer, 1, 0)?;
+        Ok(())
+    }
+
+    /// Forgets a peer (its fragments are no longer handed to the worker). Returns whether it
+    /// was known.
+    pub fn remove_peer(&mut self, peer: PeerKey) -> Result<bool> {
+        let mut m: HashMap<_, PeerKey, u32> = HashMap::try_from(self.map_mut(names::PEERS)?)?;
+        not_found_as_false(m.remove(&peer)).context("removing a peer")
+    }
+
+    /// Zeroes the kernel's per-SA counters of `slot` (on every CPU), for a slot given to a
+    /// new SA.
+    pub fn reset_sa_stats(&mut self, slot: u32) -> Result<()> {
+        let cpus = aya::util::nr_cpus().map_err(|(_, e)| e)?;
+        let mut m: PerCpuArray<_, SaStats> = PerCpuArray::try_from(self.map_mut(names::SA_STATS)?)?;
+        let zero = aya::maps::PerCpuValues::try_from(vec![SaStats::default(); cpus])?;
+        m.set(slot, zero, 0)
+            .with_context(|| format!("SA_STATS[{slot}]"))?;
         Ok(())
     }
 
@@ -515,6 +593,32 @@ impl Drop for Dataplane {
         if self.unpin_on_drop {
             let _ = remove_pins(&self.pin_dir);
         }
+    }
+}
+
+fn is_not_found(e: &aya::maps::MapError) -> bool {
+    match e {
+        aya::maps::MapError::KeyNotFound => true,
+        aya::maps::MapError::SyscallError(s) => s.io_error.raw_os_error() == Some(libc::ENOENT),
+        _ => false,
+    }
+}
+
+/// A map delete's result: Ok(false) when the key was not there.
+fn not_found_as_false(r: Result<(), aya::maps::MapError>) -> Result<bool> {
+    match r {
+        Ok(()) => Ok(true),
+        Err(e) if is_not_found(&e) => Ok(false),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// A map lookup's result: Ok(None) when the key is not there.
+fn not_found_as_none<V>(r: Result<V, aya::maps::MapError>) -> Result<Option<V>> {
+    match r {
+        Ok(v) => Ok(Some(v)),
+        Err(e) if is_not_found(&e) => Ok(None),
+        Err(e) => Err(e.into()),
     }
 }
 

@@ -1,6 +1,7 @@
 //! The AF_XDP workers: ESP in from the wire, decrypt, re-tag toward the tenant; tenant
 //! traffic in, encrypt, out on the wire. One worker thread per queue pair (`Worker::split`);
-//! the SA tables are shared read-only, replay windows are updated through
+//! the SA tables are shared and replaced copy-on-write while the workers run (`SaTables`,
+//! loaded once per batch), replay windows are updated through
 //! `ReplayTable::accept` (exclusive per SA, uncontended when an SA stays on one queue, as RSS
 //! keeps it), outbound sequence numbers are atomic. Batches of frames, no allocation,
 //! lock or syscall per packet (one kick per batch and direction).
@@ -19,7 +20,11 @@ use vpn_common::{
 
 use arc_swap::ArcSwap;
 
-use super::{ReplayTable, xsk::XskSocket};
+use super::{
+    ReplayTable,
+    sa_tables::{InboundTable, OutboundTable, SaTables},
+    xsk::XskSocket,
+};
 use crate::esp::{
     InboundSa, OutboundSa,
     packet::{IPPROTO_ESP, IPPROTO_UDP, inner_info, write_ipv4_header},
@@ -32,7 +37,7 @@ const ETH_LEN: usize = 14;
 const VXLAN_PORT: u16 = 4789;
 
 /// An IP prefix.
-#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Prefix {
     pub addr: IpAddr,
     pub len: u8,
@@ -179,6 +184,13 @@ impl WorkerStats {
         *self.drops.entry(r).or_default() += 1;
     }
 
+    /// Frames lost to a full TX ring: counted as `NoRoom`.
+    fn no_room(&mut self, n: u32) {
+        if n > 0 {
+            *self.drops.entry(DropReason::NoRoom).or_default() += n as u64;
+        }
+    }
+
     pub fn dropped(&self, r: DropReason) -> u64 {
         self.drops.get(&r).copied().unwrap_or(0)
     }
@@ -190,9 +202,9 @@ pub struct Worker {
     /// One socket per rx queue of the tenant interface; transmits go out on the first.
     pub tenant: Vec<XskSocket>,
     replay: Arc<ReplayTable>,
-    // Shared by the workers of a node: read-only once they run (add_* before split).
-    inbound: Arc<HashMap<u32, InboundState>>,
-    outbound: Arc<HashMap<u32, OutboundState>>,
+    /// SA tables shared by the workers of a node, updatable while they run (`tables()`).
+    tables: SaTables,
+    // Shared by the workers of a node: read-only once they run (add_tenant before split).
     tenants: Arc<HashMap<u32, Tenant>>,
     /// (tenant, host address) -> MAC, learned from tenant traffic and ARP. Read for every
     /// decrypted packet without a lock; replaced (copy on write) when a new host appears.
@@ -225,7 +237,7 @@ fn learn(learned: &ArcSwap<LearnedMacs>, key: (u32, IpAddr), mac: [u8; 6]) {
 /// What the inbound path needs besides the frame.
 struct InCtx<'a> {
     replay: &'a ReplayTable,
-    inbound: &'a HashMap<u32, InboundState>,
+    inbound: &'a InboundTable,
     tenants: &'a HashMap<u32, Tenant>,
     learned: &'a LearnedMacs,
 }
@@ -240,8 +252,7 @@ impl Worker {
             wire,
             tenant,
             replay,
-            inbound: Arc::default(),
-            outbound: Arc::default(),
+            tables: SaTables::new(),
             tenants: Arc::default(),
             learned: Arc::default(),
             reassembler: Reassembler::new(Limits::default()),
@@ -252,23 +263,27 @@ impl Worker {
         }
     }
 
-    fn tables<T>(t: &mut Arc<T>) -> &mut T {
-        Arc::get_mut(t).expect("configure a worker before splitting it")
+    /// The node's SA tables: a handle the control plane keeps to install and remove SAs
+    /// while the workers run (the same tables before and after `split`).
+    pub fn tables(&self) -> SaTables {
+        self.tables.clone()
     }
 
-    /// Adds an inbound SA (before `split`).
+    /// Adds an inbound SA (any time; same as `tables().insert_inbound`).
     pub fn add_inbound(&mut self, st: InboundState) {
-        Self::tables(&mut self.inbound).insert(st.slot, st);
+        self.tables.insert_inbound(st);
     }
 
-    /// Adds an outbound SA at its slot (before `split`).
+    /// Adds an outbound SA at its slot (any time; same as `tables().insert_outbound`).
     pub fn add_outbound(&mut self, slot: u32, st: OutboundState) {
-        Self::tables(&mut self.outbound).insert(slot, st);
+        self.tables.insert_outbound(slot, st);
     }
 
     /// Adds a tenant (before `split`).
     pub fn add_tenant(&mut self, id: u32, t: Tenant) {
-        Self::tables(&mut self.tenants).insert(id, t);
+        Arc::get_mut(&mut self.tenants)
+            .expect("add tenants before splitting the worker")
+            .insert(id, t);
     }
 
     /// One worker per queue pair: worker `i` takes the sockets of queues `i`, `i + n`, ... on
@@ -291,8 +306,7 @@ impl Worker {
                 wire: w,
                 tenant: t,
                 replay: self.replay.clone(),
-                inbound: self.inbound.clone(),
-                outbound: self.outbound.clone(),
+                tables: self.tables.clone(),
                 tenants: self.tenants.clone(),
                 learned: self.learned.clone(),
                 reassembler: Reassembler::new(Limits::default()),
@@ -306,7 +320,7 @@ impl Worker {
 
     /// The inbound SA slot of an SPI (for reassembled packets, which the XDP program could
     /// not look up).
-    fn slot_of(inbound: &HashMap<u32, InboundState>, spi: u32) -> Option<u32> {
+    fn slot_of(inbound: &InboundTable, spi: u32) -> Option<u32> {
         inbound.values().find(|s| s.sa.spi == spi).map(|s| s.slot)
     }
 
@@ -321,17 +335,20 @@ impl Worker {
             wire,
             tenant,
             replay,
-            inbound,
+            tables,
             tenants,
             learned,
             reassembler,
             stats,
             ..
         } = self;
+        // One snapshot of the SA table per batch: SAs installed or removed meanwhile show up
+        // in the next one.
+        let inbound = tables.load_inbound();
         let learned = learned.load();
         let ctx = InCtx {
             replay,
-            inbound,
+            inbound: &inbound,
             tenants,
             learned: &learned,
         };
@@ -355,7 +372,7 @@ impl Worker {
         for _ in 0..reassembler.expire(now) {
             stats.drop(DropReason::FragmentTimeout);
         }
-        out.flush();
+        stats.no_room(out.flush());
         n
     }
 
@@ -363,7 +380,7 @@ impl Worker {
         let Worker {
             wire,
             tenant,
-            outbound,
+            tables,
             tenants,
             learned,
             stats,
@@ -371,6 +388,7 @@ impl Worker {
             replies,
             ..
         } = self;
+        let outbound = tables.load_outbound();
         let out = &mut wire[0];
         let mut n = 0;
         for rx in tenant.iter_mut() {
@@ -384,7 +402,7 @@ impl Worker {
                     return;
                 }
                 match outbound_frame(
-                    f.meta, f.data, outbound, tenants, learned, out, *wire_mtu, replies,
+                    f.meta, f.data, &outbound, tenants, learned, out, *wire_mtu, replies,
                 ) {
                     Ok(Sent::Esp(1)) => stats.encrypted += 1,
                     Ok(Sent::Esp(k)) => {
@@ -397,7 +415,7 @@ impl Worker {
                 }
             });
         }
-        out.flush();
+        stats.no_room(out.flush());
         // ICMP errors back toward the tenant hosts (rare: path MTU discovery).
         if !replies.is_empty() {
             let back = &mut tenant[0];
@@ -409,7 +427,7 @@ impl Worker {
                     stats.drop(DropReason::NoRoom);
                 }
             }
-            back.flush();
+            stats.no_room(back.flush());
         }
         n
     }
@@ -563,6 +581,7 @@ fn esp_packet(
         Ok(_) | Err(_) => return Err(DropReason::ReplayDuplicate),
     }
     let inner = &ip[esp_off + d.inner.start..esp_off + d.inner.end];
+    st.sa.count(inner.len());
     let info = inner_info(inner).ok_or(DropReason::BadInnerPacket)?;
     if !st.selectors.is_empty()
         && !st
@@ -680,7 +699,7 @@ pub struct Reply {
 fn outbound_frame(
     meta: XdpMeta,
     frame: &mut [u8],
-    outbound: &HashMap<u32, OutboundState>,
+    outbound: &OutboundTable,
     tenants: &HashMap<u32, Tenant>,
     learned: &ArcSwap<LearnedMacs>,
     wire: &mut XskSocket,

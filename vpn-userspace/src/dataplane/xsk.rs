@@ -254,16 +254,30 @@ impl XskSocket {
     }
 
     /// Hands the written frames to the kernel and kicks it once for the whole batch.
-    pub fn flush(&mut self) {
+    /// Returns how many frames were dropped because the TX ring had no room.
+    pub fn flush(&mut self) -> u32 {
+        let mut dropped = 0;
         if !self.tx_pending.is_empty() {
-            let mut w = self.tx.transmit(self.tx_pending.len() as u32);
-            let n = w.insert(self.tx_pending.iter().copied());
-            w.commit();
-            drop(w);
-            self.in_tx += n;
+            // The ring's view of the kernel's consumer is cached and only refreshed when it
+            // shows no room at all: a reservation can come back short while the kernel has
+            // long emptied the ring, so reserve again until everything is in or the ring is
+            // really full.
+            let mut done = 0;
+            while done < self.tx_pending.len() {
+                let mut w = self.tx.transmit((self.tx_pending.len() - done) as u32);
+                let n = w.insert(self.tx_pending[done..].iter().copied());
+                w.commit();
+                drop(w);
+                if n == 0 {
+                    break;
+                }
+                done += n as usize;
+                self.in_tx += n;
+            }
             // Descriptors the ring had no room for go back to the free list (dropped).
-            for d in self.tx_pending.drain(n as usize..) {
+            for d in self.tx_pending.drain(done..) {
                 self.free.push(d.addr);
+                dropped += 1;
             }
             self.tx_pending.clear();
         }
@@ -275,6 +289,7 @@ impl XskSocket {
             kicks += 1;
         }
         self.reclaim();
+        dropped
     }
 
     /// Takes completed transmissions back into the free list.

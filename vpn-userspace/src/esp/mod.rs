@@ -49,6 +49,9 @@ pub struct OutboundSa {
     salt: [u8; SALT_LEN],
     /// Last sequence number used (0: none yet).
     seq: AtomicU64,
+    /// Packets and inner bytes encapsulated (for lifetimes and the CLI).
+    packets: AtomicU64,
+    bytes: AtomicU64,
 }
 
 /// An inbound SA as the worker needs it.
@@ -57,6 +60,10 @@ pub struct InboundSa {
     pub esn: bool,
     aead: Box<dyn Aead>,
     salt: [u8; SALT_LEN],
+    /// Packets and inner bytes accepted (authenticated, replay window moved), counted by the
+    /// worker through `count`.
+    packets: AtomicU64,
+    bytes: AtomicU64,
 }
 
 /// Where the decrypted inner packet is, inside the buffer given to `decapsulate`.
@@ -110,13 +117,15 @@ impl OutboundSa {
             aead: key.aead_with(backend),
             salt: key.salt(),
             seq: AtomicU64::new(0),
+            packets: AtomicU64::new(0),
+            bytes: AtomicU64::new(0),
         }
     }
 
     /// The next sequence number. Without ESN the counter stops at 2^32-1 and never wraps
     /// (RFC 4303 3.3.3): the SA has to be rekeyed.
     pub fn next_seq(&self) -> Result<u64, DropReason> {
-        let limit = if self.esn { u64::MAX } else { u32::MAX as u64 };
+        let limit = self.seq_limit();
         self.seq
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |s| {
                 (s < limit).then_some(s + 1)
@@ -128,6 +137,21 @@ impl OutboundSa {
     /// Last sequence number sent.
     pub fn seq(&self) -> u64 {
         self.seq.load(Ordering::Relaxed)
+    }
+
+    /// Packets encapsulated so far.
+    pub fn packets(&self) -> u64 {
+        self.packets.load(Ordering::Relaxed)
+    }
+
+    /// Inner (plaintext IP) bytes encapsulated so far.
+    pub fn bytes(&self) -> u64 {
+        self.bytes.load(Ordering::Relaxed)
+    }
+
+    /// The highest sequence number this SA may use: 2^32-1 without ESN, 2^64-1 with it.
+    pub fn seq_limit(&self) -> u64 {
+        if self.esn { u64::MAX } else { u32::MAX as u64 }
     }
 
     /// Test and rekey hook: continue counting from `seq`.
@@ -221,6 +245,9 @@ impl OutboundSa {
             ),
             _ => return Err(DropReason::BadInnerPacket),
         }
+        // Relaxed adds on the cache line the sequence counter already owns.
+        self.packets.fetch_add(1, Ordering::Relaxed);
+        self.bytes.fetch_add(inner.len() as u64, Ordering::Relaxed);
         Ok(total)
     }
 }
@@ -241,7 +268,26 @@ impl InboundSa {
             esn,
             aead: key.aead_with(backend),
             salt: key.salt(),
+            packets: AtomicU64::new(0),
+            bytes: AtomicU64::new(0),
         }
+    }
+
+    /// Records one accepted packet of `inner_len` plaintext bytes (called by the worker once
+    /// the packet is authenticated and the replay window moved).
+    pub fn count(&self, inner_len: usize) {
+        self.packets.fetch_add(1, Ordering::Relaxed);
+        self.bytes.fetch_add(inner_len as u64, Ordering::Relaxed);
+    }
+
+    /// Packets accepted so far.
+    pub fn packets(&self) -> u64 {
+        self.packets.load(Ordering::Relaxed)
+    }
+
+    /// Inner (plaintext IP) bytes accepted so far.
+    pub fn bytes(&self) -> u64 {
+        self.bytes.load(Ordering::Relaxed)
     }
 
     /// Verifies and decrypts the ESP packet `esp` (ESP header to the end of the IP payload)

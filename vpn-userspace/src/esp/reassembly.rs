@@ -664,7 +664,10 @@ mod tests {
         let mut bytes = 0;
         for dg in r.table.values() {
             assert!(dg.pieces.windows(2).all(|w| w[0].end() <= w[1].off));
-            assert_eq!(dg.received, dg.pieces.iter().map(|p| p.data.len()).sum());
+            assert_eq!(
+                dg.received,
+                dg.pieces.iter().map(|p| p.data.len()).sum::<usize>()
+            );
             assert!(dg.pieces.len() <= r.limits.max_fragments_per_datagram);
             assert!(r.oldest_ns <= dg.created_ns);
             bytes += dg.held();

@@ -1,1 +1,0 @@
-//! IKEv2 message codec (placeholder, being written).
