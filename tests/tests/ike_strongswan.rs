@@ -214,8 +214,8 @@ fn ike_rekeys_from_both_ends_under_traffic_lose_nothing() -> Result<()> {
     let s0 = site.wait_tunnel(Duration::from_secs(20))?;
     ping_all(&site.eh, None, WEST_HOST, 2)?;
 
-    // 100 pings/s for 16 s, while both ends rekey the CHILD_SA, then the IKE_SA.
-    let pinger = Pinger::start(&site.eh, None, WEST_HOST, 1600, "0.01")?;
+    // 100 pings/s for 10 s, while both ends rekey the CHILD_SA, then the IKE_SA.
+    let pinger = Pinger::start(&site.eh, None, WEST_HOST, 1000, "0.01")?;
     std::thread::sleep(Duration::from_millis(700));
     site.charon().rekey_child(SWAN_CHILD)?;
     let s1 = wait_state(&site, "CHILD_SA rekeyed by charon", |s| {
@@ -240,7 +240,7 @@ fn ike_rekeys_from_both_ends_under_traffic_lose_nothing() -> Result<()> {
     let (sent, received) = pinger.finish(Duration::from_secs(30))?;
     eprintln!("pings across the four rekeys (done at {rekeys_done:?}): {received}/{sent}");
     ensure!(
-        sent == 1600 && received == sent,
+        sent == 1000 && received == sent,
         "pings lost across the rekeys: {received}/{sent}\nvpnd:\n{}",
         tail(&site.vpnd_log(), 40)
     );
@@ -347,7 +347,7 @@ fn ike_wrong_psk_fails_cleanly_both_ways() -> Result<()> {
     );
     let log = site.charon_log();
     ensure!(
-        log.contains("MAC mismatched") && log.contains("AUTHENTICATION_FAILED"),
+        log.contains("MAC mismatched") && log.contains("N(AUTH_FAILED)"),
         "charon (responder) names no authentication failure:\n{}",
         tail(&log, 40)
     );
@@ -391,9 +391,8 @@ fn ike_wrong_psk_fails_cleanly_both_ways() -> Result<()> {
         })?;
     eprintln!("vpnd (responder): {vpnd_line}");
     let log = site.charon_log();
-    let fails = log.matches("AUTHENTICATION_FAILED").count();
     ensure!(
-        fails >= 2,
+        log.contains("received AUTHENTICATION_FAILED"),
         "charon (initiator) did not receive AUTHENTICATION_FAILED:\n{}",
         tail(&log, 40)
     );
