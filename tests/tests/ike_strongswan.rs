@@ -214,8 +214,9 @@ fn ike_rekeys_from_both_ends_under_traffic_lose_nothing() -> Result<()> {
     let s0 = site.wait_tunnel(Duration::from_secs(20))?;
     ping_all(&site.eh, None, WEST_HOST, 2)?;
 
-    // 100 pings/s for 10 s, while both ends rekey the CHILD_SA, then the IKE_SA.
+    // 100 pings/s each way for 10 s, while both ends rekey the CHILD_SA, then the IKE_SA.
     let pinger = Pinger::start(&site.eh, None, WEST_HOST, 1000, "0.01")?;
+    let back = Pinger::start(&site.west, Some(WEST_HOST), EAST_HOST, 1000, "0.01")?;
     std::thread::sleep(Duration::from_millis(700));
     site.charon().rekey_child(SWAN_CHILD)?;
     let s1 = wait_state(&site, "CHILD_SA rekeyed by charon", |s| {
@@ -241,7 +242,14 @@ fn ike_rekeys_from_both_ends_under_traffic_lose_nothing() -> Result<()> {
     eprintln!("pings across the four rekeys (done at {rekeys_done:?}): {received}/{sent}");
     ensure!(
         sent == 1000 && received == sent,
-        "pings lost across the rekeys: {received}/{sent}\nvpnd:\n{}",
+        "pings eh -> West lost across the rekeys: {received}/{sent}\nvpnd:\n{}",
+        tail(&site.vpnd_log(), 40)
+    );
+    let (sent, received) = back.finish(Duration::from_secs(10))?;
+    eprintln!("pings West -> eh across the four rekeys: {received}/{sent}");
+    ensure!(
+        sent == 1000 && received == sent,
+        "pings West -> eh lost across the rekeys: {received}/{sent}\nvpnd:\n{}",
         tail(&site.vpnd_log(), 40)
     );
     // The IKE rekeys kept the CHILD_SA; both IKE rekeys made new IKE SPIs.
