@@ -1852,8 +1852,25 @@ impl Endpoint {
             self.stats.dropped_unexpected += 1;
             return;
         }
-        let conn = sa.conn;
         let remote = sa.remote;
+        // Several connections may share this address pair: the initiator's identity says
+        // which one it wants (RFC 7296 2.15: PSK and policy follow the identity).
+        let idi = body_of(inner, PayloadType::IDI).and_then(|b| Id::parse(b).ok());
+        if let Some(id) = idi {
+            let cur = &self.conns[sa.conn].cfg;
+            if !cur.peer_id.matches(id.id_type, id.data) {
+                let (l, p) = (cur.local, cur.peer);
+                if let Some(c) = self.conns.iter().position(|c| {
+                    c.cfg.admin_up
+                        && c.cfg.local == l
+                        && c.cfg.peer == p
+                        && c.cfg.peer_id.matches(id.id_type, id.data)
+                }) {
+                    self.sas.get_mut(&spi).expect("present").conn = c;
+                }
+            }
+        }
+        let conn = self.sas[&spi].conn;
         if let Err(why) = self.verify_auth(spi, inner, PayloadType::IDI) {
             self.stats.auth_failed += 1;
             self.respond(
