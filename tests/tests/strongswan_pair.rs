@@ -282,6 +282,42 @@ fn strongswan_pair_tunnel_rekey_and_keys() -> Result<()> {
     ]
     .concat();
     assert_eq!(hmac256(&i.skeyseed, &[&nonces, &spis, &[1]]), i.sk_d);
+    // Our key schedule (vpn_userspace::ike::crypto) reproduces charon's keys: a live
+    // known-answer test of SKEYSEED, prf+ and the SK_* split.
+    {
+        use vpn_userspace::ike::crypto::{
+            DhGroup, Encr, IkeSuite, Integ, Prf, child_keymat, derive_ike_keys, skeyseed,
+        };
+        let suite = IkeSuite {
+            encr: Encr::AesGcm16 { key_bits: 256 },
+            integ: Integ::None,
+            prf: Prf::HmacSha256,
+            dh: DhGroup::Modp2048,
+        };
+        let seed = skeyseed(Prf::HmacSha256, ni, nr, &i.dh_secret);
+        assert_eq!(&seed[..], &i.skeyseed[..], "our SKEYSEED");
+        let ours = derive_ike_keys(
+            &suite,
+            &seed,
+            ni,
+            nr,
+            i.spi_i.context("SPIi")?,
+            i.spi_r.context("SPIr")?,
+        );
+        for (what, a, b) in [
+            ("SK_d", &ours.sk_d, &i.sk_d),
+            ("SK_ei", &ours.sk_ei, &i.sk_ei),
+            ("SK_er", &ours.sk_er, &i.sk_er),
+            ("SK_pi", &ours.sk_pi, &i.sk_pi),
+            ("SK_pr", &ours.sk_pr, &i.sk_pr),
+        ] {
+            assert_eq!(&a[..], &b[..], "our {what} differs from charon's");
+        }
+        let km = child_keymat(Prf::HmacSha256, &ours.sk_d, None, ni, nr, 40);
+        let first = &ka.children[0];
+        assert_eq!(&km[..20], &first.encr_i[..], "our CHILD_SA initiator key");
+        assert_eq!(&km[20..], &first.encr_r[..], "our CHILD_SA responder key");
+    }
     // The rekeyed IKE_SA's keys differ.
     assert_ne!(ka.ike[1].sk_d, i.sk_d);
     assert_eq!(ka.ike[1].sk_d, kb.ike[1].sk_d);

@@ -349,7 +349,15 @@ fn main() -> Result<()> {
                 wire_if: wire_if.clone(),
                 wire_mac,
             };
-            Some(Shell::bind(ep, sink).await?)
+            let mut shell = Shell::bind(ep, sink).await?;
+            let dir = std::path::Path::new("/run/vpnd").join(&cfg.instance);
+            std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+            shell.status_file = Some(dir.join("connections.json"));
+            eprintln!(
+                "vpnd: connection state in {}",
+                dir.join("connections.json").display()
+            );
+            Some(shell)
         };
         let control = async {
             loop {
@@ -386,6 +394,8 @@ fn main() -> Result<()> {
             }
         }
     })?;
+    // The state file describes a running daemon only.
+    let _ = std::fs::remove_dir_all(std::path::Path::new("/run/vpnd").join(&cfg.instance));
     stop.store(true, Ordering::Relaxed);
     let mut stats = vpn_userspace::dataplane::worker::WorkerStats::default();
     for h in handles {

@@ -1852,8 +1852,25 @@ impl Endpoint {
             self.stats.dropped_unexpected += 1;
             return;
         }
-        let conn = sa.conn;
         let remote = sa.remote;
+        // Several connections may share this address pair: the initiator's identity says
+        // which one it wants (RFC 7296 2.15: PSK and policy follow the identity).
+        let idi = body_of(inner, PayloadType::IDI).and_then(|b| Id::parse(b).ok());
+        if let Some(id) = idi {
+            let cur = &self.conns[sa.conn].cfg;
+            if !cur.peer_id.matches(id.id_type, id.data) {
+                let (l, p) = (cur.local, cur.peer);
+                if let Some(c) = self.conns.iter().position(|c| {
+                    c.cfg.admin_up
+                        && c.cfg.local == l
+                        && c.cfg.peer == p
+                        && c.cfg.peer_id.matches(id.id_type, id.data)
+                }) {
+                    self.sas.get_mut(&spi).expect("present").conn = c;
+                }
+            }
+        }
+        let conn = self.sas[&spi].conn;
         if let Err(why) = self.verify_auth(spi, inner, PayloadType::IDI) {
             self.stats.auth_failed += 1;
             self.respond(
@@ -1900,7 +1917,7 @@ impl Endpoint {
             }),
         ];
         let ike_life = cfg.lifetimes.ike;
-        let child = self.negotiate_child(spi, inner, None);
+        let child = self.negotiate_child(spi, inner, None, true);
         let child_payloads;
         let mut failure = None;
         match &child {
@@ -1951,6 +1968,7 @@ impl Endpoint {
         spi: u64,
         inner: &[RawPayload<'_>],
         pfs: Option<Ke<'_>>,
+        in_auth: bool,
     ) -> Result<(Negotiated, ()), NotifyType> {
         let sa = &self.sas[&spi];
         let cfg = &self.conns[sa.conn].cfg;
@@ -1966,8 +1984,16 @@ impl Endpoint {
         if notify_of(inner, NotifyType::USE_TRANSPORT_MODE).is_some() {
             return Err(NotifyType::NO_PROPOSAL_CHOSEN);
         }
-        let (suite, num, peer_spi) = proposal::choose_esp(&cfg.esp, &offers, pfs.is_some())
-            .ok_or(NotifyType::NO_PROPOSAL_CHOSEN)?;
+        let (suite, num, peer_spi) = proposal::choose_esp(
+            &cfg.esp,
+            &offers,
+            match (in_auth, pfs.is_some()) {
+                (true, _) => proposal::ChildKe::Auth,
+                (false, true) => proposal::ChildKe::With,
+                (false, false) => proposal::ChildKe::Without,
+            },
+        )
+        .ok_or(NotifyType::NO_PROPOSAL_CHOSEN)?;
         // TSi is the initiator's side: the peer's subnets when the peer initiated.
         let peer_ts = ts::narrow(&tsi, &cfg.peer_ts);
         let local_ts = ts::narrow(&tsr, &cfg.local_ts);
@@ -2541,7 +2567,7 @@ impl Endpoint {
             return;
         }
         let ke = body_of(inner, PayloadType::KE).and_then(|b| Ke::parse(b).ok());
-        let neg = self.negotiate_child(spi, inner, ke);
+        let neg = self.negotiate_child(spi, inner, ke, false);
         let mut neg = match neg {
             Ok((n, _)) => n,
             Err(t) => {

@@ -318,14 +318,28 @@ pub fn choose_ike(ours: &[IkeProposal], offers: &[Proposal]) -> Option<(IkeSuite
     None
 }
 
-/// Responder: chooses an ESP suite. `want_dh`: the request carries a KE payload (PFS), so
-/// the chosen proposal must include a group; without one, offers requiring PFS are skipped.
+/// What key exchange comes with a CHILD_SA request.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum ChildKe {
+    /// IKE_AUTH: never a KE; PFS groups in our policy apply to later rekeys only.
+    Auth,
+    /// CREATE_CHILD_SA without KE: refused by a policy that asks for PFS.
+    Without,
+    /// CREATE_CHILD_SA with KE: the chosen proposal must name its group.
+    With,
+}
+
+/// Responder: chooses an ESP suite for a CHILD_SA request.
 pub fn choose_esp(
     ours: &[EspProposal],
     offers: &[Proposal],
-    pfs: bool,
+    ke: ChildKe,
 ) -> Option<(EspSuite, u8, Vec<u8>)> {
+    let pfs = ke == ChildKe::With;
     for mine in ours {
+        if ke == ChildKe::Without && !mine.dh.is_empty() {
+            continue;
+        }
         for o in offers.iter().filter(|o| o.protocol == ProtocolId::ESP) {
             if o.spi.len() != 4 {
                 continue;
@@ -499,18 +513,26 @@ mod tests {
         let ours = vec![EspProposal::parse("aes256gcm16-noesn-modp2048").unwrap()];
         let theirs = EspProposal::parse("aes128gcm16-aes256gcm16-esn-noesn-modp2048").unwrap();
         let offer = theirs.to_wire(1, 0x1234_5678, true);
-        let (s, _, spi) = choose_esp(&ours, std::slice::from_ref(&offer), true).unwrap();
+        let (s, _, spi) = choose_esp(&ours, std::slice::from_ref(&offer), ChildKe::With).unwrap();
         assert_eq!(s.cipher, Cipher::Aes256Gcm16);
         assert!(!s.esn);
         assert_eq!(s.dh, Some(DhGroup::Modp2048));
         assert_eq!(spi, 0x1234_5678u32.to_be_bytes());
         // IKE_AUTH: no KE, no DH transforms offered.
         let offer = theirs.to_wire(1, 1, false);
-        assert_eq!(choose_esp(&ours, &[offer], false).unwrap().0.dh, None);
+        assert_eq!(
+            choose_esp(&ours, std::slice::from_ref(&offer), ChildKe::Auth)
+                .unwrap()
+                .0
+                .dh,
+            None
+        );
+        // A rekey without KE does not get past a policy asking for PFS.
+        assert!(choose_esp(&ours, &[offer], ChildKe::Without).is_none());
         // ESN only vs no-ESN only: nothing in common.
         let esn_only = EspProposal::parse("aes256gcm16-esn")
             .unwrap()
             .to_wire(1, 5, false);
-        assert!(choose_esp(&ours, &[esn_only], false).is_none());
+        assert!(choose_esp(&ours, &[esn_only], ChildKe::Auth).is_none());
     }
 }

@@ -71,6 +71,9 @@ pub struct Shell<S: SaSink> {
     last_in: HashMap<ChildId, u64>,
     /// Shared with the control socket.
     pub info: Arc<Mutex<Vec<ConnInfo>>>,
+    /// Where the connections' state is written (JSON) after every change, for operators
+    /// and scripts until vpnctl asks the daemon directly.
+    pub status_file: Option<std::path::PathBuf>,
 }
 
 impl<S: SaSink> Shell<S> {
@@ -133,6 +136,7 @@ impl<S: SaSink> Shell<S> {
             epoch_std: std::time::Instant::now(),
             last_in: HashMap::new(),
             info,
+            status_file: None,
         })
     }
 
@@ -225,6 +229,13 @@ impl<S: SaSink> Shell<S> {
                     spi_out,
                 })
                 .collect();
+        }
+        if let Some(path) = &self.status_file {
+            let tmp = path.with_extension("tmp");
+            let body = serde_json::to_vec_pretty(&*info).unwrap_or_default();
+            if let Err(e) = std::fs::write(&tmp, body).and_then(|()| std::fs::rename(&tmp, path)) {
+                eprintln!("vpnd: writing {}: {e}", path.display());
+            }
         }
     }
 

@@ -176,6 +176,10 @@ impl Net {
         a.add_conn(conn(A, B, &oa));
         let mut b = Endpoint::new(sb);
         b.add_conn(conn(B, A, &ob));
+        Net::from_endpoints(a, b)
+    }
+
+    fn from_endpoints(a: Endpoint, b: Endpoint) -> Net {
         Net {
             a: Side {
                 ep: a,
@@ -209,7 +213,6 @@ impl Net {
                 moved = true;
                 self.log.push((true, t.clone()));
                 if (self.filter)(&t) {
-                    assert_eq!(t.dst.ip(), ip(B));
                     self.b.ep.handle(self.now, t.dst, t.src, &t.data);
                 }
             }
@@ -217,7 +220,6 @@ impl Net {
                 moved = true;
                 self.log.push((false, t.clone()));
                 if (self.filter)(&t) {
-                    assert_eq!(t.dst.ip(), ip(A));
                     self.a.ep.handle(self.now, t.dst, t.src, &t.data);
                 }
             }
@@ -1010,4 +1012,98 @@ fn fuzzed_datagrams_never_panic() {
         while ep.poll_transmit().is_some() {}
         while ep.poll_event().is_some() {}
     }
+}
+
+#[test]
+fn establishes_over_ipv6_with_ipv6_selectors() {
+    let v6 = |c: &mut ConnConfig, local: &str, peer: &str, lts: &str, pts: &str| {
+        c.local = ip(local);
+        c.peer = ip(peer);
+        c.local_id = Identity::from(ip(local));
+        c.peer_id = Identity::from(ip(peer));
+        c.local_ts = vec![parse_prefix(lts).unwrap()];
+        c.peer_ts = vec![parse_prefix(pts).unwrap()];
+    };
+    let mut ca = conn(A, B, &ConnOpts::default());
+    v6(
+        &mut ca,
+        "2001:db8::1",
+        "2001:db8::2",
+        "2001:db8:1::/64",
+        "2001:db8:2::/64",
+    );
+    let mut cb = conn(
+        B,
+        A,
+        &ConnOpts {
+            initiator: Initiator::ResponseOnly,
+            ..Default::default()
+        },
+    );
+    v6(
+        &mut cb,
+        "2001:db8::2",
+        "2001:db8::1",
+        "2001:db8:2::/64",
+        "2001:db8:1::/64",
+    );
+    let (mut a, mut b) = (Endpoint::new(settings()), Endpoint::new(settings()));
+    a.add_conn(ca);
+    b.add_conn(cb);
+    let mut n = Net::from_endpoints(a, b);
+    n.start();
+    assert!(n.tunnel_up());
+    let c = n.a.plane.out().unwrap();
+    assert!(c.peer.is_ipv6());
+    assert_eq!(c.peer_ts, vec![parse_prefix("2001:db8:2::/64").unwrap()]);
+    // Rekey over IPv6 too.
+    let id = n.a.plane.active.unwrap();
+    n.a.ep.rekey_child(id, n.now);
+    n.run(Duration::from_secs(5));
+    assert!(n.tunnel_up());
+    assert_eq!(n.a.plane.children.len(), 1);
+}
+
+#[test]
+fn responder_picks_the_connection_by_identity_and_psk() {
+    // Two connections between the same gateways, told apart by the initiator's identity.
+    let mut ca = conn(
+        A,
+        B,
+        &ConnOpts {
+            psk: "the second site's secret",
+            ..Default::default()
+        },
+    );
+    ca.local_id = Identity::parse("@site-two").unwrap();
+    ca.local_ts = vec![parse_prefix("10.7.0.0/24").unwrap()];
+    let mut b = Endpoint::new(settings());
+    b.add_conn(conn(
+        B,
+        A,
+        &ConnOpts {
+            initiator: Initiator::ResponseOnly,
+            ..Default::default()
+        },
+    ));
+    let mut second = conn(
+        B,
+        A,
+        &ConnOpts {
+            psk: "the second site's secret",
+            initiator: Initiator::ResponseOnly,
+            ..Default::default()
+        },
+    );
+    second.peer_id = Identity::parse("@site-two").unwrap();
+    second.peer_ts = vec![parse_prefix("10.7.0.0/24").unwrap()];
+    b.add_conn(second);
+    let mut a = Endpoint::new(settings());
+    a.add_conn(ca);
+    let mut n = Net::from_endpoints(a, b);
+    n.start();
+    assert!(n.tunnel_up());
+    assert_eq!(n.b.ep.conn_status(1), ConnStatus::Active);
+    assert_eq!(n.b.ep.conn_status(0), ConnStatus::Down);
+    assert_eq!(n.b.plane.out().unwrap().conn, 1);
 }

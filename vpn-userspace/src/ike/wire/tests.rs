@@ -754,7 +754,18 @@ fn every_truncation_fails() {
         payload(0, false, TS_BODY),
     ]
     .concat();
-    let samples = [ike_sa_init_bytes(), message(35, 35, 8, 1, &inner)];
+    let info = [
+        payload(42, false, &[3, 4, 0, 2, 1, 1, 1, 1, 2, 2, 2, 2]),
+        payload(43, false, &[1, 0, 0, 0]),
+        payload(200, true, b"vid"),
+        payload(0, false, &[0xab; 3]),
+    ]
+    .concat();
+    let samples = [
+        ike_sa_init_bytes(),
+        message(35, 35, 8, 1, &inner),
+        message(42, 37, 0x20, 2, &info),
+    ];
     for full in &samples {
         let m = Message::parse(full).unwrap();
         for p in &m.payloads {
