@@ -345,6 +345,7 @@ fn main() -> Result<()> {
                 installer: installer_keep.take().expect("present"),
                 conns: planes,
                 children: HashMap::new(),
+                conn_of: HashMap::new(),
                 hops: neighbours.clone(),
                 wire_if: wire_if.clone(),
                 wire_mac,

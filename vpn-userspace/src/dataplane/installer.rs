@@ -430,6 +430,27 @@ impl Installer {
         })
     }
 
+    /// Points an active child's policies at it again, after another child of the same
+    /// connection that had taken them over went away (e.g. a duplicate IKE SA's).
+    pub fn repoint(&mut self, maps: &mut impl SaMaps, child: &InstalledChild) -> Result<()> {
+        if !child.active {
+            return Ok(());
+        }
+        for p in &child.peer_subnets {
+            maps.set_policy(
+                child.tenant,
+                p,
+                PolicyValue {
+                    sa_slot: child.slot_out,
+                    action: POLICY_PROTECT,
+                },
+            )
+            .with_context(|| format!("pointing policy {p:?} at child {:?}", child.name))?;
+            self.policies.insert((child.tenant, *p), child.slot_out);
+        }
+        Ok(())
+    }
+
     /// Step 2: the outbound SA into the workers, then every policy (tenant, peer subnet)
     /// switched to its slot, one map write each. Idempotent.
     pub fn activate_outbound(

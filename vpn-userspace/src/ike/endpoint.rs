@@ -115,7 +115,8 @@ pub enum ConnStatus {
 pub enum Event {
     /// Install the inbound half (XDP SPI entry, replay window, worker state).
     InstallInbound(ChildSa),
-    /// Start sending on this CHILD_SA: outbound state in, policies switched to it.
+    /// Start sending on this CHILD_SA: outbound state in, policies switched to it (again,
+    /// if it was active before and another CHILD_SA took the policies meanwhile).
     ActivateOutbound { conn: ConnId, child: ChildId },
     /// Remove the CHILD_SA entirely (after the overlap, for rekeyed ones).
     Remove { conn: ConnId, child: ChildId },
@@ -1944,11 +1945,13 @@ impl Endpoint {
                 let id = self.install_child(spi, neg, now, None, false);
                 self.activate(id);
                 self.conns[conn].failures = 0;
+                let what = self.describe(spi, id);
                 self.status(
                     conn,
                     ConnStatus::Active,
-                    format!("established with {} (responder)", remote.ip()),
+                    format!("established with {} (responder): {what}", remote.ip()),
                 );
+                self.settle_duplicates(conn, now);
             }
             Err(_) => {
                 let r = format!(
@@ -2229,11 +2232,86 @@ impl Endpoint {
         let id = self.install_child(spi, neg, now, None, true);
         self.activate(id);
         self.conns[conn].failures = 0;
+        let what = self.describe(spi, id);
         self.status(
             conn,
             ConnStatus::Active,
-            format!("established with {} (initiator)", remote.ip()),
+            format!("established with {} (initiator): {what}", remote.ip()),
         );
+        self.settle_duplicates(conn, now);
+    }
+
+    /// The negotiated algorithms, for the log: `IKE AES-GCM-16-256/PRF-HMAC-SHA2-256/
+    /// MODP-2048, ESP AES-GCM-16-128 no ESN, UDP-encapsulated`.
+    fn describe(&self, spi: u64, child: ChildId) -> String {
+        let (Some(sa), Some(c)) = (self.sas.get(&spi), self.children.get(&child)) else {
+            return String::new();
+        };
+        let Some(s) = sa.suite else {
+            return String::new();
+        };
+        let encr = match s.encr {
+            crypto::Encr::AesGcm16 { key_bits } => format!("AES-GCM-16-{key_bits}"),
+            crypto::Encr::AesCbc { key_bits } => format!("AES-CBC-{key_bits}"),
+        };
+        let integ = match s.integ {
+            crypto::Integ::None => String::new(),
+            i => format!("/{i:?}"),
+        };
+        let esp = match c.suite.cipher {
+            Cipher::Aes128Gcm16 => "AES-GCM-16-128",
+            Cipher::Aes256Gcm16 => "AES-GCM-16-256",
+        };
+        format!(
+            "IKE {encr}{integ}/{:?}/{:?}, ESP {esp} {}{}",
+            s.prf,
+            s.dh,
+            if c.suite.esn { "ESN" } else { "no ESN" },
+            if sa.encap() {
+                ", UDP-encapsulated"
+            } else {
+                ", raw ESP"
+            }
+        )
+    }
+
+    /// Both ends initiated at once (both bi-directional): two IKE SAs for one connection.
+    /// Both sides keep the same one: the SA holding the lowest nonce is redundant and is
+    /// deleted by its initiator, as with rekey collisions (RFC 7296 2.8.1); the data plane
+    /// moves the connection's traffic to the survivor when the redundant CHILD_SA goes.
+    fn settle_duplicates(&mut self, conn: ConnId, now: Instant) {
+        let est: Vec<(u64, Vec<u8>, bool)> = self
+            .sas
+            .iter()
+            .filter(|(_, s)| s.conn == conn && s.state == IkeState::Established && !s.rekeyed)
+            .map(|(k, s)| (*k, s.ni.clone().min(s.nr.clone()), s.initiator))
+            .collect();
+        if est.len() < 2 {
+            return;
+        }
+        let (redundant, _, ours) = est
+            .iter()
+            .min_by(|a, b| a.1.cmp(&b.1))
+            .cloned()
+            .expect("two");
+        if ours {
+            // Make before break: traffic moves to the survivor's CHILD_SA before the Delete
+            // (the peer switches when it gets the Delete).
+            let keep: Vec<(ChildId, ConnId)> = self
+                .children
+                .iter()
+                .filter(|(_, c)| {
+                    c.ike != redundant && c.conn == conn && c.state == ChildState::Active
+                })
+                .map(|(k, c)| (*k, c.conn))
+                .collect();
+            for (child, conn) in keep {
+                self.events
+                    .push_back(Event::ActivateOutbound { conn, child });
+            }
+            self.sas.get_mut(&redundant).expect("present").rekeyed = true;
+            self.request(redundant, Pending::DeleteIke, now);
+        }
     }
 
     #[allow(clippy::too_many_arguments)]

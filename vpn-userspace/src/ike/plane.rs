@@ -34,6 +34,8 @@ pub struct PlaneSink {
     pub installer: Installer,
     pub conns: Vec<ConnPlane>,
     pub children: HashMap<ChildId, InstalledChild>,
+    /// The connection of each child.
+    pub conn_of: HashMap<ChildId, ConnId>,
     /// Next hops by peer, shared with the neighbour refresher.
     pub hops: Arc<Mutex<HashMap<IpAddr, NextHop>>>,
     pub wire_if: String,
@@ -79,6 +81,7 @@ impl SaSink for PlaneSink {
         };
         let child = self.installer.install_inbound(&mut self.dp, &spec)?;
         self.children.insert(sa.id, child);
+        self.conn_of.insert(sa.id, sa.conn);
         Ok(())
     }
 
@@ -87,14 +90,37 @@ impl SaSink for PlaneSink {
             .children
             .get_mut(&child)
             .context("activating a CHILD_SA that is not installed")?;
+        if c.is_active() {
+            return self.installer.repoint(&mut self.dp, c);
+        }
         self.installer.activate_outbound(&mut self.dp, c)
     }
 
-    fn remove(&mut self, _conn: ConnId, child: ChildId) -> Result<()> {
-        match self.children.remove(&child) {
-            Some(c) => self.installer.remove(&mut self.dp, c),
-            None => Ok(()),
+    fn remove(&mut self, conn: ConnId, child: ChildId) -> Result<()> {
+        self.conn_of.remove(&child);
+        let Some(c) = self.children.remove(&child) else {
+            return Ok(());
+        };
+        let owned = c
+            .peer_subnets
+            .iter()
+            .any(|p| self.installer.policy_slot(c.tenant, p) == Some(c.slot_out));
+        self.installer.remove(&mut self.dp, c)?;
+        if owned {
+            // Another live CHILD_SA of the connection (the newest) takes the traffic back.
+            let survivor = self
+                .conn_of
+                .iter()
+                .filter(|(id, cn)| {
+                    **cn == conn && self.children.get(id).is_some_and(|c| c.is_active())
+                })
+                .map(|(id, _)| *id)
+                .max();
+            if let Some(s) = survivor {
+                self.installer.repoint(&mut self.dp, &self.children[&s])?;
+            }
         }
+        Ok(())
     }
 
     fn usage(&self, child: ChildId) -> Option<ChildUsage> {
