@@ -416,3 +416,43 @@ fn ike_wrong_psk_fails_cleanly_both_ways() -> Result<()> {
     );
     Ok(())
 }
+
+#[test]
+fn ike_charon_answers_our_cookie_and_invalid_ke() -> Result<()> {
+    if !skip_unless_root("ike_charon_answers_our_cookie_and_invalid_ke") {
+        return Ok(());
+    }
+    let started = Instant::now();
+    let mut site = SwanSite::build()?;
+    // vpnd demands a cookie from every IKE_SA_INIT (threshold 0) and accepts only MODP-2048;
+    // charon guesses ECP-256 first, so it needs the cookie and then INVALID_KE_PAYLOAD.
+    let (mut keying, mut conn) = set_a("response-only");
+    keying.ike = "cookie_threshold = 0\n".into();
+    conn.proposals = "aes256gcm16-prfsha256-ecp256-modp2048".into();
+    site.start_vpnd(&keying)?;
+    site.start_charon(&CharonSettings::default(), conn)?;
+    site.charon()
+        .initiate(SWAN_CHILD, SWAN_IKE, Duration::from_secs(15))
+        .with_context(|| format!("swanctl --initiate; vpnd:\n{}", site.vpnd_log()))?;
+    site.wait_tunnel(Duration::from_secs(10))?;
+    let ike = site
+        .charon()
+        .established(SWAN_IKE)?
+        .context("charon's IKE_SA")?;
+    assert_eq!(ike.dh_group, "MODP_2048");
+    let log = site.charon_log();
+    ensure!(
+        log.contains("N(COOKIE)"),
+        "charon saw our COOKIE:\n{}",
+        tail(&log, 40)
+    );
+    ensure!(
+        log.contains("N(INVAL_KE)"),
+        "charon saw our INVALID_KE_PAYLOAD:\n{}",
+        tail(&log, 40)
+    );
+    ping_all(&site.eh, None, WEST_HOST, 3).context("ping eh -> West")?;
+    check_polite_stop(&mut site)?;
+    eprintln!("done in {:?}", started.elapsed());
+    Ok(())
+}
