@@ -11,6 +11,8 @@
 //! tenant 1; connection 0 protects 10.1.0.0/24 and 10.2.0.0/24 instead, where the hosts live.
 //! I is bi-directional, R response-only. Dropping a [`Pair`] stops both daemons (SIGTERM,
 //! then SIGKILL by PID), removes pins they left and deletes the namespaces.
+//!
+//! With `IKE_BENCH_VERBOSE` set in the environment, the daemons' log lines are echoed.
 
 use std::{
     fmt::Write as _,
@@ -84,8 +86,13 @@ impl Daemon {
         let stderr = child.stderr.take().expect("piped");
         let pid = child.id() as i32;
         let (tx, log) = mpsc::channel();
+        let echo = std::env::var_os("IKE_BENCH_VERBOSE").is_some();
+        let tag = instance.to_string();
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if echo {
+                    eprintln!("[{tag}] {line}");
+                }
                 if tx.send((Instant::now(), line)).is_err() {
                     return;
                 }

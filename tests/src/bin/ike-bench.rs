@@ -56,6 +56,12 @@ struct Args {
     /// Fewer connections, repetitions and seconds (CI keeps the harness alive with it).
     #[arg(long)]
     quick: bool,
+    /// Run only these parts (1: core, 2: vpnd establishment, 3: rekey loss); default all.
+    #[arg(long, value_delimiter = ',')]
+    only: Vec<u32>,
+    /// Packet rate of the UDP stream of part 3.
+    #[arg(long, default_value_t = 20_000)]
+    udp_pps: u32,
 }
 
 const SUITES: [&str; 3] = [
@@ -65,9 +71,8 @@ const SUITES: [&str; 3] = [
 ];
 /// The IKE proposal of the vpnd runs: Neutron's defaults (AES-256-GCM, SHA-256, group 14).
 const VPND_SUITE: &str = "aes256gcm16-prfsha256-modp2048";
-/// The UDP stream of the rekey runs: 64-byte payloads at 20,000 packets/s.
+/// UDP payload length of the rekey runs.
 const UDP_LEN: u32 = 64;
-const UDP_PPS: u32 = 20_000;
 
 struct Out {
     rec: Vec<Record>,
@@ -200,7 +205,7 @@ fn core_round(suite: &str, n: usize) -> Result<f64> {
 }
 
 fn bench_core(out: &mut Out, quick: bool) -> Result<()> {
-    let (n, reps) = if quick { (20, 3) } else { (100, 7) };
+    let (n, reps) = if quick { (50, 3) } else { (250, 7) };
     for suite in SUITES {
         let mut rates = Vec::new();
         for r in 0..reps {
@@ -345,10 +350,10 @@ fn with_rekeys<T>(pair: &Pair, run: impl FnOnce() -> T) -> (T, usize, usize) {
 }
 
 /// One iperf3 UDP run from I's host to R's: (packets sent, packets lost).
-fn udp_run(pair: &Pair, secs: u32) -> Result<(f64, f64)> {
+fn udp_run(pair: &Pair, secs: u32, pps: u32) -> Result<(f64, f64)> {
     let _server = spawn_in(&pair.hr, &["iperf3", "-s", "-1", "-B", HOST_R])?;
     std::thread::sleep(Duration::from_millis(300));
-    let rate = format!("{}", UDP_PPS * UDP_LEN * 8);
+    let rate = format!("{}", pps * UDP_LEN * 8);
     let out = pair
         .hi
         .exec(&[
@@ -398,7 +403,7 @@ fn ping_run(h: &NetNs, secs: u32) -> Result<(f64, f64)> {
     Ok((sent, sent - received))
 }
 
-fn bench_rekey(out: &mut Out, quick: bool) -> Result<()> {
+fn bench_rekey(out: &mut Out, quick: bool, pps: u32) -> Result<()> {
     let secs: u32 = if quick { 3 } else { 10 };
     eprintln!("rekey loss: building the topology (1 connection)");
     let mut pair = Pair::build(1)?;
@@ -423,16 +428,16 @@ fn bench_rekey(out: &mut Out, quick: bool) -> Result<()> {
     ensure!(ok, "the tunnel does not carry traffic");
     std::thread::sleep(Duration::from_millis(500));
 
-    let tag = format!("udp_{}kpps_{secs}s", UDP_PPS / 1000);
+    let tag = format!("udp_{}kpps_{secs}s", pps / 1000);
     eprintln!(
-        "rekey loss: UDP {UDP_PPS} packets/s of {UDP_LEN} bytes, {secs} s, no rekeys (baseline)"
+        "rekey loss: UDP {pps} packets/s of {UDP_LEN} bytes, {secs} s, no rekeys (baseline)"
     );
-    let (b_sent, b_lost) = udp_run(&pair, secs)?;
+    let (b_sent, b_lost) = udp_run(&pair, secs, pps)?;
     eprintln!("rekey loss: baseline sent {b_sent}, lost {b_lost}");
 
     activations(&mut pair);
     eprintln!("rekey loss: the same with a rekey every second");
-    let (r, usr1, usr2) = with_rekeys(&pair, || udp_run(&pair, secs));
+    let (r, usr1, usr2) = with_rekeys(&pair, || udp_run(&pair, secs, pps));
     let (r_sent, r_lost) = r?;
     // Let the last rekey finish before counting.
     std::thread::sleep(Duration::from_secs(3));
@@ -521,15 +526,22 @@ fn main() -> Result<()> {
         date: today(),
     };
     // Each part's records are written as soon as it is done.
-    eprintln!("[1/3] IKE establishment, protocol core in memory");
-    bench_core(&mut out, args.quick)?;
-    results::merge_into(&args.out, &out.rec)?;
-    eprintln!("[2/3] IKE establishment between two vpnds");
-    bench_vpnd_establish(&mut out, args.quick)?;
-    results::merge_into(&args.out, &out.rec)?;
-    eprintln!("[3/3] packets lost during rekeys");
-    bench_rekey(&mut out, args.quick)?;
-    results::merge_into(&args.out, &out.rec)?;
+    let part = |p| args.only.is_empty() || args.only.contains(&p);
+    if part(1) {
+        eprintln!("[1/3] IKE establishment, protocol core in memory");
+        bench_core(&mut out, args.quick)?;
+        results::merge_into(&args.out, &out.rec)?;
+    }
+    if part(2) {
+        eprintln!("[2/3] IKE establishment between two vpnds");
+        bench_vpnd_establish(&mut out, args.quick)?;
+        results::merge_into(&args.out, &out.rec)?;
+    }
+    if part(3) {
+        eprintln!("[3/3] packets lost during rekeys");
+        bench_rekey(&mut out, args.quick, args.udp_pps)?;
+        results::merge_into(&args.out, &out.rec)?;
+    }
     eprintln!(
         "wrote {} ({:.1} s)",
         args.out.display(),
