@@ -301,7 +301,15 @@ impl Pair {
         ] {
             h.ip(&["addr", "add", &format!("{addr}/24"), "dev", "eth0"])?;
             h.ip(&[
-                "neigh", "replace", gw, "lladdr", gw_mac, "dev", "eth0", "nud", "permanent",
+                "neigh",
+                "replace",
+                gw,
+                "lladdr",
+                gw_mac,
+                "dev",
+                "eth0",
+                "nud",
+                "permanent",
             ])?;
             h.ip(&["route", "add", "default", "via", gw])?;
             // Locally generated packets leave a veth with checksums still to be filled in;
