@@ -160,6 +160,16 @@ impl Daemon {
         self.seen[from..].join("\n")
     }
 
+    /// Stops vpnd (as [`Daemon::stop`]) and returns the lines it printed until its end.
+    pub fn finish(&mut self) -> Vec<String> {
+        self.stop(Duration::from_secs(4));
+        let mut v = Vec::new();
+        while let Some((_, l)) = self.next_line(Duration::from_secs(2)) {
+            v.push(l);
+        }
+        v
+    }
+
     /// SIGTERM, a bounded wait, then SIGKILL; reaps the process.
     pub fn stop(&mut self, grace: Duration) {
         self.signal(libc::SIGTERM);

@@ -167,8 +167,9 @@ fn drain_active(ep: &mut Endpoint) -> usize {
     n
 }
 
-/// One repetition: seconds until all `n` connections are ACTIVE on both sides.
-fn core_round(suite: &str, n: usize) -> Result<f64> {
+/// One repetition: seconds until all `n` connections are ACTIVE on both sides, and the
+/// responder's cookie replies.
+fn core_round(suite: &str, n: usize) -> Result<(f64, u64)> {
     let mut a = Endpoint::new(Settings::default());
     let mut b = Endpoint::new(Settings::default());
     for i in 0..n {
@@ -201,7 +202,7 @@ fn core_round(suite: &str, n: usize) -> Result<f64> {
         up_a == n && up_b == n,
         "{suite}: only {up_a}/{n} (initiator) and {up_b}/{n} (responder) connections came up"
     );
-    Ok(secs)
+    Ok((secs, b.stats.cookies_sent))
 }
 
 fn bench_core(out: &mut Out, quick: bool) -> Result<()> {
@@ -209,10 +210,10 @@ fn bench_core(out: &mut Out, quick: bool) -> Result<()> {
     for suite in SUITES {
         let mut rates = Vec::new();
         for r in 0..reps {
-            let secs = core_round(suite, n)?;
+            let (secs, cookies) = core_round(suite, n)?;
             rates.push(n as f64 / secs);
             eprintln!(
-                "core {suite}: repetition {}/{reps}: {n} in {:.3} s",
+                "core {suite}: repetition {}/{reps}: {n} in {:.3} s ({cookies} cookie replies)",
                 r + 1,
                 secs
             );
@@ -229,6 +230,14 @@ fn bench_core(out: &mut Out, quick: bool) -> Result<()> {
 
 // ---------------------------------------------------------------------------------------------
 // 2. Two vpnds, N connections
+
+/// The `vpnd: IKE: Stats { .. }` line among a stopped daemon's last lines (empty if none).
+fn ike_stat_line(lines: Vec<String>) -> String {
+    lines
+        .into_iter()
+        .find(|l| l.starts_with("vpnd: IKE: Stats"))
+        .unwrap_or_default()
+}
 
 fn bench_vpnd_establish(out: &mut Out, quick: bool) -> Result<()> {
     let n = if quick { 10 } else { 50 };
@@ -267,7 +276,31 @@ fn bench_vpnd_establish(out: &mut Out, quick: bool) -> Result<()> {
     }
     let to_running = (running - d.started).as_secs_f64();
     let establish = (last - running).as_secs_f64();
+    // The IKE counters each daemon prints when it stops: cookies and retransmissions
+    // explain a slow establishment.
+    let init_stats = ike_stat_line(pair.init().finish());
+    let resp_stats = ike_stat_line(pair.resp().finish());
     drop(pair);
+    let stat = |line: &str, key: &str| -> Option<f64> {
+        let rest = line.split(&format!("{key}: ")).nth(1)?;
+        rest.split([',', ' ', '}']).next()?.parse().ok()
+    };
+    if let Some(v) = stat(&resp_stats, "cookies_sent") {
+        out.add(
+            format!("ike_vpnd_establish_{n}conns_cookies_sent"),
+            v,
+            "IKE_SA_INIT cookie replies (responder)",
+            None,
+        );
+    }
+    if let Some(v) = stat(&init_stats, "retransmits") {
+        out.add(
+            format!("ike_vpnd_establish_{n}conns_retransmits"),
+            v,
+            "IKE retransmissions (initiator)",
+            None,
+        );
+    }
     out.add(
         format!("ike_vpnd_establish_{n}conns_{VPND_SUITE}"),
         n as f64 / establish,
