@@ -375,8 +375,16 @@ fn with_rekeys<T>(pair: &Pair, run: impl FnOnce() -> T) -> (T, usize, usize) {
                 next += Duration::from_secs(1);
             }
         });
+        // Stops the signal thread even if `run` panics (the scope joins it).
+        struct StopOnDrop<'a>(&'a AtomicBool);
+        impl Drop for StopOnDrop<'_> {
+            fn drop(&mut self) {
+                self.0.store(true, Ordering::Relaxed);
+            }
+        }
+        let guard = StopOnDrop(&stop);
         let r = run();
-        stop.store(true, Ordering::Relaxed);
+        drop(guard);
         let (usr1, usr2) = h.join().expect("signal thread");
         (r, usr1, usr2)
     })
