@@ -2,6 +2,7 @@
 //! builder, network namespaces that clean up after themselves, the XDP fixture runner.
 
 pub mod fixture;
+pub mod ikebench;
 pub mod interop;
 pub mod netns;
 pub mod pkt;

@@ -79,7 +79,7 @@ enum Cmd {
         #[arg(last = true)]
         args: Vec<String>,
     },
-    /// Run the fast-path benchmark; writes bench/results.json.
+    /// Run the benchmarks (fast path, tunnel, crypto, IKE); writes bench/results.json.
     Bench {
         /// Extra arguments for the benchmark binary (after `--`), e.g. `--quick`.
         #[arg(last = true)]
@@ -189,14 +189,19 @@ fn test(extra: &[String]) -> Result<()> {
 fn bench(extra: &[String]) -> Result<()> {
     ensure_toolchain()?;
     let out = workspace_root().join("bench/results.json");
-    // The tunnel benchmark starts vpnd as a process: build every binary first.
+    // The tunnel and IKE benchmarks start vpnd as a process: build every binary first.
     header("cargo build --release --bins");
     let mut b = cargo();
     b.args(["build", "--workspace"])
         .args(HOST_EXCLUDE)
         .args(["--release", "--bins"]);
     run(&mut b)?;
-    for bin in ["fastpath-bench", "tunnel-bench", "crypto-bench"] {
+    for bin in [
+        "fastpath-bench",
+        "tunnel-bench",
+        "crypto-bench",
+        "ike-bench",
+    ] {
         header(&format!("{bin} {}", extra.join(" ")));
         let mut c = Command::new(workspace_root().join("target/release").join(bin));
         c.current_dir(workspace_root())
