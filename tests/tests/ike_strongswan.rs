@@ -456,3 +456,44 @@ fn ike_charon_answers_our_cookie_and_invalid_ke() -> Result<()> {
     eprintln!("done in {:?}", started.elapsed());
     Ok(())
 }
+
+#[test]
+fn ike_charon_deletes_and_recreates_the_child_sa() -> Result<()> {
+    if !skip_unless_root("ike_charon_deletes_and_recreates_the_child_sa") {
+        return Ok(());
+    }
+    let started = Instant::now();
+    let mut site = SwanSite::build()?;
+    let (keying, conn) = set_b("bi-directional");
+    site.start_vpnd(&keying)?;
+    site.start_charon(&CharonSettings::default(), conn)?;
+    let (spi_i, spi_r, first_in, _) = site.wait_tunnel(Duration::from_secs(10))?;
+    ping_all(&site.eh, None, WEST_HOST, 3).context("ping before")?;
+    // charon deletes the CHILD_SA only: vpnd removes it, the IKE SA stays.
+    site.charon()
+        .swanctl(&["--terminate", "--child", SWAN_CHILD, "--timeout", "5"])?;
+    site.vpnd()
+        .log
+        .wait_for(Duration::from_secs(10), |l| {
+            l.contains("deleted the CHILD_SA")
+        })
+        .with_context(|| format!("vpnd saw the Delete:\n{}", tail(&site.vpnd_log(), 20)))?;
+    // charon creates a new one on the same IKE SA (CREATE_CHILD_SA without REKEY_SA; with a
+    // key exchange, as its proposal names ECP-256).
+    site.charon()
+        .initiate(SWAN_CHILD, SWAN_IKE, Duration::from_secs(15))?;
+    let (i2, r2, second_in, _) = wait_state(&site, "new CHILD_SA", |s| s.2 != first_in)?;
+    assert_eq!((i2, r2), (spi_i, spi_r), "same IKE SA");
+    site.vpnd()
+        .log
+        .wait_for(Duration::from_secs(5), |l| {
+            l.contains("ACTIVE: new CHILD_SA from")
+        })
+        .with_context(|| tail(&site.vpnd_log(), 20))?;
+    assert_ne!(second_in, first_in);
+    ping_all(&site.eh, None, WEST_HOST, 3).context("ping after")?;
+    ping_all(&site.west, Some(WEST_HOST), EAST_HOST, 3).context("ping back")?;
+    check_polite_stop(&mut site)?;
+    eprintln!("done in {:?}", started.elapsed());
+    Ok(())
+}

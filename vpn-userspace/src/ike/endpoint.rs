@@ -178,6 +178,12 @@ enum Pending {
         ni: Vec<u8>,
         dh: DhSecret,
     },
+    /// A new CHILD_SA on an established IKE SA (the previous one was deleted).
+    CreateChild {
+        spi_in: u32,
+        ni: Vec<u8>,
+        dh: Option<DhSecret>,
+    },
     DeleteChildren(Vec<ChildId>),
     DeleteIke,
     Dpd,
@@ -190,6 +196,7 @@ impl Pending {
             Pending::Auth { .. } => "IKE_AUTH",
             Pending::RekeyChild { .. } => "CREATE_CHILD_SA (rekey CHILD_SA)",
             Pending::RekeyIke { .. } => "CREATE_CHILD_SA (rekey IKE_SA)",
+            Pending::CreateChild { .. } => "CREATE_CHILD_SA (new CHILD_SA)",
             Pending::DeleteChildren(_) => "INFORMATIONAL (delete CHILD_SA)",
             Pending::DeleteIke => "INFORMATIONAL (delete IKE_SA)",
             Pending::Dpd => "INFORMATIONAL (liveness)",
@@ -483,6 +490,13 @@ impl Endpoint {
 
     /// Starts IKE_SA_INIT for a connection (no-op if it already has an IKE SA).
     pub fn initiate(&mut self, conn: ConnId, now: Instant) {
+        if let Some(spi) = self.established_sa(conn) {
+            // The IKE SA survived its CHILD_SA (deleted by the peer, or refused): a new one.
+            if !self.children.values().any(|c| c.conn == conn) {
+                self.create_child(spi, now);
+            }
+            return;
+        }
         if self
             .sas
             .values()
@@ -589,6 +603,46 @@ impl Endpoint {
             },
             now,
         );
+    }
+
+    fn create_child(&mut self, spi: u64, now: Instant) {
+        let Some(sa) = self.sas.get(&spi) else { return };
+        let queued = sa
+            .queue
+            .iter()
+            .any(|p| matches!(p, Pending::CreateChild { .. }))
+            || matches!(
+                sa.inflight.as_ref().map(|i| &i.kind),
+                Some(Pending::CreateChild { .. })
+            );
+        if queued {
+            return;
+        }
+        let conn = sa.conn;
+        let spi_in = self.new_esp_spi();
+        self.status(conn, ConnStatus::Connecting, "creating a CHILD_SA");
+        self.request(
+            spi,
+            Pending::CreateChild {
+                spi_in,
+                ni: vec![],
+                dh: None,
+            },
+            now,
+        );
+    }
+
+    /// Deletes one CHILD_SA (INFORMATIONAL Delete); the IKE SA stays.
+    pub fn delete_child(&mut self, child: ChildId, now: Instant) {
+        let Some(c) = self.children.get_mut(&child) else {
+            return;
+        };
+        if !matches!(c.state, ChildState::Active | ChildState::InboundOnly) {
+            return;
+        }
+        c.state = ChildState::Deleting;
+        let ike = c.ike;
+        self.request(ike, Pending::DeleteChildren(vec![child]), now);
     }
 
     /// Rekeys the IKE SA of a connection now.
@@ -1214,6 +1268,36 @@ impl Endpoint {
                 drop(payloads);
                 self.sas.get_mut(&spi)?.next_msg_id += 1;
                 Some((packet, Pending::RekeyIke { new_spi, ni, dh }, msg_id))
+            }
+            Pending::CreateChild { spi_in, .. } => {
+                let cfg = &self.conns[conn].cfg;
+                let group = cfg.esp.first().and_then(|e| e.dh.first().copied());
+                let dh = match group.map(DhSecret::generate) {
+                    Some(Ok(d)) => Some(d),
+                    Some(Err(_)) => return None,
+                    None => None,
+                };
+                let ni = crypto::random_bytes(NONCE_LEN);
+                let proposals: Vec<_> = cfg
+                    .esp
+                    .iter()
+                    .enumerate()
+                    .map(|(i, p)| p.to_wire(i as u8 + 1, spi_in, true))
+                    .collect();
+                let mut payloads = vec![Payload::Sa(proposals), Payload::Nonce(&ni)];
+                if let Some(d) = &dh {
+                    payloads.push(Payload::Ke(Ke {
+                        group: d.group().id(),
+                        data: d.public(),
+                    }));
+                }
+                payloads.push(Payload::TsI(ts::to_ts(&cfg.local_ts)));
+                payloads.push(Payload::TsR(ts::to_ts(&cfg.peer_ts)));
+                let packet =
+                    self.seal(spi, ExchangeType::CREATE_CHILD_SA, false, msg_id, &payloads);
+                drop(payloads);
+                self.sas.get_mut(&spi)?.next_msg_id += 1;
+                Some((packet, Pending::CreateChild { spi_in, ni, dh }, msg_id))
             }
             Pending::DeleteChildren(ids) => {
                 let spis: Vec<[u8; 4]> = ids
@@ -2144,12 +2228,21 @@ impl Endpoint {
             Pending::RekeyIke { new_spi, ni, dh } => {
                 self.rekey_ike_response(now, spi, inner, new_spi, ni, dh)
             }
+            Pending::CreateChild { spi_in, ni, dh } => {
+                self.create_child_response(now, spi, inner, spi_in, ni, dh)
+            }
             Pending::DeleteChildren(ids) => {
                 let conn = self.sas[&spi].conn;
-                for id in ids {
-                    if self.children.contains_key(&id) {
-                        self.removals.push((now + self.settings.overlap, conn, id));
+                for id in &ids {
+                    if self.children.contains_key(id) {
+                        self.removals.push((now + self.settings.overlap, conn, *id));
                     }
+                }
+                let live = self.children.iter().any(|(k, c)| {
+                    c.conn == conn && !ids.contains(k) && c.state != ChildState::Deleting
+                });
+                if !live {
+                    self.status(conn, ConnStatus::Down, "CHILD_SA deleted");
                 }
             }
             Pending::DeleteIke => {
@@ -2312,6 +2405,73 @@ impl Endpoint {
             self.sas.get_mut(&redundant).expect("present").rekeyed = true;
             self.request(redundant, Pending::DeleteIke, now);
         }
+    }
+
+    fn create_child_response(
+        &mut self,
+        now: Instant,
+        spi: u64,
+        inner: &[RawPayload<'_>],
+        spi_in: u32,
+        ni: Vec<u8>,
+        dh: Option<DhSecret>,
+    ) {
+        let conn = self.sas[&spi].conn;
+        let remote = self.sas[&spi].remote;
+        if let Some(n) = first_error(inner) {
+            let r = format!("new CHILD_SA with {} refused: {:?}", remote.ip(), n.ntype);
+            self.status(conn, ConnStatus::Down, r);
+            return;
+        }
+        let cfg = &self.conns[conn].cfg;
+        let parsed = (|| {
+            let chosen = wire::parse_sa(body_of(inner, PayloadType::SA)?).ok()?;
+            let (suite, spi_out) =
+                proposal::accept_esp(&cfg.esp, &chosen, dh.as_ref().map(|d| d.group()))?;
+            let nr = body_of(inner, PayloadType::NONCE)
+                .filter(|n| nonce_ok(n))?
+                .to_vec();
+            let g_ir = match &dh {
+                Some(d) => Some(
+                    d.agree(Ke::parse(body_of(inner, PayloadType::KE)?).ok()?.data)
+                        .ok()?,
+                ),
+                None => None,
+            };
+            let tsi = wire::parse_ts(body_of(inner, PayloadType::TSI)?).ok()?;
+            let tsr = wire::parse_ts(body_of(inner, PayloadType::TSR)?).ok()?;
+            let local_ts = ts::accept(&tsi, &cfg.local_ts)?;
+            let peer_ts = ts::accept(&tsr, &cfg.peer_ts)?;
+            Some((suite, spi_out, nr, g_ir, local_ts, peer_ts))
+        })();
+        let Some((suite, spi_out, nr, g_ir, local_ts, peer_ts)) = parsed else {
+            let r = format!(
+                "new CHILD_SA with {}: the peer's choice is not one we offered",
+                remote.ip()
+            );
+            self.status(conn, ConnStatus::Down, r);
+            return;
+        };
+        let neg = Negotiated {
+            suite,
+            num: 0,
+            spi_in,
+            spi_out,
+            local_ts,
+            peer_ts,
+            dh: None,
+            g_ir,
+            ni,
+            nr,
+        };
+        let id = self.install_child(spi, neg, now, None, true);
+        self.activate(id);
+        let what = self.describe(spi, id);
+        self.status(
+            conn,
+            ConnStatus::Active,
+            format!("new CHILD_SA with {}: {what}", remote.ip()),
+        );
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -2596,7 +2756,7 @@ impl Endpoint {
             );
             return;
         };
-        // Only rekeys of existing CHILD_SAs: the connection has one child.
+        // A rekey names the SA it replaces; without REKEY_SA it is a new CHILD_SA.
         let rekey =
             notify_of(inner, NotifyType::REKEY_SA).filter(|n| n.protocol == ProtocolId::ESP);
         let old = rekey.and_then(|n| {
@@ -2606,12 +2766,12 @@ impl Endpoint {
                 .find(|(_, c)| c.ike == spi && c.spi_out == s)
                 .map(|(k, _)| *k)
         });
+        if rekey.is_none() {
+            self.new_child_request(now, spi, h, inner, ni);
+            return;
+        }
         let Some(old) = old else {
-            let t = if rekey.is_some() {
-                NotifyType::CHILD_SA_NOT_FOUND
-            } else {
-                NotifyType::NO_ADDITIONAL_SAS
-            };
+            let t = NotifyType::CHILD_SA_NOT_FOUND;
             let spi_bytes: Vec<u8> = rekey.map(|n| n.spi.to_vec()).unwrap_or_default();
             let n = Notify {
                 protocol: if rekey.is_some() {
@@ -2701,6 +2861,74 @@ impl Endpoint {
             c.peer_rekey = Some(new);
         }
         let _ = now;
+    }
+
+    /// A CHILD_SA the peer creates on an established IKE SA (RFC 7296 1.3.1), e.g. after
+    /// deleting the previous one.
+    fn new_child_request(
+        &mut self,
+        now: Instant,
+        spi: u64,
+        h: &Header,
+        inner: &[RawPayload<'_>],
+        ni: &[u8],
+    ) {
+        let ke = body_of(inner, PayloadType::KE).and_then(|b| Ke::parse(b).ok());
+        let mut neg = match self.negotiate_child(spi, inner, ke, false) {
+            Ok((n, _)) => n,
+            Err(t) => {
+                let data;
+                let n = if t == NotifyType::INVALID_KE_PAYLOAD {
+                    let cfg = &self.conns[self.sas[&spi].conn].cfg;
+                    let g = cfg
+                        .esp
+                        .iter()
+                        .flat_map(|p| p.dh.iter())
+                        .next()
+                        .map(|g| g.id())
+                        .unwrap_or(0);
+                    data = g.to_be_bytes();
+                    Notify::new(t, &data)
+                } else {
+                    Notify::new(t, &[])
+                };
+                self.respond(
+                    spi,
+                    ExchangeType::CREATE_CHILD_SA,
+                    h.message_id,
+                    &[Payload::Notify(n)],
+                );
+                return;
+            }
+        };
+        let nr = crypto::random_bytes(NONCE_LEN);
+        neg.ni = ni.to_vec();
+        neg.nr = nr.clone();
+        let mut payloads = neg.response_payloads();
+        payloads.insert(1, Payload::Nonce(&nr));
+        let ke_out;
+        if let Some(d) = &neg.dh {
+            ke_out = (d.group().id(), d.public().to_vec());
+            payloads.insert(
+                2,
+                Payload::Ke(Ke {
+                    group: ke_out.0,
+                    data: &ke_out.1,
+                }),
+            );
+        }
+        self.respond(spi, ExchangeType::CREATE_CHILD_SA, h.message_id, &payloads);
+        drop(payloads);
+        let conn = self.sas[&spi].conn;
+        let remote = self.sas[&spi].remote;
+        let id = self.install_child(spi, neg, now, None, false);
+        self.activate(id);
+        let what = self.describe(spi, id);
+        self.status(
+            conn,
+            ConnStatus::Active,
+            format!("new CHILD_SA from {}: {what}", remote.ip()),
+        );
     }
 
     fn rekey_ike_request(&mut self, now: Instant, spi: u64, h: &Header, inner: &[RawPayload<'_>]) {

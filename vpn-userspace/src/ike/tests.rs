@@ -1131,3 +1131,111 @@ fn both_ends_initiating_settle_on_one_ike_sa() {
         assert_eq!(n.b.ep.conn_status(0), ConnStatus::Active);
     }
 }
+
+#[test]
+fn child_deleted_then_created_again_on_the_same_ike_sa() {
+    let o = || ConnOpts {
+        esp: "aes128gcm16-modp2048",
+        ..Default::default()
+    };
+    let mut n = Net::new(
+        o(),
+        ConnOpts {
+            initiator: Initiator::ResponseOnly,
+            ..o()
+        },
+    );
+    n.start();
+    let old = n.a.plane.out().unwrap().spi_out;
+    let child = n.a.plane.active.unwrap();
+    n.check_invariant = false;
+    n.a.ep.delete_child(child, n.now);
+    n.run(Duration::from_secs(5));
+    assert!(n.a.plane.children.is_empty() && n.b.plane.children.is_empty());
+    assert_eq!(n.a.ep.ike_sa_count(), (1, 1), "the IKE SA stays");
+    assert!(down_reason(&n.a.plane).contains("CHILD_SA deleted"));
+    assert!(down_reason(&n.b.plane).contains("deleted the CHILD_SA"));
+    // The responder-only side brings it back with CREATE_CHILD_SA (with PFS).
+    n.check_invariant = true;
+    n.b.ep.initiate(0, n.now);
+    n.settle();
+    assert!(n.tunnel_up());
+    assert_ne!(n.a.plane.out().unwrap().spi_out, old);
+    assert_eq!(n.a.ep.conn_status(0), ConnStatus::Active);
+    assert_eq!(n.b.ep.conn_status(0), ConnStatus::Active);
+    assert_eq!(
+        n.sent_exchanges(false).last(),
+        Some(&ExchangeType::CREATE_CHILD_SA)
+    );
+    // And it rekeys like any other.
+    let c = n.b.plane.active.unwrap();
+    n.b.ep.rekey_child(c, n.now);
+    n.run(Duration::from_secs(5));
+    assert!(n.tunnel_up());
+    assert_eq!(n.a.plane.children.len(), 1);
+}
+
+#[test]
+fn refused_rekeys_keep_the_old_sa() {
+    // A insists on PFS for rekeys, B has no PFS group: each refuses the other's rekey with
+    // NO_PROPOSAL_CHOSEN, and the tunnel stays on its first SA.
+    let mut n = Net::new(
+        ConnOpts {
+            esp: "aes128gcm16-modp2048",
+            ..Default::default()
+        },
+        ConnOpts {
+            esp: "aes128gcm16",
+            initiator: Initiator::ResponseOnly,
+            ..Default::default()
+        },
+    );
+    n.start();
+    let spi = n.a.plane.out().unwrap().spi_out;
+    let (ca, cb) = (n.a.plane.active.unwrap(), n.b.plane.active.unwrap());
+    n.a.ep.rekey_child(ca, n.now);
+    n.settle();
+    n.b.ep.rekey_child(cb, n.now);
+    n.settle();
+    assert!(n.tunnel_up());
+    assert_eq!(n.a.plane.out().unwrap().spi_out, spi);
+    assert_eq!(n.a.plane.children.len(), 1);
+    assert_eq!(n.b.plane.children.len(), 1);
+    assert_eq!(n.a.ep.conn_status(0), ConnStatus::Active);
+    // Both requests were answered (encrypted: the refusal itself is seen in the counters).
+    let responses = n
+        .log
+        .iter()
+        .filter_map(|(_, t)| Header::parse(&t.data).ok())
+        .filter(|h| h.exchange == ExchangeType::CREATE_CHILD_SA && h.is_response())
+        .count();
+    assert_eq!(responses, 2);
+    assert_eq!(n.a.ep.stats.child_rekeyed + n.b.ep.stats.child_rekeyed, 0);
+}
+
+#[test]
+fn several_subnets_of_both_families_with_narrowing() {
+    let mut n = Net::new(
+        ConnOpts {
+            local_ts: vec!["10.1.0.0/24", "2001:db8:1::/64"],
+            peer_ts: vec!["10.2.0.0/24", "2001:db8:2::/64"],
+            ..Default::default()
+        },
+        ConnOpts {
+            local_ts: vec!["10.2.0.0/24", "2001:db8:2::/64"],
+            // B only allows part of A's IPv4 subnet.
+            peer_ts: vec!["10.1.0.0/25", "2001:db8:1::/64"],
+            initiator: Initiator::ResponseOnly,
+            ..Default::default()
+        },
+    );
+    n.start();
+    assert!(n.tunnel_up());
+    let a = n.a.plane.out().unwrap();
+    let p = |s: &str| parse_prefix(s).unwrap();
+    assert_eq!(a.local_ts, vec![p("10.1.0.0/25"), p("2001:db8:1::/64")]);
+    assert_eq!(a.peer_ts, vec![p("10.2.0.0/24"), p("2001:db8:2::/64")]);
+    let b = n.b.plane.out().unwrap();
+    assert_eq!(b.peer_ts, a.local_ts);
+    assert_eq!(b.local_ts, a.peer_ts);
+}
