@@ -73,9 +73,12 @@ impl Daemon {
         let path = dir.join(format!("{instance}.toml"));
         std::fs::write(&path, config)?;
         let started = Instant::now();
-        // `ip netns exec` execs vpnd, so the child's PID is vpnd's.
-        let mut child = Command::new("ip")
-            .args(["netns", "exec", ns.name()])
+        // Only the network namespace: vpnd keeps the host's mount namespace, so its pins in
+        // /sys/fs/bpf outlive it with --keep-pinned and vpnctl sees them (`ip netns exec`
+        // would give it a private /sys, and a bpffs that dies with it). nsenter execs vpnd, so the
+        // child's PID is vpnd's.
+        let mut child = Command::new("nsenter")
+            .arg(format!("--net=/run/netns/{}", ns.name()))
             .arg(vpnd_path()?)
             .arg("--config")
             .arg(&path)

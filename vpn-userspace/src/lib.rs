@@ -2,6 +2,7 @@
 //! sockets, and (in later issues) IKE, ESP workers and the control API.
 
 pub mod config;
+pub mod control;
 pub mod ctl;
 pub mod dataplane;
 pub mod esp;

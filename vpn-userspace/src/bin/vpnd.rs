@@ -25,16 +25,17 @@ use vpn_common::maps::{
 };
 use vpn_userspace::{
     config::{Config, parse_mac},
+    control,
     dataplane::{
         ChildSaSpec, Dataplane, Installer, LoadOptions, Side,
-        neigh::resolve_neighbour,
+        neigh::{iface_info, resolve_neighbour},
         worker::{NextHop, Tenant, TenantLink, Worker},
     },
     esp::NAT_T_PORT,
     ike::{
         endpoint::{Endpoint, Settings},
         plane::{ConnPlane, PlaneSink},
-        shell::{Command, Shell},
+        shell::{Command, DaemonInfo, Shell},
     },
 };
 
@@ -50,18 +51,27 @@ struct Args {
     /// Validate the configuration and exit without touching the system.
     #[arg(long)]
     check: bool,
+    /// Wire interface, overriding `[wire] interface`.
+    #[arg(long)]
+    wire: Option<String>,
+    /// Tenant-side interface, overriding every `[[tenant]] interface`.
+    #[arg(long)]
+    tenant_if: Option<String>,
+    /// Leave the pinned maps in /sys/fs/bpf/INSTANCE on exit, for vpnctl and for a restarted
+    /// vpnd to adopt.
+    #[arg(long)]
+    keep_pinned: bool,
+    /// Directory of the state file and control socket (`DIR/INSTANCE/`).
+    #[arg(long, default_value = "/run/vpnd")]
+    run_dir: PathBuf,
 }
 
 fn iface_mac(ifname: &str) -> Result<[u8; 6]> {
-    let s = std::fs::read_to_string(format!("/sys/class/net/{ifname}/address"))
-        .with_context(|| format!("interface {ifname} not found"))?;
-    parse_mac(s.trim()).with_context(|| format!("MAC of {ifname}: {s:?}"))
+    Ok(iface_info(ifname)?.mac)
 }
 
 fn ifindex(ifname: &str) -> Result<u32> {
-    let s = std::fs::read_to_string(format!("/sys/class/net/{ifname}/ifindex"))
-        .with_context(|| format!("interface {ifname} not found"))?;
-    Ok(s.trim().parse()?)
+    Ok(iface_info(ifname)?.index)
 }
 
 /// Re-reads the peers' MACs from the neighbour table; the worker picks a change up with its
@@ -95,7 +105,15 @@ async fn refresh_neighbours(
 
 fn main() -> Result<()> {
     let args = Args::parse();
-    let cfg = Config::load(&args.config)?;
+    let mut cfg = Config::load(&args.config)?;
+    if let Some(w) = &args.wire {
+        cfg.wire.interface = w.clone();
+    }
+    if let Some(t) = &args.tenant_if {
+        for ten in &mut cfg.tenants {
+            ten.interface = t.clone();
+        }
+    }
     let sas = cfg.resolve_sas(&args.config)?;
     let conns = cfg.resolve_connections(&args.config)?;
     if args.check {
@@ -110,7 +128,7 @@ fn main() -> Result<()> {
     }
 
     let mode = match cfg.wire.xdp_mode.as_deref() {
-        None | Some("native") => XdpMode::Driver,
+        None | Some("native") | Some("auto") => XdpMode::Driver,
         Some("generic") => XdpMode::Skb,
         Some(m) => bail!("wire.xdp_mode {m:?}: use native or generic"),
     };
@@ -124,9 +142,32 @@ fn main() -> Result<()> {
         bail!("this version serves exactly one tenant-side interface, got {tenant_ifaces:?}");
     };
 
-    let mut dp = Dataplane::load(&LoadOptions::new(&cfg.instance))?;
-    dp.attach_wire(&cfg.wire.interface, mode)?;
-    dp.attach_tenant(tenant_if, mode)?;
+    let mut load_opts = LoadOptions::new(&cfg.instance);
+    load_opts.unpin_on_drop = !args.keep_pinned;
+    let mut dp = Dataplane::load(&load_opts)?;
+    // Native XDP where the driver has it; generic (skb) otherwise, unless native was asked
+    // for explicitly.
+    let auto = matches!(cfg.wire.xdp_mode.as_deref(), None | Some("auto"));
+    let mut native = cfg.wire.xdp_mode.as_deref() != Some("generic");
+    let mode = match dp.attach_wire(&cfg.wire.interface, mode) {
+        Err(e) if auto => {
+            eprintln!(
+                "vpnd: native XDP not available on {} ({e:#}); using generic XDP",
+                cfg.wire.interface
+            );
+            dp.attach_wire(&cfg.wire.interface, XdpMode::Skb)?;
+            native = false;
+            XdpMode::Skb
+        }
+        r => r.map(|()| mode)?,
+    };
+    match dp.attach_tenant(tenant_if, mode) {
+        Err(e) if auto && native => {
+            eprintln!("vpnd: native XDP not available on {tenant_if} ({e:#}); using generic XDP");
+            dp.attach_tenant(tenant_if, XdpMode::Skb)?;
+        }
+        r => r?,
+    }
     eprintln!(
         "vpnd: XDP attached ({mode:?}) to {} (wire) and {tenant_if} (tenant); maps in {}",
         cfg.wire.interface,
@@ -154,9 +195,7 @@ fn main() -> Result<()> {
     let wire_mac = iface_mac(&cfg.wire.interface)?;
     worker.wire_mtu = match cfg.wire.mtu {
         Some(m) => m as usize,
-        None => std::fs::read_to_string(format!("/sys/class/net/{}/mtu", cfg.wire.interface))?
-            .trim()
-            .parse()?,
+        None => iface_info(&cfg.wire.interface)?.mtu as usize,
     };
     if worker.wire_mtu < 1280 {
         bail!(
@@ -303,100 +342,118 @@ fn main() -> Result<()> {
         .enable_all()
         .build()?;
     // The IKE shell owns the data plane's map writer while it runs and gives it back.
+    let run_dir = args.run_dir.join(&cfg.instance);
+    let tenant_if_name = tenant_if.to_string();
     let mut dp_keep = Some(dp);
     let mut installer_keep = Some(installer);
     let (dp, installer) = rt.block_on(async {
         use tokio::signal::unix::{SignalKind, signal};
         let mut term = signal(SignalKind::terminate())?;
+        let mut hup = signal(SignalKind::hangup())?;
         let mut usr1 = signal(SignalKind::user_defined1())?;
         let mut usr2 = signal(SignalKind::user_defined2())?;
         let mut tick = tokio::time::interval(Duration::from_secs(5));
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let (cmd_tx, cmd_rx) = tokio::sync::mpsc::channel(64);
-        let n_conns = conns.len();
-        let shell = if conns.is_empty() {
-            None
-        } else {
-            let settings = Settings {
-                ike_port: cfg.ike.port,
-                natt_port: cfg.ike.natt_port,
-                cookie_threshold: cfg.ike.cookie_threshold,
-                half_open_timeout: Duration::from_secs(cfg.ike.half_open_timeout),
-                overlap: Duration::from_secs(cfg.ike.rekey_overlap),
-                ..Settings::default()
-            };
-            let mut ep = Endpoint::new(settings);
-            let mut planes = Vec::new();
-            for c in conns {
-                planes.push(ConnPlane {
-                    name: c.conn.name.clone(),
-                    tenant: c.tenant,
-                    replay_window: c.replay_window,
-                    peer_ts: c.conn.peer_ts.clone(),
-                });
-                eprintln!(
-                    "vpnd: conn {}: {} -> {} ({:?}, peer id {})",
-                    c.conn.name, c.conn.local, c.conn.peer, c.conn.initiator, c.conn.peer_id
-                );
-                ep.add_conn(c.conn);
-            }
-            let sink = PlaneSink {
-                dp: dp_keep.take().expect("present"),
-                installer: installer_keep.take().expect("present"),
-                conns: planes,
-                children: HashMap::new(),
-                conn_of: HashMap::new(),
-                hops: neighbours.clone(),
-                wire_if: wire_if.clone(),
-                wire_mac,
-            };
-            let mut shell = Shell::bind(ep, sink).await?;
-            let dir = std::path::Path::new("/run/vpnd").join(&cfg.instance);
-            std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-            shell.status_file = Some(dir.join("connections.json"));
-            eprintln!(
-                "vpnd: connection state in {}",
-                dir.join("connections.json").display()
-            );
-            Some(shell)
+        let (ctl_tx, ctl_rx) = tokio::sync::mpsc::channel(64);
+        let settings = Settings {
+            ike_port: cfg.ike.port,
+            natt_port: cfg.ike.natt_port,
+            cookie_threshold: cfg.ike.cookie_threshold,
+            half_open_timeout: Duration::from_secs(cfg.ike.half_open_timeout),
+            overlap: Duration::from_secs(cfg.ike.rekey_overlap),
+            ..Settings::default()
         };
-        let control = async {
+        let mut ep = Endpoint::new(settings);
+        let mut planes = Vec::new();
+        let mut meta = Vec::new();
+        for c in conns {
+            planes.push(ConnPlane {
+                name: c.conn.name.clone(),
+                tenant: c.tenant,
+                replay_window: c.replay_window,
+                peer_ts: c.conn.peer_ts.clone(),
+            });
+            meta.push((c.tenant, c.replay_window));
+            eprintln!(
+                "vpnd: conn {}: {} -> {} ({:?}, peer id {})",
+                c.conn.name, c.conn.local, c.conn.peer, c.conn.initiator, c.conn.peer_id
+            );
+            ep.add_conn(c.conn);
+        }
+        let sink = PlaneSink {
+            dp: dp_keep.take().expect("present"),
+            installer: installer_keep.take().expect("present"),
+            conns: planes,
+            children: HashMap::new(),
+            conn_of: HashMap::new(),
+            hops: neighbours.clone(),
+            wire_if: wire_if.clone(),
+            wire_mac,
+        };
+        let mut shell = Shell::bind(ep, sink).await?;
+        std::fs::create_dir_all(&run_dir)
+            .with_context(|| format!("creating {}", run_dir.display()))?;
+        shell.status_file = Some(run_dir.join("connections.json"));
+        shell.meta = meta;
+        shell.daemon = DaemonInfo {
+            instance: cfg.instance.clone(),
+            pid: std::process::id(),
+            wire: wire_if.clone(),
+            tenant_interfaces: vec![tenant_if_name.clone()],
+            xdp_mode: if native { "native" } else { "generic" }.into(),
+            workers: n_workers,
+        };
+        let config_path = args.config.clone();
+        let (wire_override, tenant_override) = (args.wire.clone(), args.tenant_if.clone());
+        shell.reloader = Some(Box::new(move || {
+            let mut c = Config::load(&config_path)?;
+            if let Some(w) = &wire_override {
+                c.wire.interface = w.clone();
+            }
+            if let Some(t) = &tenant_override {
+                for ten in &mut c.tenants {
+                    ten.interface = t.clone();
+                }
+            }
+            Ok(c.resolve_connections(&config_path)?)
+        }));
+        let sock = control::socket_path(&args.run_dir, &cfg.instance);
+        let _guard = control::serve(&sock, ctl_tx)?;
+        eprintln!(
+            "vpnd: control socket {}, connection state in {}",
+            sock.display(),
+            run_dir.join("connections.json").display()
+        );
+        let control_loop = async {
             loop {
                 tokio::select! {
                     _ = tokio::signal::ctrl_c() => break,
                     _ = term.recv() => break,
+                    _ = hup.recv() => {
+                        eprintln!("vpnd: SIGHUP: reloading {}", args.config.display());
+                        let _ = cmd_tx.send(Command::Reload).await;
+                    }
                     _ = usr1.recv() => {
                         eprintln!("vpnd: SIGUSR1: rekeying every CHILD_SA");
-                        for c in 0..n_conns {
-                            let _ = cmd_tx.send(Command::RekeyChild(c)).await;
-                        }
+                        let _ = cmd_tx.send(Command::RekeyAllChildren).await;
                     }
                     _ = usr2.recv() => {
                         eprintln!("vpnd: SIGUSR2: rekeying every IKE_SA");
-                        for c in 0..n_conns {
-                            let _ = cmd_tx.send(Command::RekeyIke(c)).await;
-                        }
+                        let _ = cmd_tx.send(Command::RekeyAllIke).await;
                     }
                     _ = tick.tick() => refresh_neighbours(&neighbours, &wire_if).await,
                 }
             }
             let _ = stop_tx.send(true);
         };
-        match shell {
-            None => {
-                control.await;
-                anyhow::Ok((dp_keep.take(), installer_keep.take()))
-            }
-            Some(shell) => {
-                let (r, ()) = tokio::join!(shell.run(stop_rx, cmd_rx), control);
-                let (ike_stats, sink) = r?;
-                eprintln!("vpnd: IKE: {ike_stats:?}");
-                anyhow::Ok((Some(sink.dp), Some(sink.installer)))
-            }
-        }
+        let (r, ()) = tokio::join!(shell.run(stop_rx, cmd_rx, ctl_rx), control_loop);
+        let (ike_stats, sink) = r?;
+        eprintln!("vpnd: IKE: {ike_stats:?}");
+        anyhow::Ok((Some(sink.dp), Some(sink.installer)))
     })?;
-    // The state file describes a running daemon only.
-    let _ = std::fs::remove_dir_all(std::path::Path::new("/run/vpnd").join(&cfg.instance));
+    // The state file and socket describe a running daemon only.
+    let _ = std::fs::remove_dir_all(&run_dir);
     stop.store(true, Ordering::Relaxed);
     let mut stats = vpn_userspace::dataplane::worker::WorkerStats::default();
     for h in handles {

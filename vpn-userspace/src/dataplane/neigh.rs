@@ -41,3 +41,57 @@ pub fn resolve_neighbour(peer: IpAddr, ifname: &str, timeout: Duration) -> Resul
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+/// An interface's index, MAC address and MTU, asked of the kernel in the caller's network
+/// namespace (sysfs shows the namespace it was mounted in, which under `nsenter --net` is not
+/// ours).
+pub struct IfaceInfo {
+    pub index: u32,
+    pub mac: [u8; 6],
+    pub mtu: u32,
+}
+
+pub fn iface_info(ifname: &str) -> Result<IfaceInfo> {
+    let name = std::ffi::CString::new(ifname).context("interface name")?;
+    if ifname.len() >= libc::IFNAMSIZ {
+        bail!("interface name {ifname:?} is too long");
+    }
+    // SAFETY: if_nametoindex reads a NUL-terminated string.
+    let index = unsafe { libc::if_nametoindex(name.as_ptr()) };
+    if index == 0 {
+        bail!("interface {ifname} not found in this network namespace");
+    }
+    // SAFETY: a zeroed ifreq with a NUL-terminated name; the ioctls write into its union.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error()).context("socket for interface ioctls");
+        }
+        let mut ifr: libc::ifreq = std::mem::zeroed();
+        for (d, s) in ifr.ifr_name.iter_mut().zip(name.as_bytes()) {
+            *d = *s as libc::c_char;
+        }
+        let rc = libc::ioctl(fd, libc::SIOCGIFHWADDR as _, &mut ifr);
+        let mac_err = std::io::Error::last_os_error();
+        let sa = ifr.ifr_ifru.ifru_hwaddr;
+        let mut mac = [0u8; 6];
+        for (d, s) in mac.iter_mut().zip(sa.sa_data.iter()) {
+            *d = *s as u8;
+        }
+        let rc2 = libc::ioctl(fd, libc::SIOCGIFMTU as _, &mut ifr);
+        let mtu_err = std::io::Error::last_os_error();
+        let mtu = ifr.ifr_ifru.ifru_mtu;
+        libc::close(fd);
+        if rc < 0 {
+            return Err(mac_err).with_context(|| format!("MAC address of {ifname}"));
+        }
+        if rc2 < 0 {
+            return Err(mtu_err).with_context(|| format!("MTU of {ifname}"));
+        }
+        Ok(IfaceInfo {
+            index,
+            mac,
+            mtu: mtu as u32,
+        })
+    }
+}

@@ -188,6 +188,7 @@ impl Default for Lifetimes {
     }
 }
 
+#[derive(Clone)]
 pub struct ConnConfig {
     pub name: String,
     pub local: IpAddr,

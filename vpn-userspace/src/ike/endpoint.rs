@@ -295,10 +295,47 @@ struct Child {
     replaces: Option<ChildId>,
     rekey_requested: bool,
     activate_by: Option<Instant>,
+    created: Instant,
+}
+
+/// A CHILD_SA as the operator sees it (no keys).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ChildView {
+    pub id: ChildId,
+    pub conn: ConnId,
+    pub spi_in: u32,
+    pub spi_out: u32,
+    pub cipher: Cipher,
+    pub esn: bool,
+    pub pfs: Option<DhGroup>,
+    pub local_ts: Vec<Prefix>,
+    pub peer_ts: Vec<Prefix>,
+    pub udp_encap: Option<(u16, u16)>,
+    pub state: &'static str,
+    pub age: Duration,
+    pub rekey_in: Duration,
+    pub expires_in: Duration,
+}
+
+/// An IKE SA as the operator sees it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IkeView {
+    pub conn: ConnId,
+    pub spi_i: u64,
+    pub spi_r: u64,
+    pub initiator: bool,
+    pub state: &'static str,
+    pub suite: Option<IkeSuite>,
+    pub local: SocketAddr,
+    pub remote: SocketAddr,
+    pub nat: bool,
+    pub age: Duration,
 }
 
 struct ConnRuntime {
     cfg: ConnConfig,
+    /// Taken out by a configuration reload (ids stay stable).
+    removed: bool,
     status: ConnStatus,
     /// Next (re)initiation for Restart after a failure, with backoff.
     retry_at: Option<Instant>,
@@ -420,6 +457,7 @@ impl Endpoint {
     pub fn add_conn(&mut self, cfg: ConnConfig) -> ConnId {
         self.conns.push(ConnRuntime {
             cfg,
+            removed: false,
             status: ConnStatus::Down,
             retry_at: None,
             failures: 0,
@@ -429,6 +467,83 @@ impl Endpoint {
 
     pub fn conn(&self, id: ConnId) -> &ConnConfig {
         &self.conns[id].cfg
+    }
+
+    /// Takes a connection out (configuration reload): its SAs are deleted politely, its id
+    /// is never reused.
+    pub fn remove_conn(&mut self, id: ConnId, now: Instant) {
+        self.terminate(id, now);
+        let c = &mut self.conns[id];
+        c.cfg.admin_up = false;
+        c.removed = true;
+    }
+
+    pub fn is_removed(&self, id: ConnId) -> bool {
+        self.conns[id].removed
+    }
+
+    /// The live connection of this name.
+    pub fn conn_by_name(&self, name: &str) -> Option<ConnId> {
+        self.conns
+            .iter()
+            .position(|c| !c.removed && c.cfg.name == name)
+    }
+
+    pub fn child_view(&self, id: ChildId, now: Instant) -> Option<ChildView> {
+        let c = self.children.get(&id)?;
+        let sa = self.sas.get(&c.ike);
+        Some(ChildView {
+            id,
+            conn: c.conn,
+            spi_in: c.spi_in,
+            spi_out: c.spi_out,
+            cipher: c.suite.cipher,
+            esn: c.suite.esn,
+            pfs: c.suite.dh,
+            local_ts: c.local_ts.clone(),
+            peer_ts: c.peer_ts.clone(),
+            udp_encap: sa
+                .filter(|s| s.encap())
+                .map(|s| (s.local.port(), s.remote.port())),
+            state: match c.state {
+                ChildState::Active => "ACTIVE",
+                ChildState::InboundOnly => "INBOUND-ONLY",
+                ChildState::Rekeyed => "REKEYED",
+                ChildState::Deleting => "DELETING",
+            },
+            age: now.saturating_duration_since(c.created),
+            rekey_in: c.rekey_at.saturating_duration_since(now),
+            expires_in: c.expire_at.saturating_duration_since(now),
+        })
+    }
+
+    pub fn ike_views(&self, conn: ConnId, now: Instant) -> Vec<IkeView> {
+        let mut v: Vec<IkeView> = self
+            .sas
+            .values()
+            .filter(|s| s.conn == conn)
+            .map(|s| IkeView {
+                conn,
+                spi_i: s.spi_i,
+                spi_r: s.spi_r,
+                initiator: s.initiator,
+                state: match (s.state, s.rekeyed) {
+                    (_, true) => "REKEYED",
+                    (IkeState::InitSent, _) => "IKE_SA_INIT SENT",
+                    (IkeState::AuthSent, _) => "IKE_AUTH SENT",
+                    (IkeState::HalfOpen, _) => "HALF-OPEN",
+                    (IkeState::Established, _) => "ESTABLISHED",
+                    (IkeState::Closing, _) => "CLOSING",
+                },
+                suite: s.suite,
+                local: s.local,
+                remote: s.remote,
+                nat: s.encap(),
+                age: now.saturating_duration_since(s.created),
+            })
+            .collect();
+        v.sort_by_key(|s| s.spi_i);
+        v
     }
 
     pub fn conn_status(&self, id: ConnId) -> ConnStatus {
@@ -2173,6 +2288,7 @@ impl Endpoint {
                 replaces,
                 rekey_requested: false,
                 activate_by: None,
+                created: now,
             },
         );
         self.stats.child_established += 1;

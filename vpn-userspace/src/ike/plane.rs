@@ -12,7 +12,7 @@ use vpn_common::maps::{POLICY_DISCARD, PolicyValue};
 
 use super::{
     endpoint::{ChildId, ChildSa, ConnId},
-    shell::{ChildUsage, SaSink},
+    shell::{ChildDetails, ChildUsage, SaSink},
 };
 use crate::dataplane::{
     ChildSaSpec, Dataplane, InstalledChild, Installer, SaMaps,
@@ -131,6 +131,36 @@ impl SaSink for PlaneSink {
             bytes: s.bytes_in + s.bytes_out,
             seq_out: s.seq_out,
             packets_in: s.packets_in,
+        })
+    }
+
+    fn add_conn(&mut self, conn: ConnId, rc: &crate::vpnaas::ResolvedConn) {
+        let plane = ConnPlane {
+            name: rc.conn.name.clone(),
+            tenant: rc.tenant,
+            replay_window: rc.replay_window,
+            peer_ts: rc.conn.peer_ts.clone(),
+        };
+        if self.conns.len() <= conn {
+            self.conns.resize(conn + 1, plane.clone());
+        }
+        self.conns[conn] = plane;
+    }
+
+    fn details(&self, child: ChildId) -> Option<ChildDetails> {
+        let c = self.children.get(&child)?;
+        let s = self.installer.stats(c);
+        Some(ChildDetails {
+            tenant: c.tenant,
+            slot_in: c.slot_in,
+            slot_out: c.slot_out,
+            active: c.is_active(),
+            packets_in: s.packets_in,
+            bytes_in: s.bytes_in,
+            packets_out: s.packets_out,
+            bytes_out: s.bytes_out,
+            seq_out: s.seq_out,
+            replay_top: s.replay_top,
         })
     }
 

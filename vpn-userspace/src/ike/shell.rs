@@ -13,6 +13,11 @@ use anyhow::{Context, Result};
 use tokio::{net::UdpSocket, sync::mpsc, time::Instant as TokioInstant};
 
 use super::endpoint::{ChildId, ChildSa, ConnId, ConnStatus, Endpoint, Event, Stats};
+use crate::{
+    control::{Pending as CtlRequest, RekeyWhat, Request, Response},
+    esp::Cipher,
+    vpnaas::ResolvedConn,
+};
 
 /// Per-CHILD_SA traffic as the data plane counts it.
 #[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
@@ -34,7 +39,42 @@ pub trait SaSink {
     fn usage(&self, child: ChildId) -> Option<ChildUsage>;
     /// The connection went down (SAs already removed): e.g. keep discarding its traffic.
     fn conn_down(&mut self, _conn: ConnId, _hold: bool) {}
+    /// A connection added by a reload (ids are handed out in order).
+    fn add_conn(&mut self, _conn: ConnId, _rc: &ResolvedConn) {}
+    /// Data-plane facts about a CHILD_SA, for the operator.
+    fn details(&self, _child: ChildId) -> Option<ChildDetails> {
+        None
+    }
 }
+
+/// What the data plane knows about a CHILD_SA.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct ChildDetails {
+    pub tenant: u32,
+    pub slot_in: u32,
+    pub slot_out: u32,
+    pub active: bool,
+    pub packets_in: u64,
+    pub bytes_in: u64,
+    pub packets_out: u64,
+    pub bytes_out: u64,
+    pub seq_out: u64,
+    pub replay_top: u64,
+}
+
+/// Static facts about the daemon, for `vpnctl status`.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct DaemonInfo {
+    pub instance: String,
+    pub pid: u32,
+    pub wire: String,
+    pub tenant_interfaces: Vec<String>,
+    pub xdp_mode: String,
+    pub workers: usize,
+}
+
+/// Re-reads the configuration for a reload (SIGHUP, `vpnctl reload`).
+pub type Reloader = Box<dyn FnMut() -> Result<Vec<ResolvedConn>> + Send>;
 
 /// What the operator sees of a connection.
 #[derive(Clone, Debug, serde::Serialize)]
@@ -59,6 +99,9 @@ pub enum Command {
     Down(ConnId),
     RekeyChild(ConnId),
     RekeyIke(ConnId),
+    RekeyAllChildren,
+    RekeyAllIke,
+    Reload,
 }
 
 pub struct Shell<S: SaSink> {
@@ -72,8 +115,13 @@ pub struct Shell<S: SaSink> {
     /// Shared with the control socket.
     pub info: Arc<Mutex<Vec<ConnInfo>>>,
     /// Where the connections' state is written (JSON) after every change, for operators
-    /// and scripts until vpnctl asks the daemon directly.
+    /// and scripts.
     pub status_file: Option<std::path::PathBuf>,
+    pub daemon: DaemonInfo,
+    pub reloader: Option<Reloader>,
+    /// Per connection: tenant and replay window (beyond the core's view).
+    pub meta: Vec<(u32, u32)>,
+    started: std::time::Instant,
 }
 
 impl<S: SaSink> Shell<S> {
@@ -81,9 +129,21 @@ impl<S: SaSink> Shell<S> {
     pub async fn bind(ep: Endpoint, sink: S) -> Result<Shell<S>> {
         let (tx, rx) = mpsc::channel(1024);
         let mut sockets = HashMap::new();
-        let ports = [ep.settings().ike_port, ep.settings().natt_port];
         for c in 0..ep.conn_count() {
-            let local = ep.conn(c).local;
+            Self::bind_local(&ep, &mut sockets, &tx, ep.conn(c).local).await?;
+        }
+        Self::finish(ep, sink, sockets, tx, rx)
+    }
+
+    /// Sockets on the IKE and NAT-T ports of one local address (once).
+    async fn bind_local(
+        ep: &Endpoint,
+        sockets: &mut HashMap<SocketAddr, Arc<UdpSocket>>,
+        tx: &mpsc::Sender<(SocketAddr, SocketAddr, Vec<u8>)>,
+        local: std::net::IpAddr,
+    ) -> Result<()> {
+        let ports = [ep.settings().ike_port, ep.settings().natt_port];
+        {
             for port in ports {
                 let addr = SocketAddr::new(local, port);
                 if sockets.contains_key(&addr) {
@@ -117,6 +177,16 @@ impl<S: SaSink> Shell<S> {
                 });
             }
         }
+        Ok(())
+    }
+
+    fn finish(
+        ep: Endpoint,
+        sink: S,
+        sockets: HashMap<SocketAddr, Arc<UdpSocket>>,
+        tx: mpsc::Sender<(SocketAddr, SocketAddr, Vec<u8>)>,
+        rx: mpsc::Receiver<(SocketAddr, SocketAddr, Vec<u8>)>,
+    ) -> Result<Shell<S>> {
         let info = Arc::new(Mutex::new(
             (0..ep.conn_count())
                 .map(|c| ConnInfo {
@@ -137,6 +207,10 @@ impl<S: SaSink> Shell<S> {
             last_in: HashMap::new(),
             info,
             status_file: None,
+            daemon: DaemonInfo::default(),
+            reloader: None,
+            meta: Vec::new(),
+            started: std::time::Instant::now(),
         })
     }
 
@@ -256,8 +330,14 @@ impl<S: SaSink> Shell<S> {
         }
     }
 
-    pub fn command(&mut self, c: Command) {
+    pub async fn command(&mut self, c: Command) -> Result<String> {
         let now = self.now();
+        if let Command::Up(id) | Command::Down(id) | Command::RekeyChild(id) | Command::RekeyIke(id) =
+            c
+            && self.ep.is_removed(id)
+        {
+            return Ok(String::new());
+        }
         match c {
             Command::Up(id) => self.ep.set_admin_up(id, true, now),
             Command::Down(id) => self.ep.set_admin_up(id, false, now),
@@ -267,6 +347,258 @@ impl<S: SaSink> Shell<S> {
                 }
             }
             Command::RekeyIke(id) => self.ep.rekey_ike(id, now),
+            Command::RekeyAllChildren | Command::RekeyAllIke => {
+                for id in 0..self.ep.conn_count() {
+                    if self.ep.is_removed(id) {
+                        continue;
+                    }
+                    if matches!(c, Command::RekeyAllIke) {
+                        self.ep.rekey_ike(id, now);
+                    } else {
+                        for (child, _, _) in self.ep.conn_children(id) {
+                            self.ep.rekey_child(child, now);
+                        }
+                    }
+                }
+            }
+            Command::Reload => return self.reload().await,
+        }
+        Ok(String::new())
+    }
+
+    /// Applies a changed configuration as a diff: new connections come up, removed ones are
+    /// deleted (IKE Delete), changed ones are replaced, untouched ones keep running.
+    pub async fn reload(&mut self) -> Result<String> {
+        let reloader = self
+            .reloader
+            .as_mut()
+            .context("this vpnd cannot reload (no configuration file)")?;
+        let new = reloader()?;
+        let now = self.now();
+        let (mut kept, mut removed, mut added, mut changed) = (0, 0, 0, 0);
+        let mut fresh = vec![];
+        for rc in new {
+            match self.ep.conn_by_name(&rc.conn.name) {
+                Some(id) => {
+                    let old = self.ep.conn(id);
+                    let same = format!("{old:?}") == format!("{:?}", rc.conn)
+                        && old.psk == rc.conn.psk
+                        && self.meta.get(id) == Some(&(rc.tenant, rc.replay_window));
+                    if same {
+                        kept += 1;
+                        fresh.push(id);
+                    } else {
+                        self.ep.remove_conn(id, now);
+                        changed += 1;
+                        fresh.push(self.add(rc, now).await?);
+                    }
+                }
+                None => {
+                    added += 1;
+                    fresh.push(self.add(rc, now).await?);
+                }
+            }
+        }
+        for id in 0..self.ep.conn_count() {
+            if !self.ep.is_removed(id) && !fresh.contains(&id) {
+                self.ep.remove_conn(id, now);
+                removed += 1;
+            }
+        }
+        let msg = format!(
+            "reloaded: {added} added, {removed} removed, {changed} replaced, {kept} unchanged"
+        );
+        eprintln!("vpnd: {msg}");
+        Ok(msg)
+    }
+
+    async fn add(&mut self, rc: ResolvedConn, now: std::time::Instant) -> Result<ConnId> {
+        Self::bind_local(&self.ep, &mut self.sockets, &self.tx, rc.conn.local).await?;
+        let id = self.ep.add_conn(rc.conn.clone());
+        self.sink.add_conn(id, &rc);
+        if self.meta.len() <= id {
+            self.meta.resize(id + 1, (0, 0));
+        }
+        self.meta[id] = (rc.tenant, rc.replay_window);
+        self.info.lock().expect("not poisoned").push(ConnInfo {
+            name: rc.conn.name.clone(),
+            status: "DOWN".into(),
+            reason: "added by reload".into(),
+            children: vec![],
+        });
+        eprintln!(
+            "vpnd: conn {}: added: {} -> {}",
+            rc.conn.name, rc.conn.local, rc.conn.peer
+        );
+        if rc.conn.admin_up && rc.conn.initiator == super::conn::Initiator::BiDirectional {
+            self.ep.initiate(id, now);
+        }
+        Ok(id)
+    }
+
+    /// Answers one control-socket request.
+    async fn control(&mut self, req: Request) -> Response {
+        let now = self.now();
+        let by_name = |ep: &Endpoint, name: &str| {
+            ep.conn_by_name(name)
+                .ok_or_else(|| format!("no connection named {name:?}"))
+        };
+        match req {
+            Request::Status => {
+                let live: Vec<ConnId> = (0..self.ep.conn_count())
+                    .filter(|c| !self.ep.is_removed(*c))
+                    .collect();
+                let active = live
+                    .iter()
+                    .filter(|c| self.ep.conn_status(**c) == ConnStatus::Active)
+                    .count();
+                let s = &self.ep.stats;
+                Response::ok(serde_json::json!({
+                    "instance": self.daemon.instance,
+                    "pid": self.daemon.pid,
+                    "uptime_secs": self.started.elapsed().as_secs(),
+                    "wire": self.daemon.wire,
+                    "tenant_interfaces": self.daemon.tenant_interfaces,
+                    "xdp_mode": self.daemon.xdp_mode,
+                    "workers": self.daemon.workers,
+                    "connections": live.len(),
+                    "active": active,
+                    "ike": {
+                        "received": s.received, "sent": s.sent, "retransmits": s.retransmits,
+                        "dropped_malformed": s.dropped_malformed,
+                        "dropped_integrity": s.dropped_integrity,
+                        "dropped_unknown_spi": s.dropped_unknown_spi,
+                        "dropped_no_conn": s.dropped_no_conn,
+                        "dropped_unexpected": s.dropped_unexpected,
+                        "cookies_sent": s.cookies_sent, "ike_established": s.ike_established,
+                        "child_established": s.child_established,
+                        "child_rekeyed": s.child_rekeyed, "ike_rekeyed": s.ike_rekeyed,
+                        "auth_failed": s.auth_failed, "dpd_dead": s.dpd_dead,
+                    },
+                }))
+            }
+            Request::ConnList => {
+                let info = self.info.lock().expect("not poisoned").clone();
+                let mut out = vec![];
+                for (id, i) in info.iter().enumerate() {
+                    if self.ep.is_removed(id) {
+                        continue;
+                    }
+                    let c = self.ep.conn(id);
+                    let ikes: Vec<serde_json::Value> = self
+                        .ep
+                        .ike_views(id, now)
+                        .into_iter()
+                        .map(|v| {
+                            serde_json::json!({
+                                "spi_i": format!("{:016x}", v.spi_i),
+                                "spi_r": format!("{:016x}", v.spi_r),
+                                "initiator": v.initiator,
+                                "state": v.state,
+                                "suite": v.suite.map(|s| format!("{:?}/{:?}/{:?}/{:?}", s.encr, s.integ, s.prf, s.dh)),
+                                "local": v.local.to_string(),
+                                "remote": v.remote.to_string(),
+                                "nat_t": v.nat,
+                                "age_secs": v.age.as_secs(),
+                            })
+                        })
+                        .collect();
+                    out.push(serde_json::json!({
+                        "name": c.name,
+                        "status": i.status,
+                        "reason": i.reason,
+                        "local": c.local.to_string(),
+                        "peer": c.peer.to_string(),
+                        "local_id": c.local_id.to_string(),
+                        "peer_id": c.peer_id.to_string(),
+                        "tenant": self.meta.get(id).map(|m| m.0),
+                        "initiator": match c.initiator {
+                            super::conn::Initiator::BiDirectional => "bi-directional",
+                            super::conn::Initiator::ResponseOnly => "response-only",
+                        },
+                        "dpd_action": format!("{:?}", c.dpd.action).to_lowercase(),
+                        "admin_state_up": c.admin_up,
+                        "local_subnets": c.local_ts.iter().map(prefix_str).collect::<Vec<_>>(),
+                        "peer_cidrs": c.peer_ts.iter().map(prefix_str).collect::<Vec<_>>(),
+                        "children": i.children,
+                        "ike_sas": ikes,
+                    }));
+                }
+                Response::ok(serde_json::Value::Array(out))
+            }
+            Request::SaList => {
+                let mut out = vec![];
+                for conn in 0..self.ep.conn_count() {
+                    for (id, _, _) in self.ep.conn_children(conn) {
+                        let Some(v) = self.ep.child_view(id, now) else {
+                            continue;
+                        };
+                        let d = self.sink.details(id).unwrap_or_default();
+                        let c = self.ep.conn(conn);
+                        out.push(serde_json::json!({
+                            "conn": c.name,
+                            "child": id,
+                            "state": v.state,
+                            "spi_in": v.spi_in,
+                            "spi_out": v.spi_out,
+                            "cipher": match v.cipher {
+                                Cipher::Aes128Gcm16 => "aes128gcm16",
+                                Cipher::Aes256Gcm16 => "aes256gcm16",
+                            },
+                            "esn": v.esn,
+                            "pfs": v.pfs.map(|g| format!("{g:?}")),
+                            "local": c.local.to_string(),
+                            "peer": c.peer.to_string(),
+                            "udp_encap": v.udp_encap.map(|(a, b)| vec![a, b]),
+                            "local_ts": v.local_ts.iter().map(prefix_str).collect::<Vec<_>>(),
+                            "peer_ts": v.peer_ts.iter().map(prefix_str).collect::<Vec<_>>(),
+                            "tenant": d.tenant,
+                            "slot_in": d.slot_in,
+                            "slot_out": d.slot_out,
+                            "active": d.active,
+                            "packets_in": d.packets_in,
+                            "bytes_in": d.bytes_in,
+                            "packets_out": d.packets_out,
+                            "bytes_out": d.bytes_out,
+                            "seq_out": d.seq_out,
+                            "replay_top": d.replay_top,
+                            "age_secs": v.age.as_secs(),
+                            "rekey_in_secs": v.rekey_in.as_secs(),
+                            "lifetime_left_secs": v.expires_in.as_secs(),
+                        }));
+                    }
+                }
+                Response::ok(serde_json::Value::Array(out))
+            }
+            Request::ConnUp { name } => match by_name(&self.ep, &name) {
+                Ok(id) => {
+                    let _ = self.command(Command::Up(id)).await;
+                    Response::ok(serde_json::json!(format!("{name}: up requested")))
+                }
+                Err(e) => Response::err(e),
+            },
+            Request::ConnDown { name } => match by_name(&self.ep, &name) {
+                Ok(id) => {
+                    let _ = self.command(Command::Down(id)).await;
+                    Response::ok(serde_json::json!(format!("{name}: down")))
+                }
+                Err(e) => Response::err(e),
+            },
+            Request::Rekey { name, what } => match by_name(&self.ep, &name) {
+                Ok(id) => {
+                    let c = match what {
+                        RekeyWhat::Child => Command::RekeyChild(id),
+                        RekeyWhat::Ike => Command::RekeyIke(id),
+                    };
+                    let _ = self.command(c).await;
+                    Response::ok(serde_json::json!(format!("{name}: rekey started")))
+                }
+                Err(e) => Response::err(e),
+            },
+            Request::Reload => match self.reload().await {
+                Ok(m) => Response::ok(serde_json::json!(m)),
+                Err(e) => Response::err(format!("{e:#}")),
+            },
         }
     }
 
@@ -275,6 +607,7 @@ impl<S: SaSink> Shell<S> {
         mut self,
         mut stop: tokio::sync::watch::Receiver<bool>,
         mut commands: mpsc::Receiver<Command>,
+        mut control: mpsc::Receiver<CtlRequest>,
     ) -> Result<(Stats, S)> {
         let now = self.now();
         self.ep.start(now);
@@ -296,7 +629,15 @@ impl<S: SaSink> Shell<S> {
                     let now = self.now();
                     self.ep.handle(now, local, remote, &data);
                 }
-                Some(c) = commands.recv() => self.command(c),
+                Some(c) = commands.recv() => {
+                    if let Err(e) = self.command(c).await {
+                        eprintln!("vpnd: {e:#}");
+                    }
+                }
+                Some((req, reply)) = control.recv() => {
+                    let r = self.control(req).await;
+                    let _ = reply.send(r);
+                }
                 _ = tokio::time::sleep_until(deadline) => {
                     let now = self.now();
                     self.ep.handle_timeout(now);
@@ -308,7 +649,9 @@ impl<S: SaSink> Shell<S> {
         // Polite shutdown: Delete for every IKE SA, answers awaited for up to 2 s.
         let now = self.now();
         for c in 0..self.ep.conn_count() {
-            self.ep.terminate(c, now);
+            if !self.ep.is_removed(c) {
+                self.ep.terminate(c, now);
+            }
         }
         self.flush().await;
         let until = TokioInstant::now() + Duration::from_secs(2);
@@ -325,4 +668,8 @@ impl<S: SaSink> Shell<S> {
         drop(self.tx);
         Ok((self.ep.stats.clone(), self.sink))
     }
+}
+
+fn prefix_str(p: &crate::dataplane::worker::Prefix) -> String {
+    format!("{}/{}", p.addr, p.len)
 }
