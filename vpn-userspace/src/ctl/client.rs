@@ -172,6 +172,8 @@ pub struct Conn {
     pub dpd_action: Option<String>,
     pub admin_state_up: Option<bool>,
     pub children: Vec<Child>,
+    /// The connection's IKE_SAs (shown as a count).
+    pub ike_sas: Vec<Value>,
 }
 
 /// One entry of `sa-list`.
@@ -200,7 +202,10 @@ pub struct Sa {
     pub seq_out: u64,
     pub replay_top: u64,
     pub age_secs: Option<u64>,
+    pub rekey_in_secs: Option<u64>,
     pub lifetime_left_secs: Option<u64>,
+    /// The CHILD_SA's IKE state, e.g. "INSTALLED", "REKEYED".
+    pub state: Option<String>,
 }
 
 #[cfg(test)]

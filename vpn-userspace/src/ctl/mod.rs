@@ -280,6 +280,7 @@ pub fn render_sas(sas: &[Sa]) -> String {
         "AGE",
         "LEFT",
         "STATE",
+        "OUTBOUND",
     ]);
     for s in sas {
         t.row([
@@ -305,6 +306,7 @@ pub fn render_sas(sas: &[Sa]) -> String {
             s.replay_top.to_string(),
             opt(s.age_secs.map(duration)),
             opt(s.lifetime_left_secs.map(duration)),
+            opt(s.state.clone()),
             match s.active {
                 Some(true) => "active",
                 Some(false) => "standby",
@@ -391,6 +393,7 @@ pub fn render_conns(conns: &[Conn]) -> String {
                 None => "-",
             }
             .into(),
+            c.ike_sas.len().to_string(),
             if c.children.is_empty() {
                 "-".into()
             } else {
@@ -697,6 +700,10 @@ pub fn render_dump(v: &Value) -> String {
         .and_then(Value::as_object)
         .map(|o| o.keys().filter(|k| *k != "per_cpu").cloned().collect())
         .unwrap_or_default();
+    if cols.iter().any(|c| c == "spi_hex") {
+        // The hex form is the one operators read; JSON keeps both.
+        cols.retain(|c| c != "spi");
+    }
     cols.sort_by_key(|c| {
         (
             FIRST.iter().position(|f| f == c).unwrap_or(FIRST.len()),
