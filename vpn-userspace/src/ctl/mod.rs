@@ -375,6 +375,7 @@ pub fn render_conns(conns: &[Conn]) -> String {
         "INITIATOR",
         "DPD",
         "ADMIN",
+        "IKE_SAS",
         "CHILDREN",
         "REASON",
     ]);
@@ -918,7 +919,10 @@ mod tests {
         let l: Vec<&str> = s.lines().collect();
         assert!(l[0].starts_with("NAME       STATUS  LOCAL"));
         assert!(l[1].contains("ACTIVE") && l[1].contains("#1 0x00000001/0x00000002"));
-        assert!(l[2].contains("DOWN") && l[2].ends_with("IKE_AUTH: AUTHENTICATION_FAILED"));
+        assert!(
+            l[2].contains("DOWN") && l[2].ends_with("IKE_AUTH: AUTHENTICATION_FAILED"),
+            "{s}"
+        );
     }
 
     #[test]
