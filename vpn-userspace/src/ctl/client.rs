@@ -123,15 +123,22 @@ pub fn parse_response(line: &str) -> Result<Value, ClientError> {
 pub fn redact(v: &mut Value) {
     match v {
         Value::Object(m) => {
-            m.retain(|k, _| {
-                let k = k.to_ascii_lowercase();
-                !(k.contains("key") || k.contains("psk") || k.contains("secret"))
-            });
+            m.retain(|k, _| !is_secret_field(k));
             m.values_mut().for_each(redact);
         }
         Value::Array(a) => a.iter_mut().for_each(redact),
         _ => {}
     }
+}
+
+/// "psk", "enc_key", "keymat", "sk_secret"... but not "rekey_in_secs".
+fn is_secret_field(name: &str) -> bool {
+    let n = name.to_ascii_lowercase();
+    n.starts_with("key")
+        || n.contains("psk")
+        || n.contains("secret")
+        || n.contains("password")
+        || n.split(['_', '-']).any(|t| t == "key" || t == "keys")
 }
 
 /// `status` data. Unknown fields are ignored, missing ones default.
@@ -216,8 +223,8 @@ mod tests {
     #[test]
     fn responses() {
         let d =
-            parse_response(r#"{"ok":true,"data":{"a":1,"psk":"x","k":{"enc_key":"y"}}}"#).unwrap();
-        assert_eq!(d, json!({"a":1,"k":{}}));
+            parse_response(r#"{"ok":true,"data":{"a":1,"psk":"x","k":{"enc_key":"y","keymat":"z"},"rekey_in_secs":5}}"#).unwrap();
+        assert_eq!(d, json!({"a":1,"k":{},"rekey_in_secs":5}));
         match parse_response(r#"{"ok":false,"error":"no connection \"x\""}"#) {
             Err(ClientError::Daemon(e)) => assert_eq!(e, "no connection \"x\""),
             r => panic!("{r:?}"),

@@ -278,6 +278,7 @@ pub fn render_sas(sas: &[Sa]) -> String {
         "SEQ_OUT",
         "REPLAY_TOP",
         "AGE",
+        "REKEY_IN",
         "LEFT",
         "STATE",
         "OUTBOUND",
@@ -305,6 +306,7 @@ pub fn render_sas(sas: &[Sa]) -> String {
             s.seq_out.to_string(),
             s.replay_top.to_string(),
             opt(s.age_secs.map(duration)),
+            opt(s.rekey_in_secs.map(duration)),
             opt(s.lifetime_left_secs.map(duration)),
             opt(s.state.clone()),
             match s.active {
