@@ -145,6 +145,14 @@ fn main() -> Result<()> {
     let mut load_opts = LoadOptions::new(&cfg.instance);
     load_opts.unpin_on_drop = !args.keep_pinned;
     let mut dp = Dataplane::load(&load_opts)?;
+    if dp.adopted() {
+        let n = dp.clear_sa_state()?;
+        eprintln!(
+            "vpnd: adopted the pinned maps of a previous run in {} (counters kept; {n} stale SA, \
+             policy and peer entries cleared)",
+            dp.pin_dir().display()
+        );
+    }
     // Native XDP where the driver has it; generic (skb) otherwise, unless native was asked
     // for explicitly.
     let auto = matches!(cfg.wire.xdp_mode.as_deref(), None | Some("auto"));
