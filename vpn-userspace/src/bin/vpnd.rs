@@ -107,7 +107,18 @@ async fn refresh_neighbours(
     }
 }
 
-fn main() -> Result<()> {
+fn main() -> std::process::ExitCode {
+    match run() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            // The chain of causes, without a backtrace: config errors name file, entry, field.
+            eprintln!("vpnd: error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> Result<()> {
     let args = Args::parse();
     let filter = std::env::var("VPND_LOG").unwrap_or_else(|_| args.log_level.clone());
     tracing_subscriber::fmt()
