@@ -178,6 +178,16 @@ pub fn vpnd_path() -> Result<PathBuf> {
 /// Starts vpnd in `ns` and waits (bounded) until it says it runs.
 /// Returns the process and its log (start-up lines included).
 pub fn start_vpnd(ns: &NetNs, config: &str, dir: &std::path::Path) -> Result<(Proc, Log)> {
+    start_vpnd_with(ns, config, dir, &[])
+}
+
+/// [`start_vpnd`] with extra vpnd arguments (e.g. `--keep-pinned`).
+pub fn start_vpnd_with(
+    ns: &NetNs,
+    config: &str,
+    dir: &std::path::Path,
+    extra: &[&str],
+) -> Result<(Proc, Log)> {
     let path = dir.join(format!("{}.toml", ns.name()));
     std::fs::write(&path, config)?;
     // Only the network namespace: vpnd keeps the host's mount namespace, so its pins in
@@ -189,6 +199,7 @@ pub fn start_vpnd(ns: &NetNs, config: &str, dir: &std::path::Path) -> Result<(Pr
         .arg(vpnd_path()?)
         .arg("--config")
         .arg(&path)
+        .args(extra)
         .stderr(Stdio::piped())
         .stdout(Stdio::null())
         .spawn()

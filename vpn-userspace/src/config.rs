@@ -52,6 +52,8 @@ pub struct Config {
     pub vpnservices: Vec<crate::vpnaas::VpnService>,
     #[serde(default, rename = "ipsec_site_connection")]
     pub connections: Vec<crate::vpnaas::SiteConnection>,
+    #[serde(default, rename = "endpoint_group")]
+    pub endpoint_groups: Vec<crate::vpnaas::EndpointGroup>,
     #[serde(default)]
     pub ike: crate::vpnaas::IkeSettings,
 }

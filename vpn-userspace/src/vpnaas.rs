@@ -94,6 +94,21 @@ pub struct VpnService {
     pub local_subnets: Vec<String>,
 }
 
+/// Neutron's endpoint group: a named list of CIDRs (`type = "cidr"`). Groups of Neutron
+/// subnet ids (`type = "subnet"`) need Neutron's database and are refused.
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+pub struct EndpointGroup {
+    pub name: String,
+    #[serde(rename = "type", default = "d_cidr")]
+    pub kind: String,
+    pub endpoints: Vec<String>,
+}
+
+fn d_cidr() -> String {
+    "cidr".into()
+}
+
 #[derive(Deserialize, Debug, Default)]
 #[serde(deny_unknown_fields)]
 pub struct DpdCfg {
@@ -114,7 +129,14 @@ pub struct SiteConnection {
     pub peer_id: Option<String>,
     /// Default: the vpnservice's external address.
     pub local_id: Option<String>,
+    /// The peer's subnets, or `peer_ep_group` naming an [[endpoint_group]].
+    #[serde(default)]
     pub peer_cidrs: Vec<String>,
+    #[serde(default)]
+    pub peer_ep_group: Option<String>,
+    /// Our subnets from an [[endpoint_group]] instead of the vpnservice's local_subnets.
+    #[serde(default)]
+    pub local_ep_group: Option<String>,
     pub psk: Option<String>,
     pub psk_file: Option<PathBuf>,
     #[serde(default = "d_initiator")]
@@ -214,6 +236,7 @@ fn d_window() -> u32 {
 }
 
 /// A site connection with everything resolved and checked.
+#[derive(Debug)]
 pub struct ResolvedConn {
     pub conn: ConnConfig,
     pub tenant: u32,
@@ -306,6 +329,10 @@ impl Config {
                 "ipsec_site_connection",
                 self.connections.iter().map(|p| &p.name).collect(),
             ),
+            (
+                "endpoint_group",
+                self.endpoint_groups.iter().map(|p| &p.name).collect(),
+            ),
         ] {
             for (i, n) in names.iter().enumerate() {
                 if names[..i].contains(n) {
@@ -361,27 +388,70 @@ impl Config {
                 .map_err(|m| e(format!("ikepolicy {:?}", ikep.name), "lifetime", m))?;
             let (child_life, _) = seconds(ipsp.lifetime, 3600)
                 .map_err(|m| e(format!("ipsecpolicy {:?}", ipsp.name), "lifetime", m))?;
-            let local_ts = svc
-                .local_subnets
+            let group = |name: &str, field: &str| -> Result<Vec<String>, ConfigError> {
+                let g = self
+                    .endpoint_groups
+                    .iter()
+                    .find(|g| g.name == name)
+                    .ok_or_else(|| ce(field, format!("no [[endpoint_group]] named {name:?}")))?;
+                if g.kind != "cidr" {
+                    return Err(e(
+                        format!("endpoint_group {:?}", g.name),
+                        "type",
+                        format!(
+                            "{:?}: only \"cidr\" groups are supported (subnet ids need Neutron's database)",
+                            g.kind
+                        ),
+                    ));
+                }
+                Ok(g.endpoints.clone())
+            };
+            let (local_src, local_field) = match (&c.local_ep_group, svc.local_subnets.is_empty()) {
+                (Some(g), true) => (group(g, "local_ep_group")?, "local_ep_group"),
+                (Some(_), false) => {
+                    return Err(ce(
+                        "local_ep_group",
+                        format!(
+                            "vpnservice {:?} has local_subnets already; use one or the other",
+                            svc.name
+                        ),
+                    ));
+                }
+                (None, _) => (svc.local_subnets.clone(), "local_subnets"),
+            };
+            let local_ts = local_src
                 .iter()
                 .map(|s| {
-                    parse_prefix(s)
-                        .ok_or_else(|| se("local_subnets", format!("{s:?} is not a prefix")))
+                    parse_prefix(s).ok_or_else(|| ce(local_field, format!("{s:?} is not a prefix")))
                 })
                 .collect::<Result<Vec<_>, _>>()?;
             if local_ts.is_empty() {
-                return Err(se("local_subnets", "at least one subnet".into()));
+                return Err(se(
+                    "local_subnets",
+                    "at least one subnet (or a local_ep_group on the connection)".into(),
+                ));
             }
-            let peer_ts = c
-                .peer_cidrs
+            let (peer_src, peer_field) = match (&c.peer_ep_group, c.peer_cidrs.is_empty()) {
+                (Some(g), true) => (group(g, "peer_ep_group")?, "peer_ep_group"),
+                (Some(_), false) => {
+                    return Err(ce(
+                        "peer_ep_group",
+                        "give peer_cidrs or peer_ep_group, not both".into(),
+                    ));
+                }
+                (None, _) => (c.peer_cidrs.clone(), "peer_cidrs"),
+            };
+            let peer_ts = peer_src
                 .iter()
                 .map(|s| {
-                    parse_prefix(s)
-                        .ok_or_else(|| ce("peer_cidrs", format!("{s:?} is not a prefix")))
+                    parse_prefix(s).ok_or_else(|| ce(peer_field, format!("{s:?} is not a prefix")))
                 })
                 .collect::<Result<Vec<_>, _>>()?;
             if peer_ts.is_empty() {
-                return Err(ce("peer_cidrs", "at least one CIDR".into()));
+                return Err(ce(
+                    "peer_cidrs",
+                    "at least one CIDR (or a peer_ep_group)".into(),
+                ));
             }
             if svc.external_address.is_ipv4() != c.peer_address.is_ipv4() {
                 return Err(ce(
@@ -660,6 +730,65 @@ dpd = { action = "restart", interval = 10, timeout = 40 }
         assert_eq!(c.conn.lifetimes.child, Duration::from_secs(1800));
         assert_eq!(c.conn.dpd.action, DpdAction::Restart);
         assert!(!format!("{:?}", c.conn).contains("shared secret"));
+    }
+
+    #[test]
+    fn examples_in_the_repository_validate() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config");
+        let mut n = 0;
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let p = entry.unwrap().path();
+            if p.extension().is_some_and(|e| e == "toml") {
+                let c = Config::load(&p).unwrap_or_else(|e| panic!("{e}"));
+                let conns = c.resolve_connections(&p).unwrap_or_else(|e| panic!("{e}"));
+                assert!(!conns.is_empty(), "{}", p.display());
+                n += 1;
+            }
+        }
+        assert!(n >= 2, "example configs in {}", dir.display());
+        let p = dir.join("east.toml");
+        let c = &Config::load(&p).unwrap().resolve_connections(&p).unwrap()[0];
+        assert_eq!(c.conn.local_ts, vec![parse_prefix("10.1.0.0/24").unwrap()]);
+        let p = dir.join("west.toml");
+        let c = &Config::load(&p).unwrap().resolve_connections(&p).unwrap()[0];
+        assert_eq!(c.conn.peer_ts, vec![parse_prefix("10.1.0.0/24").unwrap()]);
+        assert_eq!(c.conn.initiator, Initiator::ResponseOnly);
+    }
+
+    #[test]
+    fn endpoint_groups() {
+        let with_groups = BASE
+            .replace("local_subnets = [\"10.1.0.0/24\"]\n", "")
+            .replace(
+                "peer_cidrs = [\"10.2.0.0/24\"]",
+                "local_ep_group = \"mine\"\npeer_ep_group = \"theirs\"",
+            )
+            + "[[endpoint_group]]\nname = \"mine\"\nendpoints = [\"10.1.0.0/24\", \"10.1.1.0/24\"]\n\
+               [[endpoint_group]]\nname = \"theirs\"\ntype = \"cidr\"\nendpoints = [\"10.2.0.0/24\"]\n";
+        let c = load(&with_groups).unwrap();
+        assert_eq!(c[0].conn.local_ts.len(), 2);
+        assert_eq!(
+            c[0].conn.peer_ts,
+            vec![parse_prefix("10.2.0.0/24").unwrap()]
+        );
+        let err = load(&with_groups.replace("type = \"cidr\"", "type = \"subnet\"")).unwrap_err();
+        assert!(err.contains("endpoint_group \"theirs\": type"), "{err}");
+        let err =
+            load(&with_groups.replace("peer_ep_group = \"theirs\"", "peer_ep_group = \"nope\""))
+                .unwrap_err();
+        assert!(
+            err.contains("peer_ep_group: no [[endpoint_group]] named \"nope\""),
+            "{err}"
+        );
+        let both = BASE.replace(
+            "peer_cidrs = [\"10.2.0.0/24\"]",
+            "peer_cidrs = [\"10.2.0.0/24\"]\nlocal_ep_group = \"mine\"",
+        ) + "[[endpoint_group]]\nname = \"mine\"\nendpoints = [\"10.1.0.0/24\"]\n";
+        let err = load(&both).unwrap_err();
+        assert!(
+            err.contains("local_ep_group") && err.contains("one or the other"),
+            "{err}"
+        );
     }
 
     #[test]

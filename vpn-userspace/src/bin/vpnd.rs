@@ -64,6 +64,10 @@ struct Args {
     /// Directory of the state file and control socket (`DIR/INSTANCE/`).
     #[arg(long, default_value = "/run/vpnd")]
     run_dir: PathBuf,
+    /// Log level or filter (error, warn, info, debug, trace; or tracing's `target=level`
+    /// syntax). The environment variable VPND_LOG, if set, wins.
+    #[arg(long, default_value = "info")]
+    log_level: String,
 }
 
 fn iface_mac(ifname: &str) -> Result<[u8; 6]> {
@@ -97,14 +101,35 @@ async fn refresh_neighbours(
         if let Some(mac) = found
             && mac != hop.get()
         {
-            eprintln!("vpnd: peer {peer} moved to MAC {mac:02x?}");
+            tracing::info!("vpnd: peer {peer} moved to MAC {mac:02x?}");
             hop.set(mac);
         }
     }
 }
 
-fn main() -> Result<()> {
+fn main() -> std::process::ExitCode {
+    match run() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            // The chain of causes, without a backtrace: config errors name file, entry, field.
+            eprintln!("vpnd: error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> Result<()> {
     let args = Args::parse();
+    let filter = std::env::var("VPND_LOG").unwrap_or_else(|_| args.log_level.clone());
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_new(&filter)
+                .with_context(|| format!("log level {filter:?}"))?,
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_target(false)
+        .init();
     let mut cfg = Config::load(&args.config)?;
     if let Some(w) = &args.wire {
         cfg.wire.interface = w.clone();
@@ -145,13 +170,21 @@ fn main() -> Result<()> {
     let mut load_opts = LoadOptions::new(&cfg.instance);
     load_opts.unpin_on_drop = !args.keep_pinned;
     let mut dp = Dataplane::load(&load_opts)?;
+    if dp.adopted() {
+        let n = dp.clear_sa_state()?;
+        tracing::info!(
+            "vpnd: adopted the pinned maps of a previous run in {} (counters kept; {n} stale SA, \
+             policy and peer entries cleared)",
+            dp.pin_dir().display()
+        );
+    }
     // Native XDP where the driver has it; generic (skb) otherwise, unless native was asked
     // for explicitly.
     let auto = matches!(cfg.wire.xdp_mode.as_deref(), None | Some("auto"));
     let mut native = cfg.wire.xdp_mode.as_deref() != Some("generic");
     let mode = match dp.attach_wire(&cfg.wire.interface, mode) {
         Err(e) if auto => {
-            eprintln!(
+            tracing::warn!(
                 "vpnd: native XDP not available on {} ({e:#}); using generic XDP",
                 cfg.wire.interface
             );
@@ -163,12 +196,14 @@ fn main() -> Result<()> {
     };
     match dp.attach_tenant(tenant_if, mode) {
         Err(e) if auto && native => {
-            eprintln!("vpnd: native XDP not available on {tenant_if} ({e:#}); using generic XDP");
+            tracing::warn!(
+                "vpnd: native XDP not available on {tenant_if} ({e:#}); using generic XDP"
+            );
             dp.attach_tenant(tenant_if, XdpMode::Skb)?;
         }
         r => r?,
     }
-    eprintln!(
+    tracing::info!(
         "vpnd: XDP attached ({mode:?}) to {} (wire) and {tenant_if} (tenant); maps in {}",
         cfg.wire.interface,
         dp.pin_dir().display()
@@ -183,7 +218,7 @@ fn main() -> Result<()> {
             "copy mode"
         }
     };
-    eprintln!(
+    tracing::info!(
         "vpnd: AF_XDP sockets on {} wire ({}) and {} tenant ({}) rx queues",
         wire.len(),
         mode(&wire),
@@ -260,7 +295,7 @@ fn main() -> Result<()> {
     )?;
 
     let backend = cfg.backend();
-    eprintln!("vpnd: AES-GCM backend {backend:?}");
+    tracing::info!("vpnd: AES-GCM backend {backend:?}");
     let neighbours: Arc<std::sync::Mutex<HashMap<IpAddr, NextHop>>> = Arc::default();
     // One code path for manual and (later) IKE-negotiated SAs: install the inbound SA, then
     // activate the outbound one, as a rekey does.
@@ -302,9 +337,14 @@ fn main() -> Result<()> {
         };
         let mut child = installer.install_inbound(&mut dp, &spec)?;
         installer.activate_outbound(&mut dp, &mut child)?;
-        eprintln!(
+        tracing::info!(
             "vpnd: SA {:?} installed: in {:#010x} (slot {}), out {:#010x} (slot {}), peer {}",
-            child.name, child.spi_in, child.slot_in, child.spi_out, child.slot_out, child.peer
+            child.name,
+            child.spi_in,
+            child.slot_in,
+            child.spi_out,
+            child.slot_out,
+            child.peer
         );
         children.push(child);
     }
@@ -326,7 +366,7 @@ fn main() -> Result<()> {
                             w.wait(1);
                         }
                     }
-                    eprintln!(
+                    tracing::info!(
                         "vpnd: worker {i} AF_XDP kernel counters [rx_dropped, rx_ring_full, fill_empty, tx_invalid, tx_empty]: wire {:?}, tenant {:?}",
                         w.wire.iter().map(|s| s.kernel_stats()).collect::<Vec<_>>(),
                         w.tenant.iter().map(|s| s.kernel_stats()).collect::<Vec<_>>()
@@ -335,8 +375,8 @@ fn main() -> Result<()> {
                 })?,
         );
     }
-    eprintln!("vpnd: {n_workers} worker thread(s)");
-    eprintln!("vpnd: running");
+    tracing::info!("vpnd: {n_workers} worker thread(s)");
+    tracing::info!("vpnd: running");
 
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -375,9 +415,13 @@ fn main() -> Result<()> {
                 peer_ts: c.conn.peer_ts.clone(),
             });
             meta.push((c.tenant, c.replay_window));
-            eprintln!(
+            tracing::info!(
                 "vpnd: conn {}: {} -> {} ({:?}, peer id {})",
-                c.conn.name, c.conn.local, c.conn.peer, c.conn.initiator, c.conn.peer_id
+                c.conn.name,
+                c.conn.local,
+                c.conn.peer,
+                c.conn.initiator,
+                c.conn.peer_id
             );
             ep.add_conn(c.conn);
         }
@@ -420,7 +464,7 @@ fn main() -> Result<()> {
         }));
         let sock = control::socket_path(&args.run_dir, &cfg.instance);
         let _guard = control::serve(&sock, ctl_tx)?;
-        eprintln!(
+        tracing::info!(
             "vpnd: control socket {}, connection state in {}",
             sock.display(),
             run_dir.join("connections.json").display()
@@ -431,15 +475,15 @@ fn main() -> Result<()> {
                     _ = tokio::signal::ctrl_c() => break,
                     _ = term.recv() => break,
                     _ = hup.recv() => {
-                        eprintln!("vpnd: SIGHUP: reloading {}", args.config.display());
+                        tracing::info!("vpnd: SIGHUP: reloading {}", args.config.display());
                         let _ = cmd_tx.send(Command::Reload).await;
                     }
                     _ = usr1.recv() => {
-                        eprintln!("vpnd: SIGUSR1: rekeying every CHILD_SA");
+                        tracing::info!("vpnd: SIGUSR1: rekeying every CHILD_SA");
                         let _ = cmd_tx.send(Command::RekeyAllChildren).await;
                     }
                     _ = usr2.recv() => {
-                        eprintln!("vpnd: SIGUSR2: rekeying every IKE_SA");
+                        tracing::info!("vpnd: SIGUSR2: rekeying every IKE_SA");
                         let _ = cmd_tx.send(Command::RekeyAllIke).await;
                     }
                     _ = tick.tick() => refresh_neighbours(&neighbours, &wire_if).await,
@@ -449,7 +493,7 @@ fn main() -> Result<()> {
         };
         let (r, ()) = tokio::join!(shell.run(stop_rx, cmd_rx, ctl_rx), control_loop);
         let (ike_stats, sink) = r?;
-        eprintln!("vpnd: IKE: {ike_stats:?}");
+        tracing::info!("vpnd: IKE: {ike_stats:?}");
         anyhow::Ok((Some(sink.dp), Some(sink.installer)))
     })?;
     // The state file and socket describe a running daemon only.
@@ -460,10 +504,10 @@ fn main() -> Result<()> {
         let s = h.join().map_err(|_| anyhow::anyhow!("worker panicked"))?;
         stats.merge(&s);
     }
-    eprintln!("vpnd: stopping: {stats:?}");
+    tracing::info!("vpnd: stopping: {stats:?}");
     if let Some(installer) = &installer {
         for c in &children {
-            eprintln!("vpnd: SA {:?}: {:?}", c.name, installer.stats(c));
+            tracing::info!("vpnd: SA {:?}: {:?}", c.name, installer.stats(c));
         }
     }
     drop(dp);

@@ -63,6 +63,7 @@ pub struct Dataplane {
     ebpf: Ebpf,
     pin_dir: PathBuf,
     unpin_on_drop: bool,
+    adopted: bool,
 }
 
 fn validate_instance(name: &str) -> Result<()> {
@@ -94,7 +95,11 @@ impl Dataplane {
                 pin_dir.display()
             )
         })?;
-        let loaded = Self::load_pinned(opts, &pin_dir);
+        let adopting = adopting && pin_dir.join(names::SA_IN).exists();
+        let loaded = Self::load_pinned(opts, &pin_dir).map(|mut d| {
+            d.adopted = adopting;
+            d
+        });
         if loaded.is_err() && !adopting {
             // Maps may have been pinned before the verifier said no: leave nothing behind.
             let _ = remove_pins(&pin_dir);
@@ -132,6 +137,7 @@ impl Dataplane {
             ebpf,
             pin_dir: pin_dir.to_path_buf(),
             unpin_on_drop: opts.unpin_on_drop,
+            adopted: false,
         })
     }
 
@@ -208,6 +214,49 @@ impl Dataplane {
         m.remove(&spi)
             .with_context(|| format!("removing SPI {spi:#010x}"))?;
         Ok(())
+    }
+
+    /// After adopting the pins of a previous run: forgets its SAs, policies and peers (their
+    /// keys and worker state died with it) and keeps the counters. Returns how many entries
+    /// went.
+    pub fn clear_sa_state(&mut self) -> Result<usize> {
+        let mut n = 0;
+        {
+            let mut m: HashMap<_, u32, SaIn> = HashMap::try_from(self.map_mut(names::SA_IN)?)?;
+            let keys: Vec<u32> = m.keys().filter_map(|k| k.ok()).collect();
+            for k in keys {
+                n += usize::from(m.remove(&k).is_ok());
+            }
+        }
+        {
+            let mut m: HashMap<_, PeerKey, u32> = HashMap::try_from(self.map_mut(names::PEERS)?)?;
+            let keys: Vec<PeerKey> = m.keys().filter_map(|k| k.ok()).collect();
+            for k in keys {
+                n += usize::from(m.remove(&k).is_ok());
+            }
+        }
+        {
+            let mut m: LpmTrie<_, PolicyKeyV4, PolicyValue> =
+                LpmTrie::try_from(self.map_mut(names::POLICY_V4)?)?;
+            let keys: Vec<Key<PolicyKeyV4>> = m.keys().filter_map(|k| k.ok()).collect();
+            for k in keys {
+                n += usize::from(m.remove(&k).is_ok());
+            }
+        }
+        {
+            let mut m: LpmTrie<_, PolicyKeyV6, PolicyValue> =
+                LpmTrie::try_from(self.map_mut(names::POLICY_V6)?)?;
+            let keys: Vec<Key<PolicyKeyV6>> = m.keys().filter_map(|k| k.ok()).collect();
+            for k in keys {
+                n += usize::from(m.remove(&k).is_ok());
+            }
+        }
+        Ok(n)
+    }
+
+    /// Whether `load` found pins of a previous run.
+    pub fn adopted(&self) -> bool {
+        self.adopted
     }
 
     /// The inbound SA of an SPI, if installed.

@@ -177,7 +177,7 @@ impl SaSink for PlaneSink {
                 action: POLICY_DISCARD,
             };
             if let Err(e) = self.dp.set_policy(c.tenant, p, v) {
-                eprintln!("vpnd: conn {}: holding {p:?}: {e:#}", c.name);
+                tracing::warn!("vpnd: conn {}: holding {p:?}: {e:#}", c.name);
             }
         }
     }

@@ -168,7 +168,7 @@ impl<S: SaSink> Shell<S> {
                             Err(e) => {
                                 // ICMP errors surface here (ECONNREFUSED); keep going.
                                 if e.kind() != std::io::ErrorKind::ConnectionRefused {
-                                    eprintln!("vpnd: IKE socket {addr}: {e}");
+                                    tracing::warn!("vpnd: IKE socket {addr}: {e}");
                                     tokio::time::sleep(Duration::from_millis(100)).await;
                                 }
                             }
@@ -224,10 +224,10 @@ impl<S: SaSink> Shell<S> {
             match self.sockets.get(&t.src) {
                 Some(s) => {
                     if let Err(e) = s.send_to(&t.data, t.dst).await {
-                        eprintln!("vpnd: IKE send {} -> {}: {e}", t.src, t.dst);
+                        tracing::warn!("vpnd: IKE send {} -> {}: {e}", t.src, t.dst);
                     }
                 }
-                None => eprintln!("vpnd: no IKE socket for {}", t.src),
+                None => tracing::info!("vpnd: no IKE socket for {}", t.src),
             }
         }
         while let Some(e) = self.ep.poll_event() {
@@ -241,11 +241,11 @@ impl<S: SaSink> Shell<S> {
                 let (conn, id, spi_in, spi_out) = (sa.conn, sa.id, sa.spi_in, sa.spi_out);
                 let name = self.ep.conn(conn).name.clone();
                 match self.sink.install_inbound(sa) {
-                    Ok(()) => eprintln!(
+                    Ok(()) => tracing::info!(
                         "vpnd: conn {name}: CHILD_SA {id} inbound installed (in {spi_in:#010x}, out {spi_out:#010x})"
                     ),
                     Err(e) => {
-                        eprintln!("vpnd: conn {name}: installing CHILD_SA {id} failed: {e:#}")
+                        tracing::warn!("vpnd: conn {name}: installing CHILD_SA {id} failed: {e:#}")
                     }
                 }
             }
@@ -253,10 +253,14 @@ impl<S: SaSink> Shell<S> {
                 let name = self.ep.conn(conn).name.clone();
                 match self.sink.activate_outbound(conn, child) {
                     Ok(()) => {
-                        eprintln!("vpnd: conn {name}: CHILD_SA {child} carries outbound traffic")
+                        tracing::info!(
+                            "vpnd: conn {name}: CHILD_SA {child} carries outbound traffic"
+                        )
                     }
                     Err(e) => {
-                        eprintln!("vpnd: conn {name}: activating CHILD_SA {child} failed: {e:#}")
+                        tracing::warn!(
+                            "vpnd: conn {name}: activating CHILD_SA {child} failed: {e:#}"
+                        )
                     }
                 }
             }
@@ -264,9 +268,9 @@ impl<S: SaSink> Shell<S> {
                 self.last_in.remove(&child);
                 let name = self.ep.conn(conn).name.clone();
                 match self.sink.remove(conn, child) {
-                    Ok(()) => eprintln!("vpnd: conn {name}: CHILD_SA {child} removed"),
+                    Ok(()) => tracing::info!("vpnd: conn {name}: CHILD_SA {child} removed"),
                     Err(e) => {
-                        eprintln!("vpnd: conn {name}: removing CHILD_SA {child} failed: {e:#}")
+                        tracing::warn!("vpnd: conn {name}: removing CHILD_SA {child} failed: {e:#}")
                     }
                 }
             }
@@ -281,7 +285,11 @@ impl<S: SaSink> Shell<S> {
                     ConnStatus::Down => "DOWN",
                     ConnStatus::Connecting => "CONNECTING",
                 };
-                eprintln!("vpnd: conn {name}: {s}: {reason}");
+                if status == ConnStatus::Down {
+                    tracing::warn!(conn = %name, status = s, "vpnd: conn {name}: {s}: {reason}");
+                } else {
+                    tracing::info!(conn = %name, status = s, "vpnd: conn {name}: {s}: {reason}");
+                }
                 if status == ConnStatus::Down {
                     let hold = self.ep.conn(conn).dpd.action == super::conn::DpdAction::Hold;
                     self.sink.conn_down(conn, hold);
@@ -308,7 +316,7 @@ impl<S: SaSink> Shell<S> {
             let tmp = path.with_extension("tmp");
             let body = serde_json::to_vec_pretty(&*info).unwrap_or_default();
             if let Err(e) = std::fs::write(&tmp, body).and_then(|()| std::fs::rename(&tmp, path)) {
-                eprintln!("vpnd: writing {}: {e}", path.display());
+                tracing::warn!("vpnd: writing {}: {e}", path.display());
             }
         }
     }
@@ -408,7 +416,7 @@ impl<S: SaSink> Shell<S> {
         let msg = format!(
             "reloaded: {added} added, {removed} removed, {changed} replaced, {kept} unchanged"
         );
-        eprintln!("vpnd: {msg}");
+        tracing::info!("vpnd: {msg}");
         Ok(msg)
     }
 
@@ -426,9 +434,11 @@ impl<S: SaSink> Shell<S> {
             reason: "added by reload".into(),
             children: vec![],
         });
-        eprintln!(
+        tracing::info!(
             "vpnd: conn {}: added: {} -> {}",
-            rc.conn.name, rc.conn.local, rc.conn.peer
+            rc.conn.name,
+            rc.conn.local,
+            rc.conn.peer
         );
         if rc.conn.admin_up && rc.conn.initiator == super::conn::Initiator::BiDirectional {
             self.ep.initiate(id, now);
@@ -631,7 +641,7 @@ impl<S: SaSink> Shell<S> {
                 }
                 Some(c) = commands.recv() => {
                     if let Err(e) = self.command(c).await {
-                        eprintln!("vpnd: {e:#}");
+                        tracing::warn!("vpnd: {e:#}");
                     }
                 }
                 Some((req, reply)) = control.recv() => {
