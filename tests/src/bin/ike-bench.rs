@@ -14,7 +14,7 @@
 //!    first, then the initiator; the time from the initiator's `vpnd: running` line until its
 //!    last `ACTIVE` line (each line timestamped when read) gives establishments per second.
 //!    The time from spawning vpnd to `vpnd: running` (XDP load and attach, AF_XDP sockets,
-//!    workers) is recorded too.
+//!    workers, IKE and control sockets) is recorded too.
 //! 3. Packets lost while rekeying under load: one connection, a steady UDP stream from the
 //!    host behind I to the host behind R (iperf3, 64-byte payloads at 20,000 packets/s, far
 //!    below what the tunnel carries) once without rekeys (the baseline) and once with a rekey

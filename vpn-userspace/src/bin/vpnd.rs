@@ -57,6 +57,10 @@ struct Args {
     /// Tenant-side interface, overriding every `[[tenant]] interface`.
     #[arg(long)]
     tenant_if: Option<String>,
+    /// Instance name (pins under /sys/fs/bpf/NAME, run directory RUN_DIR/NAME), overriding the
+    /// configuration's `instance`.
+    #[arg(long)]
+    instance: Option<String>,
     /// Leave the pinned maps in /sys/fs/bpf/INSTANCE on exit, for vpnctl and for a restarted
     /// vpnd to adopt.
     #[arg(long)]
@@ -131,6 +135,16 @@ fn run() -> Result<()> {
         .with_target(false)
         .init();
     let mut cfg = Config::load(&args.config)?;
+    if let Some(i) = &args.instance {
+        if i.is_empty()
+            || !i
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        {
+            bail!("--instance {i:?}: use [A-Za-z0-9_-]");
+        }
+        cfg.instance = i.clone();
+    }
     if let Some(w) = &args.wire {
         cfg.wire.interface = w.clone();
     }
@@ -143,8 +157,9 @@ fn run() -> Result<()> {
     let conns = cfg.resolve_connections(&args.config)?;
     if args.check {
         println!(
-            "{}: ok ({} tenants, {} manual SAs, {} site connections)",
+            "{}: ok (instance {}, {} tenants, {} manual SAs, {} site connections)",
             args.config.display(),
+            cfg.instance,
             cfg.tenants.len(),
             sas.len(),
             conns.len()
@@ -376,7 +391,6 @@ fn run() -> Result<()> {
         );
     }
     tracing::info!("vpnd: {n_workers} worker thread(s)");
-    tracing::info!("vpnd: running");
 
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -469,6 +483,9 @@ fn run() -> Result<()> {
             sock.display(),
             run_dir.join("connections.json").display()
         );
+        // Only now: the signal handlers, the IKE sockets and the control socket are all in
+        // place, so whoever waits for this line may signal us or ask over the socket.
+        tracing::info!("vpnd: running");
         let control_loop = async {
             loop {
                 tokio::select! {
