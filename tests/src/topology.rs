@@ -11,9 +11,13 @@ use std::{
     cell::RefCell,
     fmt::Write as _,
     io::{BufRead, BufReader},
+    os::unix::process::CommandExt,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
-    sync::mpsc,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        mpsc,
+    },
     time::{Duration, Instant},
 };
 
@@ -157,6 +161,14 @@ impl Log {
     }
 }
 
+/// Whether the daemons' log lines are echoed to stderr (tagged with their namespace).
+static ECHO: AtomicBool = AtomicBool::new(true);
+
+/// Turns the echo of daemon log lines on or off (the lines are kept in [`Log`] either way).
+pub fn echo_daemon_logs(on: bool) {
+    ECHO.store(on, Ordering::Relaxed);
+}
+
 pub fn vpnd_path() -> Result<PathBuf> {
     // target/<profile>/deps/<test> or target/<profile>/<bench> -> target/<profile>/vpnd
     let exe = std::env::current_exe()?;
@@ -202,6 +214,9 @@ pub fn start_vpnd_with(
         .args(extra)
         .stderr(Stdio::piped())
         .stdout(Stdio::null())
+        // Its own process group: a Ctrl-C meant for the test or the demo must not kill vpnd
+        // before the caller stops it politely (IKE Delete, detach, unpin).
+        .process_group(0)
         .spawn()
         .context("starting vpnd")?;
     let stderr = child.stderr.take().expect("piped");
@@ -210,7 +225,9 @@ pub fn start_vpnd_with(
     let tag = ns.name().split('-').next().unwrap_or("vpnd").to_string();
     std::thread::spawn(move || {
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            eprintln!("[{tag}] {line}");
+            if ECHO.load(Ordering::Relaxed) {
+                eprintln!("[{tag}] {line}");
+            }
             let _ = tx.send(line);
         }
     });
@@ -236,6 +253,79 @@ pub enum Keying {
     Manual,
     /// IKEv2 between the nodes: the same settings on both sides, mirrored.
     Ike(IkeKeying),
+    /// The nodes' whole configuration files (e.g. `config/east.toml`, `config/west.toml`).
+    Files(SiteFiles),
+}
+
+/// Two complete vpnd configuration files that fit this topology: interfaces `wire` and `ten`,
+/// East's tenant on VLAN 100 and West's on VXLAN 5001 (VTEP 192.168.100.1 -> .2), routers
+/// 172.24.4.226 and .233, one `ipsec_site_connection` each. The tenant hosts get the MACs the
+/// files name; each vpnd runs with `--instance` set to its namespace's unique name.
+#[derive(Clone, Debug)]
+pub struct SiteFiles {
+    pub east: String,
+    pub west: String,
+    /// The `ipsec_site_connection` names (East's, West's).
+    pub conns: (String, String),
+    east_host_mac: String,
+    west_host_mac: String,
+    west_vtep_mac: String,
+}
+
+impl SiteFiles {
+    /// Reads and checks both files (vpnd's own parser and validation, then the topology's
+    /// constraints), naming the file and what does not fit.
+    pub fn load(east: &Path, west: &Path) -> Result<SiteFiles> {
+        use vpn_userspace::config::Config;
+        let one = |path: &Path, want: &str| -> Result<(String, Config, String)> {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading {}", path.display()))?;
+            let cfg = Config::load(path).map_err(|e| anyhow::anyhow!("{e}"))?;
+            cfg.resolve_connections(path)?;
+            let [conn] = &cfg.connections[..] else {
+                bail!(
+                    "{}: the demo topology needs exactly one ipsec_site_connection, found {}",
+                    path.display(),
+                    cfg.connections.len()
+                );
+            };
+            let [t] = &cfg.tenants[..] else {
+                bail!(
+                    "{}: the demo topology needs exactly one [[tenant]]",
+                    path.display()
+                );
+            };
+            let got = match (t.vlan, t.vni) {
+                (Some(v), _) => format!("vlan {v}"),
+                (_, Some(v)) => format!("vni {v}"),
+                _ => "neither vlan nor vni".into(),
+            };
+            if got != want || t.interface != "ten" || cfg.wire.interface != "wire" {
+                bail!(
+                    "{}: the demo topology has interfaces `wire` and `ten` and a tenant on {want}; \
+                     the file has wire {:?}, tenant {:?} on {got}",
+                    path.display(),
+                    cfg.wire.interface,
+                    t.interface
+                );
+            }
+            let name = conn.name.clone();
+            Ok((text, cfg, name))
+        };
+        let (east_text, ecfg, east_conn) = one(east, "vlan 100")?;
+        let (west_text, wcfg, west_conn) = one(west, "vni 5001")?;
+        Ok(SiteFiles {
+            east: east_text,
+            west: west_text,
+            conns: (east_conn, west_conn),
+            east_host_mac: ecfg.tenants[0].host_mac.clone(),
+            west_host_mac: wcfg.tenants[0].host_mac.clone(),
+            west_vtep_mac: wcfg.tenants[0]
+                .vtep_mac
+                .clone()
+                .context("west tenant: vtep_mac")?,
+        })
+    }
 }
 
 /// vpnd's Neutron-VPNaaS-shaped IKE configuration for one `ipsec_site_connection`.
@@ -367,6 +457,13 @@ fn node_config(site: &Site<'_>, keying: &Keying, svc: &str, conn: &str, initiato
     let ike = match keying {
         Keying::Manual => None,
         Keying::Ike(k) => Some(k),
+        Keying::Files(f) => {
+            return if svc == "east" {
+                f.east.clone()
+            } else {
+                f.west.clone()
+            };
+        }
     };
     if let Some(k) = ike {
         return head + &k.render(svc, conn, local, local_net, peer, peer_net, initiator);
@@ -477,6 +574,8 @@ pub struct TwoSite {
     pub west: NetNs,
     pub inet: NetNs,
     pub dir: PathBuf,
+    /// The `ipsec_site_connection` names (East's, West's) when keyed over IKE.
+    pub conns: (String, String),
 }
 
 impl Drop for TwoSite {
@@ -511,7 +610,10 @@ impl TwoSite {
 
     /// Waits (bounded) until both daemons log their connection ACTIVE (IKE keying).
     pub fn wait_active(&self, timeout: Duration) -> Result<()> {
-        for (log, conn) in [(&self.east_log, "east-west"), (&self.west_log, "west-east")] {
+        for (log, conn) in [
+            (&self.east_log, &self.conns.0),
+            (&self.west_log, &self.conns.1),
+        ] {
             let active = format!("conn {conn}: ACTIVE");
             log.wait_for(timeout, |l| l.contains(&active))
                 .with_context(|| format!("{conn} did not come up:\n{}", log.text()))?;
@@ -599,8 +701,14 @@ impl TwoSite {
 
         let (east_init, west_init) = match keying {
             Keying::Ike(k) => (k.initiator.as_str(), k.west_initiator.as_str()),
-            Keying::Manual => ("", ""),
+            Keying::Manual | Keying::Files(_) => ("", ""),
         };
+        if let Keying::Files(f) = keying {
+            // The tenant hosts take the MACs the files expect (vpnd learns them anyway).
+            eh.ip(&["link", "set", "eth0", "address", &f.east_host_mac])?;
+            wh.ip(&["link", "set", "vx0", "address", &f.west_host_mac])?;
+            wh.ip(&["link", "set", "vtep", "address", &f.west_vtep_mac])?;
+        }
         let east_cfg = node_config(
             &Site {
                 instance: east.name(),
@@ -638,7 +746,14 @@ impl TwoSite {
             west_init,
         );
         before_vpnd(&inet, &dir)?;
-        let (east_vpnd, east_log, west_vpnd, west_log) = if let Keying::Ike(_) = keying {
+        let (east_vpnd, east_log, west_vpnd, west_log) = if let Keying::Files(_) = keying {
+            // The files name their own instances; unique ones keep parallel runs apart.
+            let (west_vpnd, west_log) =
+                start_vpnd_with(&west, &west_cfg, &dir, &["--instance", west.name()])?;
+            let (east_vpnd, east_log) =
+                start_vpnd_with(&east, &east_cfg, &dir, &["--instance", east.name()])?;
+            (east_vpnd, east_log, west_vpnd, west_log)
+        } else if let Keying::Ike(_) = keying {
             let (west_vpnd, west_log) = start_vpnd(&west, &west_cfg, &dir)?;
             let (east_vpnd, east_log) = start_vpnd(&east, &east_cfg, &dir)?;
             (east_vpnd, east_log, west_vpnd, west_log)
@@ -660,6 +775,15 @@ impl TwoSite {
             west,
             inet,
             dir,
+            conns: match keying {
+                Keying::Files(f) => f.conns.clone(),
+                _ => ("east-west".into(), "west-east".into()),
+            },
         })
+    }
+
+    /// Builds the topology and starts both daemons with the given configuration files.
+    pub fn start_files(files: &SiteFiles) -> Result<TwoSite> {
+        TwoSite::start_with(&Keying::Files(files.clone()), |_, _| Ok(()))
     }
 }
