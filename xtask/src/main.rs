@@ -1,6 +1,7 @@
-//! `cargo xtask`: installs the toolchain, builds, tests and benchmarks the workspace.
+//! `cargo xtask`: installs the toolchain, builds, tests and benchmarks the workspace, runs the
+//! two-site demo, and loads/unloads vpnd on a node.
 //!
-//! Every subcommand except `demo` first calls [`ensure_toolchain`], which installs whatever is
+//! Every subcommand that builds first calls [`ensure_toolchain`], which installs whatever is
 //! missing (Debian's rustc-web + rust-src + LLVM 22, bpf-linker 0.13.0, the `debian-web` rustup
 //! toolchain); see `../shared/notes/toolchain.md` and the README for why this toolchain.
 
@@ -15,6 +16,8 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
+
+mod node;
 
 /// Debian packages the build and the tests need.
 const DEB_PACKAGES: &[&str] = &[
@@ -85,8 +88,21 @@ enum Cmd {
         #[arg(last = true)]
         args: Vec<String>,
     },
-    /// The two-site demo (not implemented yet).
-    Demo,
+    /// The two-site demo: East (VLAN) and West (VXLAN) in network namespaces, two vpnds over
+    /// IKEv2, pings and a TCP transfer across, vpnctl's view; torn down at the end or on
+    /// Ctrl-C. Installs and builds what is missing first. Needs root.
+    Demo {
+        /// Leave it up for exploring (prints the commands); Ctrl-C tears it down.
+        #[arg(long)]
+        keep: bool,
+        /// Extra arguments for the demo binary (after `--`), e.g. `--transfer-secs 5`.
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
+    /// Build if needed, install vpnd and vpnctl, and start vpnd on a node's interfaces.
+    Load(node::LoadArgs),
+    /// Stop what `load` started and remove everything it installed; leaves nothing behind.
+    Unload(node::UnloadArgs),
 }
 
 fn main() -> ExitCode {
@@ -96,7 +112,9 @@ fn main() -> ExitCode {
         Cmd::Build => build(),
         Cmd::Test { args } => test(&args),
         Cmd::Bench { args } => bench(&args),
-        Cmd::Demo => return demo(),
+        Cmd::Demo { keep, args } => demo(keep, &args),
+        Cmd::Load(a) => node::load(&a, &workspace_root(), build_daemons),
+        Cmd::Unload(a) => node::unload(&a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -127,11 +145,18 @@ fn ensure_toolchain() -> Result<()> {
 
 fn build() -> Result<()> {
     ensure_toolchain()?;
-    header("cargo build --release");
+    header("cargo build --release --bins");
+    run(&mut build_bins())
+}
+
+/// `cargo build --release --bins` of the host workspace (vpnd, vpnctl, the test and benchmark
+/// binaries, xtask).
+fn build_bins() -> Command {
     let mut c = cargo();
-    c.args(["build", "--release", "--workspace", "--bins"])
-        .args(HOST_EXCLUDE);
-    run(&mut c)
+    c.args(["build", "--workspace"])
+        .args(HOST_EXCLUDE)
+        .args(["--release", "--bins"]);
+    c
 }
 
 fn test(extra: &[String]) -> Result<()> {
@@ -150,11 +175,9 @@ fn test(extra: &[String]) -> Result<()> {
         .args(["clippy", "--workspace"])
         .args(HOST_EXCLUDE)
         .args(["--all-targets", "--", "-D", "warnings"]);
-    // The namespace tests start the daemons as processes: build the binaries first.
-    let mut bins = cargo();
-    bins.args(["build", "--workspace"])
-        .args(HOST_EXCLUDE)
-        .args(["--release", "--bins"]);
+    // The namespace tests start the daemons (and xtask, the demo) as processes: build the
+    // binaries first.
+    let bins = build_bins();
     let mut test = cargo();
     test.args(["test", "--workspace"])
         .args(HOST_EXCLUDE)
@@ -191,11 +214,7 @@ fn bench(extra: &[String]) -> Result<()> {
     let out = workspace_root().join("bench/results.json");
     // The tunnel and IKE benchmarks start vpnd as a process: build every binary first.
     header("cargo build --release --bins");
-    let mut b = cargo();
-    b.args(["build", "--workspace"])
-        .args(HOST_EXCLUDE)
-        .args(["--release", "--bins"]);
-    run(&mut b)?;
+    run(&mut build_bins())?;
     for bin in [
         "fastpath-bench",
         "tunnel-bench",
@@ -214,12 +233,60 @@ fn bench(extra: &[String]) -> Result<()> {
     Ok(())
 }
 
-fn demo() -> ExitCode {
-    eprintln!(
-        "cargo xtask demo: the two-site demo arrives with the operator-surface issue (#5); \
-         nothing was run"
-    );
-    ExitCode::from(2)
+/// `cargo build --release` of vpnd and vpnctl (for `load`).
+fn build_daemons() -> Result<()> {
+    ensure_toolchain()?;
+    header("cargo build --release -p vpn-userspace --bins");
+    run(cargo().args(["build", "--release", "-p", "vpn-userspace", "--bins"]))
+}
+
+fn demo(keep: bool, extra: &[String]) -> Result<()> {
+    if !is_root() {
+        bail!(
+            "the demo creates network namespaces and loads XDP programs: run it as root \
+             (e.g. `sudo -E cargo xtask demo`)"
+        );
+    }
+    ensure_toolchain()?;
+    header("cargo build --release --bins");
+    run(&mut build_bins())?;
+    header("demo");
+    // Ctrl-C reaches the demo too (same process group): it tears the topology down and exits.
+    // We only note the signal and wait for it, so the terminal comes back after the cleanup.
+    let interrupted = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(sig, std::sync::Arc::clone(&interrupted))?;
+    }
+    let mut c = cmd(workspace_root()
+        .join("target/release/demo")
+        .to_str()
+        .context("workspace path")?);
+    if keep {
+        c.arg("--keep");
+    }
+    c.args(extra);
+    let line = describe(&c);
+    let mut child = c
+        .spawn()
+        .with_context(|| format!("failed to start `{line}`"))?;
+    let mut forwarded = false;
+    let status = loop {
+        if let Some(st) = child.try_wait()? {
+            break st;
+        }
+        if interrupted.load(std::sync::atomic::Ordering::Relaxed) && !forwarded {
+            // A SIGTERM sent to us alone must reach the demo as well (a terminal's Ctrl-C
+            // already did; a second signal changes nothing there).
+            // SAFETY: signalling our own child.
+            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+            forwarded = true;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    if !status.success() {
+        bail!("the demo failed ({status})");
+    }
+    Ok(())
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -430,6 +497,6 @@ fn item(what: &str, state: &str) {
 }
 
 /// `/proc/self` belongs to the effective uid of the process.
-fn is_root() -> bool {
+pub(crate) fn is_root() -> bool {
     std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0)
 }
