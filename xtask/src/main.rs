@@ -82,9 +82,14 @@ enum Cmd {
         #[arg(last = true)]
         args: Vec<String>,
     },
-    /// Run the benchmarks (fast path, tunnel, crypto, IKE); writes bench/results.json.
+    /// Run the benchmarks (fast path, crypto, tunnel, data plane, IKE); writes
+    /// bench/results.json, bench/RESULTS.md and the SVG plots (with `-- --quick`: a short run
+    /// into target/bench-quick/ instead, leaving the recorded figures alone).
     Bench {
-        /// Extra arguments for the benchmark binary (after `--`), e.g. `--quick`.
+        /// Run only these benchmarks (comma-separated binary names, e.g. `tunnel-bench`).
+        #[arg(long)]
+        only: Option<String>,
+        /// Extra arguments for every benchmark binary (after `--`), e.g. `--quick`.
         #[arg(last = true)]
         args: Vec<String>,
     },
@@ -111,7 +116,7 @@ fn main() -> ExitCode {
         Cmd::Setup => ensure_toolchain(),
         Cmd::Build => build(),
         Cmd::Test { args } => test(&args),
-        Cmd::Bench { args } => bench(&args),
+        Cmd::Bench { only, args } => bench(only.as_deref(), &args),
         Cmd::Demo { keep, args } => demo(keep, &args),
         Cmd::Load(a) => node::load(&a, &workspace_root(), build_daemons),
         Cmd::Unload(a) => node::unload(&a),
@@ -209,19 +214,55 @@ fn test(extra: &[String]) -> Result<()> {
     result
 }
 
-fn bench(extra: &[String]) -> Result<()> {
+/// The benchmark binaries of `vpn-tests`, in the order `bench` runs them.
+const BENCHES: [&str; 5] = [
+    "fastpath-bench",
+    "crypto-bench",
+    "tunnel-bench",
+    "dataplane-bench",
+    "ike-bench",
+];
+
+fn bench(only: Option<&str>, extra: &[String]) -> Result<()> {
     ensure_toolchain()?;
-    let out = workspace_root().join("bench/results.json");
-    // The tunnel and IKE benchmarks start vpnd as a process: build every binary first.
+    // A quick run (CI's, to keep the harnesses alive) has rough figures: it must not replace
+    // the recorded ones in bench/.
+    let quick = extra.iter().any(|a| a == "--quick");
+    let dir = if quick {
+        workspace_root().join("target/bench-quick")
+    } else {
+        workspace_root().join("bench")
+    };
+    std::fs::create_dir_all(&dir)?;
+    let out = dir.join("results.json");
+    let chosen: Vec<&str> = match only {
+        None => BENCHES.to_vec(),
+        Some(list) => {
+            let names: Vec<&str> = list.split(',').map(str::trim).collect();
+            for n in &names {
+                if !BENCHES.contains(n) {
+                    bail!(
+                        "--only {n}: no such benchmark (have: {})",
+                        BENCHES.join(", ")
+                    );
+                }
+            }
+            BENCHES.into_iter().filter(|b| names.contains(b)).collect()
+        }
+    };
+    // The tunnel, data-plane and IKE benchmarks start vpnd as a process: build every binary
+    // first.
     header("cargo build --release --bins");
     run(&mut build_bins())?;
-    for bin in [
-        "fastpath-bench",
-        "tunnel-bench",
-        "crypto-bench",
-        "ike-bench",
-    ] {
-        header(&format!("{bin} {}", extra.join(" ")));
+    let started = Instant::now();
+    for (i, bin) in chosen.iter().enumerate() {
+        header(&format!(
+            "[{}/{}] {bin} {} (bench running {:.0} s)",
+            i + 1,
+            chosen.len(),
+            extra.join(" "),
+            started.elapsed().as_secs_f64()
+        ));
         let mut c = Command::new(workspace_root().join("target/release").join(bin));
         c.current_dir(workspace_root())
             .arg("--out")
@@ -229,7 +270,24 @@ fn bench(extra: &[String]) -> Result<()> {
             .args(extra);
         run(&mut c)?;
     }
-    println!("==> results in {}", out.display());
+    header("bench-report");
+    let mut c = Command::new(workspace_root().join("target/release/bench-report"));
+    c.current_dir(workspace_root())
+        .arg("--results")
+        .arg(&out)
+        .arg("--dir")
+        .arg(&dir);
+    if quick {
+        // The hand-written analysis belongs to the recorded run; keep it out of the quick one.
+        c.env("BENCH_REPORT_NO_ANALYSIS", "1");
+    }
+    run(&mut c)?;
+    println!(
+        "==> results in {} and {} ({:.0} s)",
+        out.display(),
+        dir.join("RESULTS.md").display(),
+        started.elapsed().as_secs_f64()
+    );
     Ok(())
 }
 
