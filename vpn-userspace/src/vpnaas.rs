@@ -16,7 +16,7 @@ use serde::Deserialize;
 use zeroize::Zeroizing;
 
 use crate::{
-    config::{Config, ConfigError, parse_prefix},
+    config::{Config, ConfigError, families_meet, subnets, unicast},
     ike::{
         conn::{ConnConfig, Dpd, DpdAction, Encap, Identity, Initiator, Lifetimes},
         crypto::{DhGroup, Encr, Integ, Prf},
@@ -24,38 +24,79 @@ use crate::{
     },
 };
 
-/// Neutron's lifetime: seconds, or `{ units = "seconds" | "kilobytes", value = N }`.
-#[derive(Deserialize, Debug, Clone, Copy)]
-#[serde(untagged)]
+/// Neutron's lifetime: seconds, or `{ units = "seconds" | "kilobytes", value = N }` (units
+/// default to seconds, as in Neutron).
+#[derive(Debug, Clone, Copy)]
 pub enum Lifetime {
     Seconds(u64),
     Units { units: LifetimeUnits, value: u64 },
 }
 
-#[derive(Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
-#[serde(rename_all = "lowercase")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LifetimeUnits {
     Seconds,
     Kilobytes,
+}
+
+/// By hand rather than `untagged`: serde's "data did not match any variant" would not say
+/// what is wrong.
+impl<'de> Deserialize<'de> for Lifetime {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Lifetime, D::Error> {
+        use serde::de::Error;
+        use toml::Value;
+        const SHAPE: &str = "give seconds, or { units = \"seconds\" | \"kilobytes\", value = N }";
+        let count = |v: &Value| match v {
+            Value::Integer(n) => u64::try_from(*n)
+                .map_err(|_| D::Error::custom(format!("{n}: must not be negative"))),
+            o => Err(D::Error::custom(format!(
+                "{o}: not a whole number; {SHAPE}"
+            ))),
+        };
+        match Value::deserialize(d)? {
+            v @ Value::Integer(_) => count(&v).map(Lifetime::Seconds),
+            Value::Table(t) => {
+                if let Some(k) = t.keys().find(|k| *k != "units" && *k != "value") {
+                    return Err(D::Error::custom(format!("unknown key {k:?}; {SHAPE}")));
+                }
+                let units = match t.get("units") {
+                    None => LifetimeUnits::Seconds,
+                    Some(Value::String(u)) if u == "seconds" => LifetimeUnits::Seconds,
+                    Some(Value::String(u)) if u == "kilobytes" => LifetimeUnits::Kilobytes,
+                    Some(o) => {
+                        return Err(D::Error::custom(format!(
+                            "units {o}: use \"seconds\" or \"kilobytes\""
+                        )));
+                    }
+                };
+                let value = count(
+                    t.get("value")
+                        .ok_or_else(|| D::Error::custom(format!("value missing; {SHAPE}")))?,
+                )?;
+                Ok(Lifetime::Units { units, value })
+            }
+            o => Err(D::Error::custom(format!("{o}: {SHAPE}"))),
+        }
+    }
 }
 
 #[derive(Deserialize, Debug)]
 #[serde(deny_unknown_fields)]
 pub struct IkePolicy {
     pub name: String,
-    #[serde(default = "d_ike_encr")]
-    pub encryption_algorithm: String,
-    #[serde(default = "d_auth")]
-    pub auth_algorithm: String,
-    #[serde(default = "d_pfs")]
-    pub pfs: String,
+    /// Default "aes-256-gcm-16".
+    pub encryption_algorithm: Option<String>,
+    /// Default "sha256".
+    pub auth_algorithm: Option<String>,
+    /// Default "group14".
+    pub pfs: Option<String>,
     #[serde(default = "d_ike_version")]
     pub ike_version: String,
     #[serde(default)]
     pub phase1_negotiation_mode: Option<String>,
     pub lifetime: Option<Lifetime>,
-    /// strongSwan-style proposals, replacing the three fields above when given
-    /// (e.g. `["aes256gcm16-prfsha256-modp2048", "aes128-sha256-ecp256"]`).
+    /// strongSwan-style proposals, replacing encryption_algorithm, auth_algorithm and pfs
+    /// (which may then not be given), e.g.
+    /// `["aes256gcm16-prfsha256-modp2048", "aes128-sha256-ecp256"]`.
     #[serde(default)]
     pub proposals: Vec<String>,
 }
@@ -68,16 +109,18 @@ pub struct IpsecPolicy {
     pub transform_protocol: String,
     #[serde(default = "d_tunnel")]
     pub encapsulation_mode: String,
-    #[serde(default = "d_esp_encr")]
-    pub encryption_algorithm: String,
-    #[serde(default = "d_auth")]
-    pub auth_algorithm: String,
-    #[serde(default = "d_pfs")]
-    pub pfs: String,
+    /// Default "aes-128-gcm-16".
+    pub encryption_algorithm: Option<String>,
+    /// Default "sha256".
+    pub auth_algorithm: Option<String>,
+    /// Default "group14"; "none" for no PFS.
+    pub pfs: Option<String>,
     pub lifetime: Option<Lifetime>,
     /// Extended sequence numbers (beyond Neutron; strongSwan-libipsec peers need false).
-    #[serde(default)]
-    pub esn: bool,
+    /// Default false.
+    pub esn: Option<bool>,
+    /// strongSwan-style proposals, replacing encryption_algorithm, auth_algorithm, pfs and
+    /// esn (which may then not be given), e.g. `["aes128gcm16-noesn-ecp256"]`.
     #[serde(default)]
     pub proposals: Vec<String>,
 }
@@ -145,10 +188,12 @@ pub struct SiteConnection {
     pub admin_state_up: bool,
     #[serde(default)]
     pub dpd: DpdCfg,
+    /// At least 68 (IPv4 peer) or 1280 (IPv6 peer), as in Neutron.
     pub mtu: Option<u16>,
     /// "auto" (when a NAT is detected) or "force".
     #[serde(default = "d_auto")]
     pub udp_encap: String,
+    /// 1 to 4096 (no disabling anti-replay with negotiated keys).
     #[serde(default = "d_window")]
     pub replay_window: u32,
 }
@@ -200,18 +245,6 @@ fn d_30u() -> u64 {
 }
 fn d_2() -> u64 {
     2
-}
-fn d_ike_encr() -> String {
-    "aes-256-gcm-16".into()
-}
-fn d_esp_encr() -> String {
-    "aes-128-gcm-16".into()
-}
-fn d_auth() -> String {
-    "sha256".into()
-}
-fn d_pfs() -> String {
-    "group14".into()
 }
 fn d_ike_version() -> String {
     "v2".into()
@@ -278,9 +311,15 @@ fn auth_alg(s: &str) -> Result<(Integ, Prf), String> {
     })
 }
 
-fn seconds(l: Option<Lifetime>, default: u64) -> Result<(Duration, Option<u64>), String> {
+/// Longest lifetime in seconds: a year (longer ones would overflow timers for no use).
+const MAX_LIFETIME: u64 = 365 * 86400;
+/// Default lifetime of IKE and CHILD SAs (Neutron's), in seconds.
+const DEFAULT_LIFETIME: u64 = 3600;
+
+/// A lifetime as (time, bytes): kilobytes give bytes and the default time.
+fn lifetime(l: Option<Lifetime>) -> Result<(Duration, Option<u64>), String> {
     match l {
-        None => Ok((Duration::from_secs(default), None)),
+        None => Ok((Duration::from_secs(DEFAULT_LIFETIME), None)),
         Some(Lifetime::Seconds(s))
         | Some(Lifetime::Units {
             units: LifetimeUnits::Seconds,
@@ -289,22 +328,59 @@ fn seconds(l: Option<Lifetime>, default: u64) -> Result<(Duration, Option<u64>),
             if s < 60 {
                 return Err(format!("{s} seconds is too short (at least 60)"));
             }
+            if s > MAX_LIFETIME {
+                return Err(format!(
+                    "{s} seconds is too long (at most {MAX_LIFETIME}, a year)"
+                ));
+            }
             Ok((Duration::from_secs(s), None))
         }
         Some(Lifetime::Units {
             units: LifetimeUnits::Kilobytes,
             value,
-        }) => Ok((
-            Duration::from_secs(default),
-            Some(value.saturating_mul(1024)),
-        )),
+        }) => {
+            if value < 60 {
+                return Err(format!("{value} kilobytes is too little (at least 60)"));
+            }
+            Ok((
+                Duration::from_secs(DEFAULT_LIFETIME),
+                Some(value.saturating_mul(1024)),
+            ))
+        }
     }
 }
 
+/// An IKE SA's lifetime: in seconds only.
+fn ike_lifetime(l: Option<Lifetime>) -> Result<Duration, String> {
+    match lifetime(l)? {
+        (_, Some(_)) => Err(
+            "units \"kilobytes\": IKE SA lifetimes are in seconds (kilobytes are for ipsecpolicy)"
+                .into(),
+        ),
+        (d, None) => Ok(d),
+    }
+}
+
+/// An identity (`local_id`, `peer_id`).
+fn identity(s: &str) -> Result<Identity, String> {
+    if let Some(hex) = s.trim().strip_prefix("keyid:")
+        && !hex.bytes().all(|b| b.is_ascii_hexdigit())
+    {
+        return Err(format!("{s:?}: keyid: takes hex digits"));
+    }
+    Identity::parse(s).ok_or_else(|| {
+        format!("{s:?} is not an identity (an address, @fqdn, user@fqdn or keyid:hex)")
+    })
+}
+
+/// Longest DPD interval and timeout, in seconds.
+const MAX_DPD_INTERVAL: u64 = 86400;
+const MAX_DPD_TIMEOUT: u64 = 7 * 86400;
+
 impl Config {
-    /// Resolves every `ipsec_site_connection` against its policies and service.
-    pub fn resolve_connections(&self, path: &Path) -> Result<Vec<ResolvedConn>, ConfigError> {
-        let mut out = vec![];
+    /// Checks every Neutron resource and the `[ike]` settings on their own, used by a
+    /// connection or not (`resolve_connections` checks how connections combine them).
+    pub(crate) fn validate_vpnaas(&self, path: &Path) -> Result<(), ConfigError> {
         let file = path.display().to_string();
         let e = |entry: String, field: &str, msg: String| ConfigError {
             file: file.clone(),
@@ -335,11 +411,86 @@ impl Config {
             ),
         ] {
             for (i, n) in names.iter().enumerate() {
+                if n.is_empty() {
+                    return Err(e(
+                        format!("{kind} {n:?}"),
+                        "name",
+                        "must not be empty".into(),
+                    ));
+                }
                 if names[..i].contains(n) {
                     return Err(e(format!("{kind} {n:?}"), "name", "defined twice".into()));
                 }
             }
         }
+        for p in &self.ikepolicies {
+            let pe = |(f, m): FieldErr| e(format!("ikepolicy {:?}", p.name), f, m);
+            ike_proposals(p).map_err(pe)?;
+            ike_lifetime(p.lifetime).map_err(|m| pe(("lifetime", m)))?;
+        }
+        for p in &self.ipsecpolicies {
+            let pe = |(f, m): FieldErr| e(format!("ipsecpolicy {:?}", p.name), f, m);
+            esp_proposals(p).map_err(pe)?;
+            lifetime(p.lifetime).map_err(|m| pe(("lifetime", m)))?;
+        }
+        for s in &self.vpnservices {
+            let se = |field: &str, msg: String| e(format!("vpnservice {:?}", s.name), field, msg);
+            if !self.tenants.iter().any(|t| t.id == s.tenant) {
+                return Err(se("tenant", format!("no [[tenant]] with id {}", s.tenant)));
+            }
+            unicast(s.external_address).map_err(|m| se("external_address", m))?;
+            // Empty: each connection names a local_ep_group (checked there).
+            if !s.local_subnets.is_empty() {
+                subnets(&s.local_subnets).map_err(|m| se("local_subnets", m))?;
+            }
+        }
+        for g in &self.endpoint_groups {
+            let ge =
+                |field: &str, msg: String| e(format!("endpoint_group {:?}", g.name), field, msg);
+            if g.kind != "cidr" {
+                return Err(ge(
+                    "type",
+                    format!(
+                        "{:?}: only \"cidr\" groups are supported (subnet ids need Neutron's database)",
+                        g.kind
+                    ),
+                ));
+            }
+            subnets(&g.endpoints).map_err(|m| ge("endpoints", m))?;
+        }
+        let ie = |field: &str, msg: String| e("ike".into(), field, msg);
+        let s = &self.ike;
+        for (field, port) in [("port", s.port), ("natt_port", s.natt_port)] {
+            if port == 0 {
+                return Err(ie(field, "0 is not a port".into()));
+            }
+        }
+        if s.natt_port == s.port {
+            return Err(ie(
+                "natt_port",
+                format!("must differ from port ({})", s.port),
+            ));
+        }
+        if !(1..=3600).contains(&s.half_open_timeout) {
+            return Err(ie("half_open_timeout", "1 to 3600 seconds".into()));
+        }
+        if s.rekey_overlap > 3600 {
+            return Err(ie("rekey_overlap", "at most 3600 seconds".into()));
+        }
+        Ok(())
+    }
+
+    /// Resolves every `ipsec_site_connection` against its policies and service.
+    pub fn resolve_connections(&self, path: &Path) -> Result<Vec<ResolvedConn>, ConfigError> {
+        self.validate_vpnaas(path)?;
+        let mut out = vec![];
+        let file = path.display().to_string();
+        let e = |entry: String, field: &str, msg: String| ConfigError {
+            file: file.clone(),
+            entry,
+            field: field.into(),
+            msg,
+        };
         for c in &self.connections {
             let entry = format!("ipsec_site_connection {:?}", c.name);
             let ce = |field: &str, msg: String| e(entry.clone(), field, msg);
@@ -374,19 +525,13 @@ impl Config {
                     )
                 })?;
             let se = |field: &str, msg: String| e(format!("vpnservice {:?}", svc.name), field, msg);
-            if !self.tenants.iter().any(|t| t.id == svc.tenant) {
-                return Err(se(
-                    "tenant",
-                    format!("no [[tenant]] with id {}", svc.tenant),
-                ));
-            }
             let ike = ike_proposals(ikep)
                 .map_err(|(f, m)| e(format!("ikepolicy {:?}", ikep.name), f, m))?;
             let (esp, child_bytes) = esp_proposals(ipsp)
                 .map_err(|(f, m)| e(format!("ipsecpolicy {:?}", ipsp.name), f, m))?;
-            let (ike_life, _) = seconds(ikep.lifetime, 3600)
+            let ike_life = ike_lifetime(ikep.lifetime)
                 .map_err(|m| e(format!("ikepolicy {:?}", ikep.name), "lifetime", m))?;
-            let (child_life, _) = seconds(ipsp.lifetime, 3600)
+            let (child_life, _) = lifetime(ipsp.lifetime)
                 .map_err(|m| e(format!("ipsecpolicy {:?}", ipsp.name), "lifetime", m))?;
             let group = |name: &str, field: &str| -> Result<Vec<String>, ConfigError> {
                 let g = self
@@ -394,16 +539,6 @@ impl Config {
                     .iter()
                     .find(|g| g.name == name)
                     .ok_or_else(|| ce(field, format!("no [[endpoint_group]] named {name:?}")))?;
-                if g.kind != "cidr" {
-                    return Err(e(
-                        format!("endpoint_group {:?}", g.name),
-                        "type",
-                        format!(
-                            "{:?}: only \"cidr\" groups are supported (subnet ids need Neutron's database)",
-                            g.kind
-                        ),
-                    ));
-                }
                 Ok(g.endpoints.clone())
             };
             let (local_src, local_field) = match (&c.local_ep_group, svc.local_subnets.is_empty()) {
@@ -417,20 +552,18 @@ impl Config {
                         ),
                     ));
                 }
-                (None, _) => (svc.local_subnets.clone(), "local_subnets"),
+                (None, true) => {
+                    return Err(se(
+                        "local_subnets",
+                        "at least one subnet (or a local_ep_group on the connection)".into(),
+                    ));
+                }
+                (None, false) => (svc.local_subnets.clone(), "local_subnets"),
             };
-            let local_ts = local_src
-                .iter()
-                .map(|s| {
-                    parse_prefix(s).ok_or_else(|| ce(local_field, format!("{s:?} is not a prefix")))
-                })
-                .collect::<Result<Vec<_>, _>>()?;
-            if local_ts.is_empty() {
-                return Err(se(
-                    "local_subnets",
-                    "at least one subnet (or a local_ep_group on the connection)".into(),
-                ));
-            }
+            let local_ts = subnets(&local_src).map_err(|m| match local_field {
+                "local_subnets" => se(local_field, m),
+                _ => ce(local_field, m),
+            })?;
             let (peer_src, peer_field) = match (&c.peer_ep_group, c.peer_cidrs.is_empty()) {
                 (Some(g), true) => (group(g, "peer_ep_group")?, "peer_ep_group"),
                 (Some(_), false) => {
@@ -439,24 +572,33 @@ impl Config {
                         "give peer_cidrs or peer_ep_group, not both".into(),
                     ));
                 }
-                (None, _) => (c.peer_cidrs.clone(), "peer_cidrs"),
+                (None, true) => {
+                    return Err(ce(
+                        "peer_cidrs",
+                        "at least one CIDR (or a peer_ep_group)".into(),
+                    ));
+                }
+                (None, false) => (c.peer_cidrs.clone(), "peer_cidrs"),
             };
-            let peer_ts = peer_src
-                .iter()
-                .map(|s| {
-                    parse_prefix(s).ok_or_else(|| ce(peer_field, format!("{s:?} is not a prefix")))
-                })
-                .collect::<Result<Vec<_>, _>>()?;
-            if peer_ts.is_empty() {
+            let peer_ts = subnets(&peer_src).map_err(|m| ce(peer_field, m))?;
+            if !families_meet(&local_ts, &peer_ts) {
                 return Err(ce(
-                    "peer_cidrs",
-                    "at least one CIDR (or a peer_ep_group)".into(),
+                    peer_field,
+                    "none of the address family of the local subnets: no traffic could match"
+                        .into(),
                 ));
             }
+            unicast(c.peer_address).map_err(|m| ce("peer_address", m))?;
             if svc.external_address.is_ipv4() != c.peer_address.is_ipv4() {
                 return Err(ce(
                     "peer_address",
                     "must be the address family of the vpnservice's external_address".into(),
+                ));
+            }
+            if svc.external_address == c.peer_address {
+                return Err(ce(
+                    "peer_address",
+                    format!("is vpnservice {:?}'s own external_address", svc.name),
                 ));
             }
             let psk = match (&c.psk, &c.psk_file) {
@@ -472,15 +614,13 @@ impl Config {
             };
             if psk.len() < 8 {
                 return Err(ce(
-                    "psk",
+                    if c.psk.is_some() { "psk" } else { "psk_file" },
                     "shorter than 8 bytes; use a long random secret".into(),
                 ));
             }
             let id = |s: &Option<String>, default: IpAddr, field: &str| match s {
                 None => Ok(Identity::from(default)),
-                Some(s) => {
-                    Identity::parse(s).ok_or_else(|| ce(field, format!("{s:?} is not an identity")))
-                }
+                Some(s) => identity(s).map_err(|m| ce(field, m)),
             };
             let initiator = match c.initiator.as_str() {
                 "bi-directional" => Initiator::BiDirectional,
@@ -509,10 +649,19 @@ impl Config {
                 interval: c.dpd.interval.map_or(d.interval, Duration::from_secs),
                 timeout: c.dpd.timeout.map_or(d.timeout, Duration::from_secs),
             };
-            if dpd.interval.is_zero() || dpd.timeout <= dpd.interval {
+            if dpd.interval.is_zero() || dpd.interval.as_secs() > MAX_DPD_INTERVAL {
+                return Err(ce(
+                    "dpd.interval",
+                    format!("1 to {MAX_DPD_INTERVAL} seconds"),
+                ));
+            }
+            if dpd.timeout <= dpd.interval || dpd.timeout.as_secs() > MAX_DPD_TIMEOUT {
                 return Err(ce(
                     "dpd.timeout",
-                    "must be greater than dpd.interval (> 0)".into(),
+                    format!(
+                        "must be greater than dpd.interval ({} s) and at most {MAX_DPD_TIMEOUT} seconds",
+                        dpd.interval.as_secs()
+                    ),
                 ));
             }
             let encap = match c.udp_encap.as_str() {
@@ -520,16 +669,27 @@ impl Config {
                 "force" => Encap::Force,
                 o => return Err(ce("udp_encap", format!("{o:?}: use auto or force"))),
             };
-            if c.replay_window > vpn_common::replay::MAX_WINDOW {
+            if !(1..=vpn_common::replay::MAX_WINDOW).contains(&c.replay_window) {
                 return Err(ce(
                     "replay_window",
-                    format!("at most {}", vpn_common::replay::MAX_WINDOW),
+                    format!(
+                        "1 to {} (0, no anti-replay, is for manual_sa only)",
+                        vpn_common::replay::MAX_WINDOW
+                    ),
                 ));
             }
+            // Neutron's limits: 68 (IPv4), 1280 (IPv6), by the peer address's family.
+            let min_mtu = if c.peer_address.is_ipv4() { 68 } else { 1280 };
             if let Some(m) = c.mtu
-                && m < 68
+                && m < min_mtu
             {
-                return Err(ce("mtu", "at least 68".into()));
+                return Err(ce(
+                    "mtu",
+                    format!(
+                        "at least {min_mtu} for an IPv{} peer",
+                        if c.peer_address.is_ipv4() { 4 } else { 6 }
+                    ),
+                ));
             }
             out.push(ResolvedConn {
                 conn: ConnConfig {
@@ -581,15 +741,35 @@ fn ike_proposals(p: &IkePolicy) -> Result<Vec<IkeProposal>, FieldErr> {
         ));
     }
     if !p.proposals.is_empty() {
+        for (field, given) in [
+            ("encryption_algorithm", p.encryption_algorithm.is_some()),
+            ("auth_algorithm", p.auth_algorithm.is_some()),
+            ("pfs", p.pfs.is_some()),
+        ] {
+            if given {
+                return Err((
+                    field,
+                    "proposals replace encryption_algorithm, auth_algorithm and pfs; \
+                     give one or the other"
+                        .into(),
+                ));
+            }
+        }
         return p
             .proposals
             .iter()
             .map(|s| IkeProposal::parse(s).map_err(|e| ("proposals", e.0)))
             .collect();
     }
-    let encr = ike_encr(&p.encryption_algorithm).map_err(|m| ("encryption_algorithm", m))?;
-    let (integ, prf) = auth_alg(&p.auth_algorithm).map_err(|m| ("auth_algorithm", m))?;
-    let dh = pfs_group(&p.pfs).map_err(|m| ("pfs", m))?;
+    let encr = ike_encr(
+        p.encryption_algorithm
+            .as_deref()
+            .unwrap_or("aes-256-gcm-16"),
+    )
+    .map_err(|m| ("encryption_algorithm", m))?;
+    let (integ, prf) = auth_alg(p.auth_algorithm.as_deref().unwrap_or("sha256"))
+        .map_err(|m| ("auth_algorithm", m))?;
+    let dh = pfs_group(p.pfs.as_deref().unwrap_or("group14")).map_err(|m| ("pfs", m))?;
     Ok(vec![IkeProposal {
         encr: vec![encr],
         integ: vec![if encr.is_aead() { Integ::None } else { integ }],
@@ -619,6 +799,21 @@ fn esp_proposals(p: &IpsecPolicy) -> Result<(Vec<EspProposal>, Option<u64>), Fie
         _ => None,
     };
     if !p.proposals.is_empty() {
+        for (field, given) in [
+            ("encryption_algorithm", p.encryption_algorithm.is_some()),
+            ("auth_algorithm", p.auth_algorithm.is_some()),
+            ("pfs", p.pfs.is_some()),
+            ("esn", p.esn.is_some()),
+        ] {
+            if given {
+                return Err((
+                    field,
+                    "proposals replace encryption_algorithm, auth_algorithm, pfs and esn \
+                     (say esn or noesn in a proposal); give one or the other"
+                        .into(),
+                ));
+            }
+        }
         let v = p
             .proposals
             .iter()
@@ -626,7 +821,11 @@ fn esp_proposals(p: &IpsecPolicy) -> Result<(Vec<EspProposal>, Option<u64>), Fie
             .collect::<Result<_, _>>()?;
         return Ok((v, bytes));
     }
-    let cipher = match p.encryption_algorithm.as_str() {
+    let cipher = match p
+        .encryption_algorithm
+        .as_deref()
+        .unwrap_or("aes-128-gcm-16")
+    {
         "aes-128-gcm-16" => crate::esp::Cipher::Aes128Gcm16,
         "aes-256-gcm-16" => crate::esp::Cipher::Aes256Gcm16,
         o => {
@@ -639,15 +838,15 @@ fn esp_proposals(p: &IpsecPolicy) -> Result<(Vec<EspProposal>, Option<u64>), Fie
         }
     };
     // With AES-GCM the ICV is the integrity check; Neutron still carries auth_algorithm.
-    auth_alg(&p.auth_algorithm).map_err(|m| ("auth_algorithm", m))?;
-    let dh = match p.pfs.as_str() {
+    auth_alg(p.auth_algorithm.as_deref().unwrap_or("sha256")).map_err(|m| ("auth_algorithm", m))?;
+    let dh = match p.pfs.as_deref().unwrap_or("group14") {
         "none" | "" => vec![],
         g => vec![pfs_group(g).map_err(|m| ("pfs", m))?],
     };
     Ok((
         vec![EspProposal {
             encr: vec![cipher],
-            esn: vec![p.esn],
+            esn: vec![p.esn.unwrap_or(false)],
             dh,
         }],
         bytes,
@@ -657,6 +856,7 @@ fn esp_proposals(p: &IpsecPolicy) -> Result<(Vec<EspProposal>, Option<u64>), Fie
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::parse_prefix;
 
     const BASE: &str = r#"
 instance = "t"
@@ -789,6 +989,461 @@ dpd = { action = "restart", interval = 10, timeout = 40 }
             err.contains("local_ep_group") && err.contains("one or the other"),
             "{err}"
         );
+    }
+
+    /// BASE with `from` replaced by `to` (which must be there).
+    fn with(from: &str, to: &str) -> String {
+        assert!(BASE.contains(from), "{from:?} not in BASE");
+        BASE.replacen(from, to, 1)
+    }
+
+    /// Every field of every Neutron resource and of [ike]: a bad value, a missing or unknown
+    /// field, a wrong reference or a conflicting combination is refused as
+    /// `FILE: ENTRY: FIELD: message`, and the PSK is never shown.
+    #[test]
+    fn every_field_has_its_errors() {
+        const I: &str = "ikepolicy \"ike1\"";
+        const P: &str = "ipsecpolicy \"esp1\"";
+        const S: &str = "vpnservice \"east\"";
+        const C: &str = "ipsec_site_connection \"east-west\"";
+        const G: &str = "endpoint_group \"g\"";
+        let ike_head = "[[ikepolicy]]\nname = \"ike1\"";
+        let esp_head = "[[ipsecpolicy]]\nname = \"esp1\"";
+        let esp_algs = "encryption_algorithm = \"aes-128-gcm-16\"\npfs = \"group19\"";
+        let ike_algs = "encryption_algorithm = \"aes-256-gcm-16\"\nauth_algorithm = \"sha256\"\n\
+                        pfs = \"group14\"";
+        let ike_life = "lifetime = { units = \"seconds\", value = 3600 }";
+        let svc_subnets = "local_subnets = [\"10.1.0.0/24\"]\n";
+        let cidrs = "peer_cidrs = [\"10.2.0.0/24\"]";
+        let psk = "psk = \"a long shared secret\"";
+        let dpd = "dpd = { action = \"restart\", interval = 10, timeout = 40 }";
+        let group = |body: &str| format!("{BASE}[[endpoint_group]]\nname = \"g\"\n{body}\n");
+        let ike = |body: &str| format!("{BASE}[ike]\n{body}\n");
+        let conn = |line: &str| format!("{BASE}{line}\n");
+        let v6 = with(
+            "external_address = \"172.24.4.226\"",
+            "external_address = \"2001:db8::1\"",
+        )
+        .replace(
+            "peer_address = \"172.24.4.233\"",
+            "peer_address = \"2001:db8::2\"",
+        );
+        let cases: Vec<(String, &str, &str)> = vec![
+            // [[ikepolicy]]
+            (BASE.to_string() + ike_head + "\n", I, "name"),
+            (
+                with(ike_head, "[[ikepolicy]]\nname = \"\""),
+                "ikepolicy \"\"",
+                "name",
+            ),
+            (with(ike_head, "[[ikepolicy]]"), "ikepolicy #1", "name"),
+            (
+                with("\"aes-256-gcm-16\"", "\"3des\""),
+                I,
+                "encryption_algorithm",
+            ),
+            (
+                with("\"aes-256-gcm-16\"", "\"aes-128-ctr\""),
+                I,
+                "encryption_algorithm",
+            ),
+            (
+                with("auth_algorithm = \"sha256\"", "auth_algorithm = \"sha1\""),
+                I,
+                "auth_algorithm",
+            ),
+            (
+                with("auth_algorithm = \"sha256\"", "auth_algorithm = \"md5\""),
+                I,
+                "auth_algorithm",
+            ),
+            (with("pfs = \"group14\"", "pfs = \"group2\""), I, "pfs"),
+            (with("pfs = \"group14\"", "pfs = \"group5\""), I, "pfs"),
+            (
+                with(ike_head, &format!("{ike_head}\nike_version = \"v1\"")),
+                I,
+                "ike_version",
+            ),
+            (
+                with(
+                    ike_head,
+                    &format!("{ike_head}\nphase1_negotiation_mode = \"aggressive\""),
+                ),
+                I,
+                "phase1_negotiation_mode",
+            ),
+            (with("value = 3600", "value = 59"), I, "lifetime"),
+            (with("value = 3600", "value = 40000000"), I, "lifetime"),
+            (with("value = 3600", "value = -5"), I, "lifetime"),
+            (
+                with("\"seconds\", value", "\"kilobytes\", value"),
+                I,
+                "lifetime",
+            ),
+            (
+                with("\"seconds\", value", "\"minutes\", value"),
+                I,
+                "lifetime",
+            ),
+            (
+                with(ike_life, "lifetime = { units = \"seconds\" }"),
+                I,
+                "lifetime",
+            ),
+            (
+                with("value = 3600 }", "value = 3600, extra = 1 }"),
+                I,
+                "lifetime",
+            ),
+            (with(ike_life, "lifetime = \"1h\""), I, "lifetime"),
+            (
+                with(ike_algs, "proposals = [\"aes256gcm16-prfsha1-modp1024\"]"),
+                I,
+                "proposals",
+            ),
+            (with(ike_algs, "proposals = [\"\"]"), I, "proposals"),
+            (
+                with(
+                    ike_head,
+                    &format!("{ike_head}\nproposals = [\"aes128-sha256-ecp256\"]"),
+                ),
+                I,
+                "encryption_algorithm",
+            ),
+            (
+                with(ike_head, &format!("{ike_head}\nbogus = 1")),
+                I,
+                "bogus",
+            ),
+            (
+                BASE.to_string()
+                    + "[[ikepolicy]]\nname = \"spare\"\nencryption_algorithm = \"3des\"\n",
+                "ikepolicy \"spare\"",
+                "encryption_algorithm",
+            ),
+            // [[ipsecpolicy]]
+            (BASE.to_string() + esp_head + "\n", P, "name"),
+            (
+                with(
+                    esp_head,
+                    &format!("{esp_head}\ntransform_protocol = \"ah\""),
+                ),
+                P,
+                "transform_protocol",
+            ),
+            (
+                with(
+                    esp_head,
+                    &format!("{esp_head}\ntransform_protocol = \"ah-esp\""),
+                ),
+                P,
+                "transform_protocol",
+            ),
+            (
+                with(
+                    esp_head,
+                    &format!("{esp_head}\nencapsulation_mode = \"transport\""),
+                ),
+                P,
+                "encapsulation_mode",
+            ),
+            (
+                with("\"aes-128-gcm-16\"", "\"aes-128\""),
+                P,
+                "encryption_algorithm",
+            ),
+            (
+                with("\"aes-128-gcm-16\"", "\"3des\""),
+                P,
+                "encryption_algorithm",
+            ),
+            (
+                with(esp_head, &format!("{esp_head}\nauth_algorithm = \"sha1\"")),
+                P,
+                "auth_algorithm",
+            ),
+            (with("pfs = \"group19\"", "pfs = \"group2\""), P, "pfs"),
+            (with("lifetime = 1800", "lifetime = 5"), P, "lifetime"),
+            (with("lifetime = 1800", "lifetime = -1"), P, "lifetime"),
+            (
+                with(
+                    "lifetime = 1800",
+                    "lifetime = { units = \"kilobytes\", value = 0 }",
+                ),
+                P,
+                "lifetime",
+            ),
+            (
+                with(esp_algs, "proposals = [\"aes128gcm16-3des\"]"),
+                P,
+                "proposals",
+            ),
+            (with(esp_algs, "proposals = [\"noesn\"]"), P, "proposals"),
+            (
+                with(esp_algs, "proposals = [\"aes128gcm16\"]\nesn = true"),
+                P,
+                "esn",
+            ),
+            (
+                with(esp_algs, "proposals = [\"aes128gcm16\"]\npfs = \"none\""),
+                P,
+                "pfs",
+            ),
+            (
+                with(esp_head, &format!("{esp_head}\nesn = \"yes\"")),
+                P,
+                "esn",
+            ),
+            (
+                with(esp_head, &format!("{esp_head}\nbogus = 1")),
+                P,
+                "bogus",
+            ),
+            (
+                BASE.to_string()
+                    + "[[ipsecpolicy]]\nname = \"spare\"\nencapsulation_mode = \"transport\"\n",
+                "ipsecpolicy \"spare\"",
+                "encapsulation_mode",
+            ),
+            // [[vpnservice]]
+            (
+                BASE.to_string()
+                    + "[[vpnservice]]\nname = \"east\"\ntenant = 1\nexternal_address = \"172.24.4.227\"\n",
+                S,
+                "name",
+            ),
+            (
+                with("tenant = 1\nexternal", "tenant = 7\nexternal"),
+                S,
+                "tenant",
+            ),
+            (with("tenant = 1\nexternal", "external"), S, "tenant"),
+            (
+                BASE.to_string()
+                    + "[[vpnservice]]\nname = \"spare\"\ntenant = 9\nexternal_address = \"172.24.4.227\"\n",
+                "vpnservice \"spare\"",
+                "tenant",
+            ),
+            (
+                with("\"172.24.4.226\"", "\"0.0.0.0\""),
+                S,
+                "external_address",
+            ),
+            (
+                with("\"172.24.4.226\"", "\"ff02::2\""),
+                S,
+                "external_address",
+            ),
+            (with("\"172.24.4.226\"", "\"east\""), S, "external_address"),
+            (
+                with("\"10.1.0.0/24\"", "\"10.1.0.1/24\""),
+                S,
+                "local_subnets",
+            ),
+            (with("\"10.1.0.0/24\"", "\"10.1.0.0\""), S, "local_subnets"),
+            (with(svc_subnets, ""), S, "local_subnets"),
+            (
+                with(
+                    svc_subnets,
+                    "local_subnets = [\"10.1.0.0/24\"]\nbogus = 1\n",
+                ),
+                S,
+                "bogus",
+            ),
+            // [[endpoint_group]]
+            (
+                group("endpoints = [\"10.9.0.0/24\"]")
+                    + "[[endpoint_group]]\nname = \"g\"\nendpoints = [\"10.9.0.0/24\"]\n",
+                G,
+                "name",
+            ),
+            (
+                group("type = \"subnet\"\nendpoints = [\"5f1a\"]"),
+                G,
+                "type",
+            ),
+            (group("endpoints = []"), G, "endpoints"),
+            (group("endpoints = [\"10.9.0.0/33\"]"), G, "endpoints"),
+            (group("endpoints = [\"10.9.0.1/24\"]"), G, "endpoints"),
+            (group(""), G, "endpoints"),
+            (
+                group("endpoints = [\"10.9.0.0/24\"]\nbogus = 1"),
+                G,
+                "bogus",
+            ),
+            // [[ipsec_site_connection]]
+            (
+                BASE.to_string()
+                    + "[[ipsec_site_connection]]\nname = \"east-west\"\nvpnservice = \"east\"\n\
+                       ikepolicy = \"ike1\"\nipsecpolicy = \"esp1\"\npeer_address = \"172.24.4.234\"\n\
+                       peer_cidrs = [\"10.3.0.0/24\"]\npsk = \"another long secret\"\n",
+                C,
+                "name",
+            ),
+            (
+                with("vpnservice = \"east\"", "vpnservice = \"nope\""),
+                C,
+                "vpnservice",
+            ),
+            (with("vpnservice = \"east\"\n", ""), C, "vpnservice"),
+            (
+                with("ikepolicy = \"ike1\"", "ikepolicy = \"nope\""),
+                C,
+                "ikepolicy",
+            ),
+            (
+                with("ipsecpolicy = \"esp1\"", "ipsecpolicy = \"nope\""),
+                C,
+                "ipsecpolicy",
+            ),
+            (
+                with("\"172.24.4.233\"", "\"2001:db8::2\""),
+                C,
+                "peer_address",
+            ),
+            (
+                with("\"172.24.4.233\"", "\"172.24.4.226\""),
+                C,
+                "peer_address",
+            ),
+            (with("\"172.24.4.233\"", "\"224.0.0.9\""), C, "peer_address"),
+            (with("\"172.24.4.233\"", "\"west\""), C, "peer_address"),
+            (conn("peer_id = \"@\""), C, "peer_id"),
+            (conn("peer_id = \"\""), C, "peer_id"),
+            (conn("peer_id = \"keyid:a\u{e9}0\""), C, "peer_id"),
+            (conn("local_id = \"keyid:0\""), C, "local_id"),
+            (conn("local_id = 5"), C, "local_id"),
+            (with("\"10.2.0.0/24\"", "\"10.2.0.0/33\""), C, "peer_cidrs"),
+            (with("\"10.2.0.0/24\"", "\"10.2.0.1/24\""), C, "peer_cidrs"),
+            (
+                with("\"10.2.0.0/24\"", "\"2001:db8:2::/64\""),
+                C,
+                "peer_cidrs",
+            ),
+            (with(cidrs, "peer_cidrs = []"), C, "peer_cidrs"),
+            (with(cidrs, ""), C, "peer_cidrs"),
+            (with(cidrs, "peer_ep_group = \"nope\""), C, "peer_ep_group"),
+            (
+                group("endpoints = [\"10.9.0.0/24\"]")
+                    .replace(cidrs, &format!("{cidrs}\npeer_ep_group = \"g\"")),
+                C,
+                "peer_ep_group",
+            ),
+            (
+                group("endpoints = [\"2001:db8:9::/64\"]").replace(cidrs, "peer_ep_group = \"g\""),
+                C,
+                "peer_ep_group",
+            ),
+            (
+                with(svc_subnets, "")
+                    .replace(cidrs, &format!("{cidrs}\nlocal_ep_group = \"nope\"")),
+                C,
+                "local_ep_group",
+            ),
+            (
+                group("endpoints = [\"10.9.0.0/24\"]")
+                    .replace(cidrs, &format!("{cidrs}\nlocal_ep_group = \"g\"")),
+                C,
+                "local_ep_group",
+            ),
+            (with(psk, "psk = \"short\""), C, "psk"),
+            (with(psk, ""), C, "psk"),
+            (
+                with(psk, &format!("{psk}\npsk_file = \"/nonexistent/psk\"")),
+                C,
+                "psk",
+            ),
+            (with(psk, "psk_file = \"/nonexistent/psk\""), C, "psk_file"),
+            (with(psk, "psk = 1234567890123456"), C, "psk"),
+            (with(psk, "psk = \"a long shared secret"), C, "psk"),
+            // Unterminated: found at the end of the file, where no field can be named.
+            (with(psk, "psk = \"\"\"a long shared secret"), C, "-"),
+            (conn("initiator = \"sometimes\""), C, "initiator"),
+            (conn("admin_state_up = \"yes\""), C, "admin_state_up"),
+            (with("\"restart\"", "\"explode\""), C, "dpd.action"),
+            (with("interval = 10", "interval = 0"), C, "dpd.interval"),
+            (
+                with("interval = 10", "interval = 100000"),
+                C,
+                "dpd.interval",
+            ),
+            (with("interval = 10", "interval = -1"), C, "dpd.interval"),
+            (with("timeout = 40", "timeout = 5"), C, "dpd.timeout"),
+            (with("timeout = 40", "timeout = 10"), C, "dpd.timeout"),
+            (with("timeout = 40", "timeout = 10000000"), C, "dpd.timeout"),
+            (
+                with("timeout = 40 }", "timeout = 40, bogus = 1 }"),
+                C,
+                "dpd.bogus",
+            ),
+            (
+                with(dpd, "[ipsec_site_connection.dpd]\naction = 5"),
+                C,
+                "dpd.action",
+            ),
+            (with(dpd, "dpd = 30"), C, "dpd"),
+            (conn("mtu = 60"), C, "mtu"),
+            (conn("mtu = 70000"), C, "mtu"),
+            (v6.clone() + "mtu = 1000\n", C, "mtu"),
+            (conn("udp_encap = \"never\""), C, "udp_encap"),
+            (conn("replay_window = 0"), C, "replay_window"),
+            (conn("replay_window = 5000"), C, "replay_window"),
+            (conn("bogus = 1"), C, "bogus"),
+            // [ike]
+            (ike("port = 0"), "ike", "port"),
+            (ike("port = 70000"), "ike", "port"),
+            (ike("natt_port = 0"), "ike", "natt_port"),
+            (ike("natt_port = 500"), "ike", "natt_port"),
+            (ike("port = 4500"), "ike", "natt_port"),
+            (ike("cookie_threshold = -1"), "ike", "cookie_threshold"),
+            (ike("half_open_timeout = 0"), "ike", "half_open_timeout"),
+            (ike("half_open_timeout = 86400"), "ike", "half_open_timeout"),
+            (ike("rekey_overlap = 100000"), "ike", "rekey_overlap"),
+            (ike("rekey_overlap = -2"), "ike", "rekey_overlap"),
+            (ike("bogus = 1"), "ike", "bogus"),
+            (
+                with("instance = \"t\"", "instance = \"t\"\nike = 1"),
+                "top level",
+                "ike",
+            ),
+        ];
+        let mut failed = vec![];
+        for (text, entry, field) in cases {
+            let want = format!("vpnd.toml: {entry}: {field}: ");
+            match load(&text) {
+                Ok(_) => failed.push(format!("accepted, wanted {want}\n{text}")),
+                Err(err) => {
+                    if !err.contains(&want) {
+                        failed.push(format!("{err}\n  should contain {want}"));
+                    }
+                    for secret in ["shared secret", "1234567890"] {
+                        assert!(!err.contains(secret), "PSKs never in errors: {err}");
+                    }
+                }
+            }
+        }
+        assert!(failed.is_empty(), "{}", failed.join("\n\n"));
+        // What the cases above change, in range, is accepted.
+        let c = load(&(v6 + "mtu = 1280\nreplay_window = 4096\n")).unwrap();
+        assert_eq!((c[0].mtu, c[0].replay_window), (Some(1280), 4096));
+        let c = load(&with(
+            "lifetime = 1800",
+            "lifetime = { units = \"kilobytes\", value = 60 }",
+        ))
+        .unwrap();
+        assert_eq!(c[0].conn.lifetimes.child_bytes, Some(60 * 1024));
+        let c = load(&with(ike_life, "lifetime = { value = 7200 }")).unwrap();
+        assert_eq!(c[0].conn.lifetimes.ike, Duration::from_secs(7200));
+        let c = load(&with(esp_algs, "proposals = [\"aes256gcm16-esn-ecp384\"]")).unwrap();
+        assert_eq!(c[0].conn.esp[0].esn, vec![true]);
+        load(&conn(
+            "peer_id = \"keyid:0a1b\"\nlocal_id = \"@east.example\"",
+        ))
+        .unwrap();
+        load(&ike(
+            "port = 5000\nnatt_port = 5001\ncookie_threshold = 0\nrekey_overlap = 0",
+        ))
+        .unwrap();
     }
 
     #[test]
