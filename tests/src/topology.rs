@@ -346,6 +346,8 @@ pub struct IkeKeying {
     /// `auto` or `force`.
     pub udp_encap: String,
     pub replay_window: u32,
+    /// The connection's `mtu` (both sides), if any.
+    pub mtu: Option<u16>,
 }
 
 impl Default for IkeKeying {
@@ -365,6 +367,7 @@ impl Default for IkeKeying {
             dpd: None,
             udp_encap: "auto".into(),
             replay_window: 1024,
+            mtu: None,
         }
     }
 }
@@ -425,6 +428,9 @@ impl IkeKeying {
         );
         if let Some(d) = &self.dpd {
             let _ = writeln!(out, "dpd = {d}");
+        }
+        if let Some(m) = self.mtu {
+            let _ = writeln!(out, "mtu = {m}");
         }
         out
     }

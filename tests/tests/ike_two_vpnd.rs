@@ -242,3 +242,72 @@ fn ike_two_bidirectional_vpnds_come_up_together() -> Result<()> {
     eprintln!("done in {:?}", started.elapsed());
     Ok(())
 }
+
+/// A DF ping of `size` bytes of payload from `ns` to `dst`: Ok(output) if it got through,
+/// Err(output) if not.
+fn df_ping(ns: &vpn_tests::netns::NetNs, dst: &str, size: u32) -> Result<String, String> {
+    let out = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            ns.name(),
+            "ping",
+            "-c",
+            "1",
+            "-W",
+            "2",
+            "-M",
+            "do",
+            "-s",
+        ])
+        .arg(size.to_string())
+        .arg(dst)
+        .output()
+        .map_err(|e| e.to_string())?;
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    if out.status.success() {
+        Ok(text)
+    } else {
+        Err(text)
+    }
+}
+
+/// Neutron's `ipsec_site_connection` `mtu` bounds the connection's ESP packets below the
+/// wire's 1500: a DF packet of 1400 bytes that the wire would carry once encrypted is answered
+/// with "fragmentation needed" naming the MTU that fits 1400-byte ESP packets.
+#[test]
+fn ike_connection_mtu_bounds_esp_packets() -> Result<()> {
+    if !skip_unless_root("ike_connection_mtu_bounds_esp_packets") {
+        return Ok(());
+    }
+    let keying = Keying::Ike(IkeKeying {
+        mtu: Some(1400),
+        ..Default::default()
+    });
+    let site = TwoSite::start_with(&keying, |_, _| Ok(()))?;
+    site.wait_active(Duration::from_secs(20))?;
+    ping_all(&site.eh, None, "10.2.0.9", 3).context("ping East -> West")?;
+    // 1300 + 28 = 1328 bytes inner: fits 1400 once encrypted.
+    df_ping(&site.eh, "10.2.0.9", 1300).map_err(|t| anyhow::anyhow!("1328 bytes: {t}"))?;
+    // 1372 + 28 = 1400 bytes inner: would fit the 1500-byte wire, not the 1400 of the
+    // connection. The gateway says which MTU fits: 1400 less raw ESP with ESN (20 + 8 + 8 +
+    // 2 + 16, and up to 3 of padding).
+    let text = match df_ping(&site.eh, "10.2.0.9", 1372) {
+        Ok(t) => anyhow::bail!("a 1400-byte DF packet got through a 1400-byte ESP MTU: {t}"),
+        Err(t) => t,
+    };
+    let mtu: u32 = text
+        .split("mtu = ")
+        .nth(1)
+        .and_then(|r| r.split(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|n| n.parse().ok())
+        .with_context(|| format!("no 'Frag needed ... mtu = N' in: {text}"))?;
+    ensure!(
+        (1400 - 57..=1400 - 54).contains(&mtu),
+        "Frag needed says mtu = {mtu}: {text}"
+    );
+    // West has the same mtu; what fits goes through.
+    df_ping(&site.wh, "10.1.0.5", 1300).map_err(|t| anyhow::anyhow!("West 1328 bytes: {t}"))?;
+    Ok(())
+}

@@ -100,6 +100,7 @@ fn spec_east(k: u32) -> ChildSaSpec {
         // ESN is agreed per child SA, for both directions; alternate it across rekeys.
         esn: k.is_multiple_of(2),
         replay_window: 1024,
+        mtu: None,
         local_subnets: vec![prefix([10, 1, 0, 0], 24)],
         peer_subnets: vec![prefix([10, 2, 0, 0], 24)],
         next_hop: NextHop::new(MAC_WIRE_W),
@@ -121,6 +122,7 @@ fn spec_west(k: u32) -> ChildSaSpec {
         key_out: key(k, 2),
         esn: k.is_multiple_of(2),
         replay_window: 1024,
+        mtu: None,
         local_subnets: vec![prefix([10, 2, 0, 0], 24)],
         peer_subnets: vec![prefix([10, 1, 0, 0], 24)],
         next_hop: NextHop::new(MAC_WIRE_E),

@@ -345,6 +345,7 @@ fn run() -> Result<()> {
             key_out: sa.key_out,
             esn: sa.esn,
             replay_window: sa.replay_window,
+            mtu: None,
             local_subnets: sa.local_subnets,
             peer_subnets: sa.peer_subnets,
             next_hop,
@@ -426,6 +427,7 @@ fn run() -> Result<()> {
                 name: c.conn.name.clone(),
                 tenant: c.tenant,
                 replay_window: c.replay_window,
+                mtu: c.mtu,
                 peer_ts: c.conn.peer_ts.clone(),
             });
             meta.push((c.tenant, c.replay_window));

@@ -49,6 +49,9 @@ pub struct ChildSaSpec {
     pub key_out: SaKey,
     pub esn: bool,
     pub replay_window: u32,
+    /// Largest outer (ESP) packet of this SA, Neutron's `ipsec_site_connection` `mtu`; the
+    /// wire's MTU bounds it as well. None: the wire's MTU alone.
+    pub mtu: Option<u16>,
     pub local_subnets: Vec<Prefix>,
     pub peer_subnets: Vec<Prefix>,
     /// The peer's (next hop's) MAC on the wire.
@@ -371,6 +374,7 @@ impl Installer {
             )),
             dst_mac: spec.next_hop.clone(),
             src_mac: spec.src_mac,
+            mtu: spec.mtu,
         });
         let sa_in = SaIn {
             slot: slot_in,
@@ -614,6 +618,7 @@ mod tests {
             key_out: key(n as u8 + 100),
             esn: false,
             replay_window: 64,
+            mtu: None,
             local_subnets: vec![crate::config::parse_prefix("10.1.0.0/24").unwrap()],
             peer_subnets: subnets
                 .iter()

@@ -144,6 +144,8 @@ pub struct OutboundState {
     /// Next hop MAC on the wire, and our wire MAC.
     pub dst_mac: NextHop,
     pub src_mac: [u8; 6],
+    /// Largest outer packet of this SA (the connection's `mtu`), below the wire's.
+    pub mtu: Option<u16>,
 }
 
 /// Packets handled and dropped by the worker, by reason (indexed like the XDP counters).
@@ -719,6 +721,7 @@ fn outbound_frame(
     learn(learned, (meta.tenant, info.src), host_mac);
     let inner = &frame[l3..l3 + info.len];
 
+    let wire_mtu = st.mtu.map_or(wire_mtu, |m| wire_mtu.min(m as usize));
     if st.sa.encapsulated_len(inner.len()) > wire_mtu {
         // The largest inner packet that still fits the wire once encapsulated.
         let mut fit = wire_mtu.saturating_sub(st.sa.encapsulated_len(0) - 3);

@@ -26,6 +26,8 @@ pub struct ConnPlane {
     pub name: String,
     pub tenant: u32,
     pub replay_window: u32,
+    /// The connection's `mtu` (outer packets of its SAs).
+    pub mtu: Option<u16>,
     pub peer_ts: Vec<Prefix>,
 }
 
@@ -74,6 +76,7 @@ impl SaSink for PlaneSink {
             key_out: sa.key_out,
             esn: sa.esn,
             replay_window: conn.replay_window,
+            mtu: conn.mtu,
             local_subnets: sa.local_ts,
             peer_subnets: sa.peer_ts,
             next_hop,
@@ -139,6 +142,7 @@ impl SaSink for PlaneSink {
             name: rc.conn.name.clone(),
             tenant: rc.tenant,
             replay_window: rc.replay_window,
+            mtu: rc.mtu,
             peer_ts: rc.conn.peer_ts.clone(),
         };
         if self.conns.len() <= conn {
