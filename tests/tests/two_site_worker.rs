@@ -235,6 +235,7 @@ fn east_vlan_to_west_vxlan_and_back_through_esp() -> Result<()> {
                 sa: Arc::new(OutboundSa::new(SPI_EW, &key_ew, false, out_ew.clone())),
                 dst_mac: NextHop::new(MAC_WIRE_W),
                 src_mac: MAC_WIRE_E,
+                mtu: None,
             },
         );
         dp.set_policy_v4(
@@ -252,6 +253,7 @@ fn east_vlan_to_west_vxlan_and_back_through_esp() -> Result<()> {
                 sa: Arc::new(OutboundSa::new(SPI_EW6, &key_ew, true, out_ew6.clone())),
                 dst_mac: NextHop::new(MAC_WIRE_W),
                 src_mac: MAC_WIRE_E,
+                mtu: None,
             },
         );
         w.add_tenant(
@@ -331,6 +333,7 @@ fn east_vlan_to_west_vxlan_and_back_through_esp() -> Result<()> {
                 sa: Arc::new(OutboundSa::new(SPI_WE, &key_we, false, out_we)),
                 dst_mac: NextHop::new(MAC_WIRE_E),
                 src_mac: MAC_WIRE_W,
+                mtu: None,
             },
         );
         w.add_tenant(
