@@ -4,10 +4,12 @@
 pub mod fixture;
 pub mod ikebench;
 pub mod interop;
+pub mod iperf;
 pub mod netns;
 pub mod pkt;
 pub mod raw;
 pub mod results;
+pub mod routed;
 pub mod strongswan;
 pub mod topology;
 pub mod vlanhost;
