@@ -441,6 +441,33 @@ fn esp_ingress_fixtures() -> Result<()> {
             Expect::Drop,
             drop_(DropReason::TruncatedIpv4),
         ),
+        // The largest length field: beyond any frame (and beyond the bound the 6.1 verifier
+        // needs before the length meets a packet pointer).
+        Fixture::new(
+            "ipv4_total_length_65535",
+            Packet::eth()
+                .ipv4_with(V4_PEER, V4_US, |h| h.tot_len = Some(0xffff))
+                .esp(SPI_A, 10)
+                .payload_len(48)
+                .build(),
+            Expect::Drop,
+            drop_(DropReason::TruncatedIpv4),
+        ),
+        Fixture::new(
+            "ipv6_payload_length_65535",
+            {
+                let mut f = Packet::eth()
+                    .ipv6(V6_PEER, V6_US)
+                    .esp(SPI_A, 10)
+                    .payload_len(48)
+                    .build();
+                // Ethernet 14 + the IPv6 payload length at bytes 4..6.
+                f[18..20].copy_from_slice(&0xffffu16.to_be_bytes());
+                f
+            },
+            Expect::Drop,
+            drop_(DropReason::TruncatedIpv6),
+        ),
         Fixture::new(
             "ipv4_ihl_below_5",
             Packet::eth()

@@ -95,6 +95,9 @@ pub enum L3Result {
     Unparsed,
 }
 
+/// Largest IP length a frame can carry here: longer claims are truncated packets.
+const MAX_L3_LEN: usize = 0x3fff;
+
 /// IPv4 (any IHL) at `off`.
 #[inline(always)]
 pub fn parse_ipv4(ctx: &XdpContext, off: usize) -> Result<L3, DropReason> {
@@ -110,6 +113,13 @@ pub fn parse_ipv4(ctx: &XdpContext, off: usize) -> Result<L3, DropReason> {
         return Err(DropReason::TruncatedIpv4);
     }
     let tot_len = u16::from_be_bytes(unsafe { (*ip).tot_len }) as usize;
+    // No single-buffer XDP frame holds more (nor does a page); the bound is also what lets the
+    // 6.1 verifier add the length to a packet pointer: it loses the range of the two-byte
+    // load, which 6.18 keeps ("math between pkt pointer and register with unbounded min
+    // value").
+    if tot_len > MAX_L3_LEN {
+        return Err(DropReason::TruncatedIpv4);
+    }
     if tot_len < hlen {
         return Err(DropReason::BadIpv4Header);
     }
@@ -140,6 +150,10 @@ pub fn parse_ipv6(ctx: &XdpContext, off: usize) -> Result<L3Result, DropReason> 
         return Err(DropReason::BadIpv6Header);
     }
     let payload_len = u16::from_be_bytes(unsafe { (*ip).payload_len }) as usize;
+    // As for IPv4's total length (see `MAX_L3_LEN`).
+    if payload_len > MAX_L3_LEN {
+        return Err(DropReason::TruncatedIpv6);
+    }
     let ip_end = off + Ipv6Hdr::LEN + payload_len;
     if ctx.data() + ip_end > ctx.data_end() {
         return Err(DropReason::TruncatedIpv6);
