@@ -18,7 +18,7 @@ use std::{
 use anyhow::{Context, Result, bail};
 
 use crate::{
-    netns::{NetNs, unique},
+    netns::NetNs,
     strongswan::{Charon, CharonSettings, IkeSaInfo, SwanConn},
     topology::{IkeKeying, Log, Proc, east_tenant, start_vpnd, veth},
     vlanhost::VlanHost,
@@ -154,17 +154,9 @@ impl Drop for SwanSite {
 impl SwanSite {
     /// Builds the network; no daemon runs yet.
     pub fn build() -> Result<SwanSite> {
-        let dir = std::env::temp_dir().join(unique("vpnd-swan"));
-        std::fs::create_dir_all(&dir)?;
-        struct Dir(Option<PathBuf>);
-        impl Drop for Dir {
-            fn drop(&mut self) {
-                if let Some(d) = &self.0 {
-                    let _ = std::fs::remove_dir_all(d);
-                }
-            }
-        }
-        let mut dir_guard = Dir(Some(dir.clone()));
+        // Removed again if building fails half-way.
+        let dir_guard = crate::netns::TempDir::new("vpnd-swan")?;
+        let dir = dir_guard.path().to_path_buf();
         let east = NetNs::new("vpnE")?;
         let west = NetNs::new("swW")?;
         let inet = NetNs::new("vpnI")?;
@@ -184,7 +176,7 @@ impl SwanSite {
         // charon's own TCP (iperf3 on West) goes through TUN, which takes finished packets;
         // the veth toward the bridge carries only UDP-encapsulated ESP and IKE.
         let (_vlan, east_tenant_cfg) = east_tenant(&east, &eh)?;
-        dir_guard.0 = None;
+        dir_guard.keep();
         Ok(SwanSite {
             vpnd: None,
             charon: None,

@@ -3,6 +3,7 @@
 use std::{
     fs::File,
     os::fd::AsRawFd,
+    path::{Path, PathBuf},
     process::Command,
     sync::atomic::{AtomicU32, Ordering},
 };
@@ -123,5 +124,35 @@ impl Drop for NsGuard {
     fn drop(&mut self) {
         // SAFETY: back to the namespace we came from.
         unsafe { libc::setns(self.orig.as_raw_fd(), libc::CLONE_NEWNET) };
+    }
+}
+
+/// A new, uniquely named directory under the system's temporary directory, removed again on
+/// drop unless [`TempDir::keep`] hands it to an owner that removes it itself (a half-built
+/// topology must leave nothing behind).
+pub struct TempDir(Option<PathBuf>);
+
+impl TempDir {
+    pub fn new(prefix: &str) -> Result<TempDir> {
+        let dir = std::env::temp_dir().join(unique(prefix));
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        Ok(TempDir(Some(dir)))
+    }
+
+    pub fn path(&self) -> &Path {
+        self.0.as_deref().expect("kept already")
+    }
+
+    /// Stops the removal on drop; the caller owns the directory now.
+    pub fn keep(mut self) -> PathBuf {
+        self.0.take().expect("kept already")
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        if let Some(d) = &self.0 {
+            let _ = std::fs::remove_dir_all(d);
+        }
     }
 }

@@ -640,18 +640,9 @@ impl TwoSite {
         keying: &Keying,
         mut before_vpnd: impl FnMut(&NetNs, &Path) -> Result<()>,
     ) -> Result<TwoSite> {
-        let dir = std::env::temp_dir().join(unique("vpnd-two-site"));
-        std::fs::create_dir_all(&dir)?;
-        // Removes the directory if building fails half-way.
-        struct Dir(Option<PathBuf>);
-        impl Drop for Dir {
-            fn drop(&mut self) {
-                if let Some(d) = &self.0 {
-                    let _ = std::fs::remove_dir_all(d);
-                }
-            }
-        }
-        let mut dir_guard = Dir(Some(dir.clone()));
+        // Removed again if building fails half-way.
+        let dir_guard = crate::netns::TempDir::new("vpnd-two-site")?;
+        let dir = dir_guard.path().to_path_buf();
         let east = NetNs::new("vpnE")?;
         let west = NetNs::new("vpnW")?;
         let inet = NetNs::new("vpnI")?;
@@ -768,7 +759,7 @@ impl TwoSite {
             let (west_vpnd, west_log) = start_vpnd(&west, &west_cfg, &dir)?;
             (east_vpnd, east_log, west_vpnd, west_log)
         };
-        dir_guard.0 = None;
+        dir_guard.keep();
         Ok(TwoSite {
             east_vpnd,
             west_vpnd,

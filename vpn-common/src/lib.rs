@@ -9,6 +9,7 @@
 pub mod counters;
 pub mod maps;
 pub mod meta;
+pub mod pktgen;
 pub mod replay;
 
 pub use counters::{Counter, DropReason, Outcome};

@@ -7,4 +7,5 @@ pub mod ctl;
 pub mod dataplane;
 pub mod esp;
 pub mod ike;
+pub mod pktgen;
 pub mod vpnaas;

@@ -10,7 +10,7 @@ pub mod worker;
 pub mod xsk;
 
 pub use installer::{ChildSaSpec, ChildStats, InstalledChild, Installer, SaMaps, SlotAllocator};
-pub use loader::{Dataplane, LoadOptions, Side, remove_pins};
+pub use loader::{Dataplane, LoadOptions, Side, remove_pins, rx_queue_count};
 pub use replay::ReplayTable;
 pub use sa_tables::SaTables;
 

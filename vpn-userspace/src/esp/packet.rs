@@ -66,8 +66,9 @@ pub fn inner_info(p: &[u8]) -> Option<InnerInfo> {
     }
 }
 
-/// RFC 1071 one's-complement sum, folded, not inverted.
-fn sum16(mut acc: u32, b: &[u8]) -> u32 {
+/// RFC 1071 one's-complement sum of 16-bit big-endian words (an odd last byte is padded),
+/// neither folded nor inverted (see [`fold`]).
+pub(crate) fn sum16(mut acc: u32, b: &[u8]) -> u32 {
     let mut chunks = b.chunks_exact(2);
     for c in &mut chunks {
         acc += u16::from_be_bytes([c[0], c[1]]) as u32;
@@ -78,7 +79,8 @@ fn sum16(mut acc: u32, b: &[u8]) -> u32 {
     acc
 }
 
-fn fold(mut acc: u32) -> u16 {
+/// Folds a [`sum16`] into 16 bits (not inverted).
+pub(crate) fn fold(mut acc: u32) -> u16 {
     while acc >> 16 != 0 {
         acc = (acc & 0xffff) + (acc >> 16);
     }
