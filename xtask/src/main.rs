@@ -17,6 +17,7 @@ use std::{
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 
+mod kernel_lane;
 mod node;
 
 /// Debian packages the build and the tests need.
@@ -76,7 +77,8 @@ enum Cmd {
     Setup,
     /// Build all binaries in release mode (the eBPF object is built by vpn-userspace/build.rs).
     Build,
-    /// cargo fmt --check, cargo clippy -D warnings, cargo test (root-only tests need root).
+    /// cargo fmt --check, cargo clippy -D warnings, cargo test (root-only tests need root),
+    /// then the kernel lane (the XDP tests on Debian's 6.1 under QEMU, see test-kernel).
     Test {
         /// Extra arguments for `cargo test` (after `--`), e.g. a test name filter.
         #[arg(last = true)]
@@ -108,6 +110,19 @@ enum Cmd {
     Load(node::LoadArgs),
     /// Stop what `load` started and remove everything it installed; leaves nothing behind.
     Unload(node::UnloadArgs),
+    /// The root-only XDP tests (xdp_fixtures, attach_netns) on Debian's 6.1 kernel under QEMU
+    /// (TCG); installs QEMU, the kernel and busybox if missing. Also a step of `test`.
+    TestKernel(kernel_lane::Args),
+    /// Traffic generator (vpn-pktgen): plain tenant UDP through kernel pktgen where the kernel
+    /// has it, else XDP live frames; valid ESP toward an SA over AF_XDP. Builds it first; the
+    /// arguments are vpn-pktgen's (`cargo xtask pktgen --help`), e.g.
+    /// `--dev veth0 --netns ns1 --size imix --rate 1000000 --duration 10`. Needs root.
+    #[command(disable_help_flag = true)]
+    Pktgen {
+        /// vpn-pktgen's arguments.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -120,6 +135,8 @@ fn main() -> ExitCode {
         Cmd::Demo { keep, args } => demo(keep, &args),
         Cmd::Load(a) => node::load(&a, &workspace_root(), build_daemons),
         Cmd::Unload(a) => node::unload(&a),
+        Cmd::TestKernel(a) => kernel_lane::test_kernel(&a),
+        Cmd::Pktgen { args } => pktgen(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -205,6 +222,18 @@ fn test(extra: &[String]) -> Result<()> {
         if result.is_err() {
             break;
         }
+    }
+
+    // The second kernel: the XDP tests again on Debian's 6.1 under QEMU.
+    if result.is_ok() {
+        let name = "kernel lane (6.1, QEMU)";
+        header(name);
+        let start = Instant::now();
+        result = kernel_lane::run_lane(
+            &kernel_lane::filter_from_cargo_args(extra),
+            Duration::from_secs(kernel_lane::DEFAULT_TIMEOUT_SECS),
+        );
+        times.push((name, start.elapsed()));
     }
 
     println!("==> elapsed");
@@ -298,6 +327,38 @@ fn build_daemons() -> Result<()> {
     run(cargo().args(["build", "--release", "-p", "vpn-userspace", "--bins"]))
 }
 
+/// Builds vpn-pktgen and runs it with `args`. Ctrl-C reaches the generator too (same process
+/// group); it stops and prints its summary, and we wait for that.
+fn pktgen(args: &[String]) -> Result<()> {
+    let help = args.iter().any(|a| a == "--help" || a == "-h");
+    if !is_root() && !help {
+        bail!("the generator loads XDP programs and opens AF_XDP sockets: run it as root");
+    }
+    ensure_toolchain()?;
+    header("cargo build --release -p vpn-userspace --bin vpn-pktgen");
+    run(cargo().args([
+        "build",
+        "--release",
+        "-p",
+        "vpn-userspace",
+        "--bin",
+        "vpn-pktgen",
+    ]))?;
+    let target = env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("target"));
+    let mut c = Command::new(target.join("release/vpn-pktgen"));
+    c.args(args);
+    let line = describe(&c);
+    header(&line);
+    // Ctrl-C reaches the generator too (same process group); it stops and prints its summary.
+    let status = wait_forwarding_signals(c)?;
+    if !status.success() {
+        bail!("`{line}` failed ({status})");
+    }
+    Ok(())
+}
+
 fn demo(keep: bool, extra: &[String]) -> Result<()> {
     if !is_root() {
         bail!(
@@ -309,12 +370,6 @@ fn demo(keep: bool, extra: &[String]) -> Result<()> {
     header("cargo build --release --bins");
     run(&mut build_bins())?;
     header("demo");
-    // Ctrl-C reaches the demo too (same process group): it tears the topology down and exits.
-    // We only note the signal and wait for it, so the terminal comes back after the cleanup.
-    let interrupted = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-        signal_hook::flag::register(sig, std::sync::Arc::clone(&interrupted))?;
-    }
     let mut c = cmd(workspace_root()
         .join("target/release/demo")
         .to_str()
@@ -323,28 +378,39 @@ fn demo(keep: bool, extra: &[String]) -> Result<()> {
         c.arg("--keep");
     }
     c.args(extra);
+    // Ctrl-C reaches the demo too (same process group): it tears the topology down and exits.
+    let status = wait_forwarding_signals(c)?;
+    if !status.success() {
+        bail!("the demo failed ({status})");
+    }
+    Ok(())
+}
+
+/// Runs `c` and waits for it. SIGINT and SIGTERM do not end us before the child: they are
+/// forwarded to it as SIGTERM (once), so that its own cleanup runs and the terminal comes back
+/// only after it (a terminal's Ctrl-C reaches the child directly too; a second signal changes
+/// nothing there).
+fn wait_forwarding_signals(mut c: Command) -> Result<std::process::ExitStatus> {
+    let interrupted = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(sig, std::sync::Arc::clone(&interrupted))?;
+    }
     let line = describe(&c);
     let mut child = c
         .spawn()
         .with_context(|| format!("failed to start `{line}`"))?;
     let mut forwarded = false;
-    let status = loop {
+    loop {
         if let Some(st) = child.try_wait()? {
-            break st;
+            return Ok(st);
         }
         if interrupted.load(std::sync::atomic::Ordering::Relaxed) && !forwarded {
-            // A SIGTERM sent to us alone must reach the demo as well (a terminal's Ctrl-C
-            // already did; a second signal changes nothing there).
             // SAFETY: signalling our own child.
             unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
             forwarded = true;
         }
-        std::thread::sleep(Duration::from_millis(100));
-    };
-    if !status.success() {
-        bail!("the demo failed ({status})");
+        std::thread::sleep(Duration::from_millis(50));
     }
-    Ok(())
 }
 
 // ---------------------------------------------------------------------------------------------

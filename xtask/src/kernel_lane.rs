@@ -1,0 +1,853 @@
+//! The second-kernel test lane: the root-only eBPF tests that need only the kernel
+//! (`xdp_fixtures`, `attach_netns`), run as root on Debian's 6.1 kernel booted under QEMU (TCG:
+//! KVM does not work on these machines). See `../shared/notes/second-kernel.md`.
+//!
+//! 1. Installs what is missing (`qemu-system-x86`, `linux-image-amd64`, `busybox-static`,
+//!    `kmod` for `modprobe -S`).
+//! 2. Builds the two test executables on the host (`cargo test --no-run`, same package
+//!    selection as the host `cargo test` step, so nothing is rebuilt).
+//! 3. Writes `target/kernel-lane/initramfs.cpio.gz`: static busybox, iproute2's `ip` and
+//!    `ethtool` with the shared libraries `ldd` names (the test executables need the same
+//!    loader and libc), the 6.1 modules in the order `modprobe --show-depends` gives, and an
+//!    `/init` that mounts proc, sys, devtmpfs, bpffs and the 9p share, loads the modules,
+//!    brings up lo, runs the share's `lane.sh` and powers off.
+//! 4. Shares a temporary directory over 9p (the test executables and `lane.sh`; the guest
+//!    writes each test's output and exit status back), boots the kernel, streams the serial
+//!    console, and kills QEMU (by its PID) if it has not powered off within the timeout.
+//!
+//! The cpio archive is written here (newc is a 110-byte text header per entry) rather than
+//! with the `cpio` tool: the archive needs a `/dev/console` device node, which `cpio -o` could
+//! only take from a `mknod` in a scratch tree, and this keeps the entry list, modes and
+//! ownership (all root) in one place with no extra package or crate. gzip is Debian's
+//! essential `gzip`.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    fs,
+    io::{BufRead, BufReader, Read, Write},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result, bail};
+
+use super::{HOST_EXCLUDE, cargo, cmd, deb_installed, header, is_root, item, run, workspace_root};
+
+/// Debian packages of the lane (on top of `DEB_PACKAGES`, which brings iproute2 and ethtool).
+const LANE_PACKAGES: &[&str] = &[
+    "qemu-system-x86",
+    "linux-image-amd64",
+    "busybox-static",
+    // modprobe -S <kver> --show-depends (linux-image depends on it too).
+    "kmod",
+];
+
+/// The test executables of `vpn-tests` the lane runs, in this order.
+const LANE_TESTS: [&str; 2] = ["xdp_fixtures", "attach_netns"];
+
+/// Modules loaded in the guest (each after its dependencies), in this order. virtio_pci,
+/// 9pnet_virtio and 9p carry the share. The crypto modules come before the RNG ones: drbg
+/// self-tests its CTR variants on load and fails them without `ctr`. The RNG modules let ESP
+/// SAs initialise their crypto (second-kernel.md); the GCM pieces are what
+/// `rfc4106(gcm(aes))` SAs ask for.
+const MODULES: &[&str] = &[
+    "virtio_pci",
+    "9pnet_virtio",
+    "9p",
+    "veth",
+    "xfrm_user",
+    "aesni_intel",
+    "ctr",
+    "gcm",
+    "ghash_clmulni_intel",
+    "seqiv",
+    "echainiv",
+    "sha3_generic",
+    "sha512_generic",
+    "jitterentropy_rng",
+    "drbg",
+    "esp4",
+    "esp6",
+    "8021q",
+    "pktgen",
+    "vxlan",
+];
+
+/// How long the guest may take from QEMU's start to power-off before it is killed. Boot, both
+/// tests and power-off took 13 to 21 s on a busy 2-core machine (TCG); this is generous.
+pub(crate) const DEFAULT_TIMEOUT_SECS: u64 = 600;
+
+#[derive(clap::Args)]
+pub(crate) struct Args {
+    /// Kill QEMU if the guest has not powered off after this many seconds.
+    #[arg(long, default_value_t = DEFAULT_TIMEOUT_SECS)]
+    timeout: u64,
+    /// Extra arguments for the test executables in the guest (after `--`), e.g. a test name
+    /// filter. `--test-threads=1` is always passed.
+    #[arg(last = true)]
+    args: Vec<String>,
+}
+
+/// `cargo xtask test-kernel`.
+pub(crate) fn test_kernel(a: &Args) -> Result<()> {
+    super::ensure_toolchain()?;
+    let start = Instant::now();
+    let r = run_lane(&a.args, Duration::from_secs(a.timeout));
+    println!(
+        "==> kernel lane: {} after {:.1} s",
+        if r.is_ok() { "ok" } else { "FAILED" },
+        start.elapsed().as_secs_f64()
+    );
+    r
+}
+
+/// The guest arguments of the lane step of `cargo xtask test`: its extra arguments when they
+/// are only a test name filter (what `cargo test NAME` takes), else none (cargo options such as
+/// `-p vpn-common` mean nothing to the lane, which then runs everything).
+pub(crate) fn filter_from_cargo_args(extra: &[String]) -> Vec<String> {
+    if extra.iter().all(|a| !a.starts_with('-')) {
+        extra.to_vec()
+    } else {
+        println!(
+            "kernel lane: `{}` is not a plain test name filter; running all lane tests",
+            extra.join(" ")
+        );
+        Vec::new()
+    }
+}
+
+/// Installs, builds, boots the 6.1 kernel with the tests, and fails if any test failed or the
+/// guest did not report within `timeout`.
+pub(crate) fn run_lane(guest_args: &[String], timeout: Duration) -> Result<()> {
+    ensure_lane_packages()?;
+    let mut kernel = find_kernel()?;
+    kernel.kos = resolve_modules(&kernel)?;
+    println!(
+        "kernel lane: kernel {} ({})",
+        kernel.kver,
+        kernel.vmlinuz.display()
+    );
+
+    let tests = build_tests()?;
+    let dir = workspace_root().join("target/kernel-lane");
+    fs::create_dir_all(&dir)?;
+
+    let initramfs = dir.join("initramfs.cpio.gz");
+    let t = Instant::now();
+    let (size, modules) = build_initramfs(&kernel, &tests, &initramfs)?;
+    println!(
+        "kernel lane: {} ({} modules, {:.1} MiB, {:.1} s)",
+        initramfs.display(),
+        modules,
+        size as f64 / (1 << 20) as f64,
+        t.elapsed().as_secs_f64()
+    );
+
+    let share = TempDir::new(dir.join(format!("share-{}", std::process::id())))?;
+    let logs = dir.join("logs");
+    let r = boot_and_collect(
+        &kernel, &initramfs, &tests, guest_args, timeout, &share.0, &logs,
+    );
+    drop(share);
+    r
+}
+
+fn ensure_lane_packages() -> Result<()> {
+    let mut missing = Vec::new();
+    for pkg in LANE_PACKAGES {
+        if deb_installed(pkg)? {
+            item(&format!("debian package {pkg}"), "ok (already present)");
+        } else {
+            missing.push(*pkg);
+        }
+    }
+    if missing.is_empty() {
+        return Ok(());
+    }
+    if !is_root() {
+        bail!(
+            "the kernel lane needs the Debian packages {}: run it as root, or install them with \
+             `apt-get install {}`",
+            missing.join(" "),
+            missing.join(" ")
+        );
+    }
+    println!(
+        "setup: installing {} with apt-get (the kernel only puts files into /boot and \
+         /lib/modules; the running kernel is not touched)",
+        missing.join(" ")
+    );
+    let fail = |e: anyhow::Error| {
+        e.context(format!(
+            "the kernel lane cannot run: installing {} failed",
+            missing.join(" ")
+        ))
+    };
+    run(cmd("apt-get").arg("update")).map_err(fail)?;
+    run(cmd("apt-get")
+        .env("DEBIAN_FRONTEND", "noninteractive")
+        .args(["install", "-y", "--no-install-recommends"])
+        .args(&missing))
+    .map_err(fail)?;
+    for pkg in &missing {
+        if !deb_installed(pkg)? {
+            bail!("apt-get install finished but {pkg} is still not installed");
+        }
+        item(&format!("debian package {pkg}"), "installed");
+    }
+    Ok(())
+}
+
+struct Kernel {
+    kver: String,
+    vmlinuz: PathBuf,
+    modules: PathBuf,
+    /// The .ko files the guest loads, in load order.
+    kos: Vec<PathBuf>,
+}
+
+/// The newest `/boot/vmlinuz-6.1.*` that has its modules under `/lib/modules/<kver>`.
+fn find_kernel() -> Result<Kernel> {
+    let mut found: Vec<(Vec<u64>, String)> = Vec::new();
+    for e in fs::read_dir("/boot").context("reading /boot")? {
+        let name = e?.file_name().to_string_lossy().into_owned();
+        let Some(kver) = name.strip_prefix("vmlinuz-") else {
+            continue;
+        };
+        if !kver.starts_with("6.1.") || !Path::new("/lib/modules").join(kver).is_dir() {
+            continue;
+        }
+        let key = kver
+            .split(|c: char| !c.is_ascii_digit())
+            .filter_map(|n| n.parse().ok())
+            .collect();
+        found.push((key, kver.to_string()));
+    }
+    found.sort();
+    let Some((_, kver)) = found.pop() else {
+        bail!(
+            "no Debian 6.1 kernel: no /boot/vmlinuz-6.1.* with modules in /lib/modules \
+             (is linux-image-amd64 installed? `apt-get install linux-image-amd64`)"
+        );
+    };
+    Ok(Kernel {
+        vmlinuz: PathBuf::from(format!("/boot/vmlinuz-{kver}")),
+        modules: PathBuf::from(format!("/lib/modules/{kver}")),
+        kver,
+        kos: Vec::new(),
+    })
+}
+
+/// Builds the lane's test executables and returns (name, path) in [`LANE_TESTS`] order. Same
+/// package selection and profile as the host `cargo test --release` step (so the same feature
+/// set: nothing is rebuilt after it), restricted to the two test targets.
+fn build_tests() -> Result<Vec<(String, PathBuf)>> {
+    header("kernel lane: cargo test --release --no-run (the lane's test executables)");
+    let mut c = cargo();
+    c.args(["test", "--workspace"]).args(HOST_EXCLUDE).args([
+        "--release",
+        "--no-run",
+        "--message-format=json-render-diagnostics",
+    ]);
+    for t in LANE_TESTS {
+        c.args(["--test", t]);
+    }
+    c.stderr(Stdio::inherit());
+    let line = super::describe(&c);
+    let out = c
+        .output()
+        .with_context(|| format!("failed to start `{line}`"))?;
+    if !out.status.success() {
+        bail!("`{line}` failed ({})", out.status);
+    }
+    let mut exes = BTreeMap::new();
+    for l in String::from_utf8_lossy(&out.stdout).lines() {
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(l) else {
+            continue;
+        };
+        if v["reason"] != "compiler-artifact" || v["target"]["kind"] != serde_json::json!(["test"])
+        {
+            continue;
+        }
+        let (Some(name), Some(exe)) = (v["target"]["name"].as_str(), v["executable"].as_str())
+        else {
+            continue;
+        };
+        exes.insert(name.to_string(), PathBuf::from(exe));
+    }
+    LANE_TESTS
+        .iter()
+        .map(|t| {
+            exes.remove(*t)
+                .map(|p| (t.to_string(), p))
+                .with_context(|| format!("`{line}` reported no executable for the test {t}"))
+        })
+        .collect()
+}
+
+// ---------------------------------------------------------------------------------------------
+// The initramfs
+
+/// The guest's /init (busybox sh). Everything run-specific is in the share's lane.sh.
+const INIT: &str = r#"#!/bin/sh
+export PATH=/bin
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev
+mount -t tmpfs tmpfs /tmp
+mount -t tmpfs tmpfs /run
+mount -t bpf bpf /sys/fs/bpf
+: > /tmp/insmod-failed
+: > /tmp/insmod.log
+# "File exists": the kernel already loaded it on demand (request_module, through busybox
+# modprobe and the modules.dep shipped here), e.g. drbg asks for sha512 and jitterentropy.
+while read -r ko; do
+    if ! err=$(insmod "$ko" 2>&1); then
+        case "$err" in
+        *"File exists"*) ;;
+        *) echo "$ko" >> /tmp/insmod-failed; echo "$err" >> /tmp/insmod.log ;;
+        esac
+    fi
+done < /etc/lane-modules
+if mount -t 9p -o trans=virtio,version=9p2000.L,msize=262144 host /host; then
+    cp /tmp/insmod-failed /tmp/insmod.log /host/out/
+    ip link set lo up
+    echo "lane: kernel $(uname -r), running /host/lane.sh"
+    sh /host/lane.sh
+    sync
+else
+    echo "lane: mounting the 9p share failed"; cat /tmp/insmod.log
+fi
+poweroff -f
+"#;
+
+/// Writes the initramfs; returns its size and the number of modules in it.
+fn build_initramfs(
+    kernel: &Kernel,
+    tests: &[(String, PathBuf)],
+    out: &Path,
+) -> Result<(u64, usize)> {
+    let mut fsys = Tree::default();
+    for d in [
+        "proc", "sys", "dev", "tmp", "run", "host", "etc", "root", "bin",
+    ] {
+        fsys.dir(d);
+    }
+    fsys.symlink("sbin", "bin");
+    fsys.symlink("usr/bin", "../bin");
+    fsys.symlink("usr/sbin", "../bin");
+    fsys.symlink("var/run", "../run");
+    // The kernel opens /dev/console for /init's stdio before anything is mounted.
+    fsys.char_dev("dev/console", 5, 1);
+    fsys.file("init", 0o755, INIT.as_bytes().to_vec());
+
+    // Static busybox with its applets as links, except those we bring the real tool for
+    // (busybox's `ip` lacks `netns`, `-n` and XDP).
+    let busybox = which(&["/bin/busybox", "/usr/bin/busybox"])?;
+    let bb = fs::read(&busybox)?;
+    fsys.file("bin/busybox", 0o755, bb);
+    let list = cmd(busybox.to_str().context("busybox path")?)
+        .arg("--list")
+        .output()
+        .context("busybox --list")?;
+    let real_tools = [
+        ("ip", which(&["/bin/ip", "/usr/bin/ip", "/sbin/ip"])?),
+        (
+            "ethtool",
+            which(&["/usr/sbin/ethtool", "/sbin/ethtool", "/usr/bin/ethtool"])?,
+        ),
+    ];
+    for applet in String::from_utf8_lossy(&list.stdout).split_whitespace() {
+        if applet != "busybox" && !real_tools.iter().any(|(n, _)| *n == applet) {
+            fsys.symlink(&format!("bin/{applet}"), "busybox");
+        }
+    }
+
+    // The real tools and every shared library they and the test executables load (the
+    // executables themselves go over the 9p share).
+    let mut libs = BTreeSet::new();
+    for (name, path) in &real_tools {
+        fsys.file(&format!("bin/{name}"), 0o755, fs::read(path)?);
+        libs.extend(shared_libs(path)?);
+    }
+    for (_, exe) in tests {
+        libs.extend(shared_libs(exe)?);
+    }
+    for lib in &libs {
+        let data = fs::read(lib).with_context(|| format!("reading {}", lib.display()))?;
+        fsys.file(rel(lib)?, 0o755, data);
+    }
+
+    // Modules, in load order.
+    let mut order = String::new();
+    for ko in &kernel.kos {
+        let data = fs::read(ko).with_context(|| format!("reading {}", ko.display()))?;
+        fsys.file(rel(ko)?, 0o644, data);
+        order.push_str(&format!("{}\n", ko.display()));
+    }
+    fsys.file("etc/lane-modules", 0o644, order.into_bytes());
+    // Enough for busybox modprobe (the kernel's on-demand loads) to find what is included.
+    for f in ["modules.dep", "modules.alias", "modules.builtin"] {
+        let p = kernel.modules.join(f);
+        if p.is_file() {
+            fsys.file(rel(&p)?, 0o644, fs::read(&p)?);
+        }
+    }
+
+    let cpio = fsys.to_cpio();
+    let mut gz = Command::new("gzip")
+        .args(["-6", "-n", "-c"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .context("starting gzip")?;
+    let mut stdin = gz.stdin.take().context("gzip stdin")?;
+    let writer = std::thread::spawn(move || stdin.write_all(&cpio));
+    let mut compressed = Vec::new();
+    gz.stdout
+        .take()
+        .context("gzip stdout")?
+        .read_to_end(&mut compressed)?;
+    writer
+        .join()
+        .map_err(|_| anyhow::anyhow!("gzip writer thread panicked"))??;
+    let st = gz.wait()?;
+    if !st.success() {
+        bail!("gzip failed ({st})");
+    }
+    let tmp = out.with_extension("tmp");
+    fs::write(&tmp, &compressed)?;
+    fs::rename(&tmp, out)?;
+    Ok((compressed.len() as u64, kernel.kos.len()))
+}
+
+/// The .ko files of [`MODULES`] and their dependencies, dependencies first, each once
+/// (`modprobe -S <kver> --show-depends`; modules built into the kernel print `builtin`).
+fn resolve_modules(kernel: &Kernel) -> Result<Vec<PathBuf>> {
+    let mut kos: Vec<PathBuf> = Vec::new();
+    for m in MODULES {
+        let out = cmd("modprobe")
+            .args(["-S", &kernel.kver, "--show-depends", m])
+            .output()
+            .context("failed to run `modprobe` (package kmod)")?;
+        if !out.status.success() {
+            bail!(
+                "module {m} not found for {}: {}",
+                kernel.kver,
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        for l in String::from_utf8_lossy(&out.stdout).lines() {
+            let mut w = l.split_whitespace();
+            match (w.next(), w.next()) {
+                (Some("insmod"), Some(path)) => {
+                    let p = PathBuf::from(path);
+                    if !kos.contains(&p) {
+                        kos.push(p);
+                    }
+                }
+                (Some("builtin"), _) => {}
+                _ => bail!("unexpected `modprobe --show-depends {m}` line: {l}"),
+            }
+        }
+    }
+    Ok(kos)
+}
+
+/// The absolute paths `ldd` prints for a dynamically linked executable (the loader included);
+/// none for a static one.
+fn shared_libs(exe: &Path) -> Result<Vec<PathBuf>> {
+    let out = cmd("ldd")
+        .arg(exe)
+        .output()
+        .context("failed to run `ldd`")?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() {
+        if text.contains("not a dynamic executable") || text.contains("statically linked") {
+            return Ok(Vec::new());
+        }
+        bail!(
+            "`ldd {}` failed: {}",
+            exe.display(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    let mut libs = Vec::new();
+    for l in text.lines() {
+        if l.contains("not found") {
+            bail!("`ldd {}`: {}", exe.display(), l.trim());
+        }
+        // "libc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x...)" or
+        // "/lib64/ld-linux-x86-64.so.2 (0x...)"; linux-vdso has no path.
+        let path = match l.split_once("=>") {
+            Some((_, right)) => right.split_whitespace().next(),
+            None => l.split_whitespace().next(),
+        };
+        if let Some(p) = path.filter(|p| p.starts_with('/')) {
+            libs.push(PathBuf::from(p));
+        }
+    }
+    Ok(libs)
+}
+
+fn which(candidates: &[&str]) -> Result<PathBuf> {
+    candidates
+        .iter()
+        .map(PathBuf::from)
+        .find(|p| p.is_file())
+        .with_context(|| format!("none of {} exists", candidates.join(", ")))
+}
+
+/// An absolute host path as a path inside the archive.
+fn rel(p: &Path) -> Result<&str> {
+    p.to_str()
+        .and_then(|s| s.strip_prefix('/'))
+        .with_context(|| format!("{} is not an absolute UTF-8 path", p.display()))
+}
+
+enum Node {
+    Dir,
+    File { mode: u32, data: Vec<u8> },
+    Symlink(String),
+    CharDev(u32, u32),
+}
+
+/// The archive's tree, by path; parents are added with their children. Written in path order,
+/// so every directory comes before what it holds (the kernel does not create parents).
+#[derive(Default)]
+struct Tree(BTreeMap<String, Node>);
+
+impl Tree {
+    fn parents(&mut self, path: &str) {
+        if let Some((parent, _)) = path.rsplit_once('/') {
+            self.dir(parent);
+        }
+    }
+
+    fn dir(&mut self, path: &str) {
+        self.parents(path);
+        self.0.entry(path.to_string()).or_insert(Node::Dir);
+    }
+
+    fn file(&mut self, path: &str, mode: u32, data: Vec<u8>) {
+        self.parents(path);
+        self.0.insert(path.to_string(), Node::File { mode, data });
+    }
+
+    fn symlink(&mut self, path: &str, target: &str) {
+        self.parents(path);
+        self.0
+            .insert(path.to_string(), Node::Symlink(target.to_string()));
+    }
+
+    fn char_dev(&mut self, path: &str, major: u32, minor: u32) {
+        self.parents(path);
+        self.0.insert(path.to_string(), Node::CharDev(major, minor));
+    }
+
+    /// The "newc" cpio format (what the kernel unpacks): per entry a 110-byte header of
+    /// "070701" and 13 eight-digit hex fields, the NUL-terminated name, padding to 4 bytes, the
+    /// data, padding to 4 bytes; a "TRAILER!!!" entry ends the archive.
+    fn to_cpio(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        for (ino, (name, node)) in self.0.iter().enumerate() {
+            let (mode, data, rdev): (u32, &[u8], (u32, u32)) = match node {
+                Node::Dir => (0o040755, &[], (0, 0)),
+                Node::File { mode, data } => (0o100000 | mode, data, (0, 0)),
+                Node::Symlink(t) => (0o120777, t.as_bytes(), (0, 0)),
+                Node::CharDev(ma, mi) => (0o020600, &[], (*ma, *mi)),
+            };
+            let nlink = if matches!(node, Node::Dir) { 2 } else { 1 };
+            cpio_entry(&mut out, ino as u32 + 1, mode, nlink, rdev, name, data);
+        }
+        cpio_entry(&mut out, 0, 0, 1, (0, 0), "TRAILER!!!", &[]);
+        out
+    }
+}
+
+fn cpio_entry(
+    out: &mut Vec<u8>,
+    ino: u32,
+    mode: u32,
+    nlink: u32,
+    rdev: (u32, u32),
+    name: &str,
+    data: &[u8],
+) {
+    let fields = [
+        ino,
+        mode,
+        0, // uid
+        0, // gid
+        nlink,
+        0, // mtime
+        data.len() as u32,
+        0, // devmajor
+        0, // devminor
+        rdev.0,
+        rdev.1,
+        name.len() as u32 + 1,
+        0, // check
+    ];
+    out.extend_from_slice(b"070701");
+    for f in fields {
+        out.extend_from_slice(format!("{f:08x}").as_bytes());
+    }
+    out.extend_from_slice(name.as_bytes());
+    out.push(0);
+    pad4(out);
+    out.extend_from_slice(data);
+    pad4(out);
+}
+
+fn pad4(out: &mut Vec<u8>) {
+    while !out.len().is_multiple_of(4) {
+        out.push(0);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The guest run
+
+/// A directory removed (with what it holds) when this drops, on every path out.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(path: PathBuf) -> Result<TempDir> {
+        if path.exists() {
+            fs::remove_dir_all(&path)?;
+        }
+        fs::create_dir_all(&path)?;
+        Ok(TempDir(path))
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
+/// QEMU, killed (by its PID, through `Child::kill`) and reaped if it still runs when this drops.
+struct Qemu(Child);
+
+impl Drop for Qemu {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
+/// Single-quotes a word for sh.
+fn sh_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', r"'\''"))
+}
+
+fn boot_and_collect(
+    kernel: &Kernel,
+    initramfs: &Path,
+    tests: &[(String, PathBuf)],
+    guest_args: &[String],
+    timeout: Duration,
+    share: &Path,
+    logs: &Path,
+) -> Result<()> {
+    // The share: the executables, the script /init runs, and out/ for what comes back.
+    fs::create_dir_all(share.join("bin"))?;
+    fs::create_dir_all(share.join("out"))?;
+    let mut args = vec!["--test-threads=1".to_string()];
+    args.extend(guest_args.iter().cloned());
+    let args: Vec<String> = args.iter().map(|a| sh_quote(a)).collect();
+    let mut script = String::from("cd /tmp\n");
+    for (name, exe) in tests {
+        let dst = share.join("bin").join(name);
+        if fs::hard_link(exe, &dst).is_err() {
+            fs::copy(exe, &dst).with_context(|| format!("copying {}", exe.display()))?;
+        }
+        script.push_str(&format!(
+            "echo 'lane: ==>' {name} {a}\n\
+             ( /host/bin/{name} {a} 2>&1; echo $? > /host/out/{name}.rc ) | tee /host/out/{name}.log\n",
+            a = args.join(" ")
+        ));
+    }
+    script.push_str(
+        "dmesg > /host/out/dmesg.log\n\
+         cut -d' ' -f1 /proc/modules > /host/out/modules.loaded\n\
+         echo done > /host/out/finished\n",
+    );
+    fs::write(share.join("lane.sh"), script)?;
+
+    let mut c = Command::new("qemu-system-x86_64");
+    c.args(["-accel", "tcg", "-cpu", "max", "-m", "1024"])
+        .args([
+            "-nographic",
+            "-nodefaults",
+            "-nic",
+            "none",
+            "-serial",
+            "stdio",
+        ])
+        .arg("-no-reboot")
+        .arg("-kernel")
+        .arg(&kernel.vmlinuz)
+        .arg("-initrd")
+        .arg(initramfs)
+        .args([
+            "-append",
+            "console=ttyS0 quiet panic=-1 rdinit=/init",
+            "-virtfs",
+        ])
+        .arg(format!(
+            "local,path={},mount_tag=host,security_model=none",
+            share.display()
+        ))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit());
+    header(&format!(
+        "kernel lane: booting {} under QEMU (TCG), timeout {} s",
+        kernel.kver,
+        timeout.as_secs()
+    ));
+    // Ctrl-C or a SIGTERM to us alone: stop QEMU and clean up instead of dying with it running.
+    let interrupted = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(sig, Arc::clone(&interrupted))?;
+    }
+    let start = Instant::now();
+    let mut qemu = Qemu(c.spawn().context(
+        "failed to start qemu-system-x86_64 (package qemu-system-x86; `apt-get install \
+         qemu-system-x86`)",
+    )?);
+    println!("kernel lane: qemu pid {}", qemu.0.id());
+    let console = qemu.0.stdout.take().context("qemu stdout")?;
+    fs::create_dir_all(logs)?;
+    let serial_log = logs.join("serial.log");
+    let mut serial = fs::File::create(&serial_log)?;
+    // The serial console, line by line, to our stdout and serial.log; ends when QEMU exits
+    // (or is killed) and the pipe closes.
+    let reader = std::thread::spawn(move || {
+        let mut r = BufReader::new(console);
+        let mut buf = Vec::new();
+        while r.read_until(b'\n', &mut buf).is_ok_and(|n| n > 0) {
+            let line = String::from_utf8_lossy(&buf);
+            let line = line.trim_end_matches(['\n', '\r']).replace('\r', "");
+            println!("    guest| {line}");
+            let _ = writeln!(serial, "{line}");
+            buf.clear();
+        }
+    });
+    let status = loop {
+        if let Some(st) = qemu.0.try_wait()? {
+            break Some(st);
+        }
+        if interrupted.load(Ordering::Relaxed) {
+            break None;
+        }
+        if start.elapsed() > timeout {
+            let _ = qemu.0.kill();
+            let _ = qemu.0.wait();
+            let _ = reader.join();
+            bail!(
+                "the guest did not power off within {} s: QEMU killed (serial console in {})",
+                timeout.as_secs(),
+                serial_log.display()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    drop(qemu);
+    let _ = reader.join();
+    let Some(status) = status else {
+        bail!("interrupted: QEMU killed");
+    };
+    let elapsed = start.elapsed().as_secs_f64();
+
+    // What came back.
+    let out = share.join("out");
+    for e in fs::read_dir(&out)? {
+        let e = e?;
+        fs::copy(e.path(), logs.join(e.file_name()))?;
+    }
+    let failed_mods = fs::read_to_string(out.join("insmod-failed")).unwrap_or_default();
+    if !out.join("finished").exists() {
+        bail!(
+            "the guest powered off ({status}) after {elapsed:.0} s without finishing the tests \
+             (serial console in {})",
+            serial_log.display()
+        );
+    }
+    let mut problems = Vec::new();
+    if !failed_mods.trim().is_empty() {
+        let log = fs::read_to_string(out.join("insmod.log")).unwrap_or_default();
+        problems.push(format!(
+            "modules failed to load: {} ({})",
+            failed_mods.split_whitespace().collect::<Vec<_>>().join(" "),
+            log.trim()
+        ));
+    }
+    let loaded = fs::read_to_string(out.join("modules.loaded")).unwrap_or_default();
+    let loaded: BTreeSet<&str> = loaded.split_whitespace().collect();
+    let missing: Vec<String> = kernel
+        .kos
+        .iter()
+        .map(|ko| module_name(ko))
+        .filter(|m| !loaded.contains(m.as_str()))
+        .collect();
+    if !missing.is_empty() {
+        problems.push(format!(
+            "modules not loaded in the guest: {}",
+            missing.join(" ")
+        ));
+    }
+    let (mut passed, mut failed) = (0u64, 0u64);
+    for (name, _) in tests {
+        let rc = fs::read_to_string(out.join(format!("{name}.rc")))
+            .with_context(|| format!("the guest wrote no exit status for {name}"))?;
+        let log = fs::read_to_string(out.join(format!("{name}.log"))).unwrap_or_default();
+        for l in log.lines() {
+            if let Some(rest) = l.strip_prefix("test result: ") {
+                passed += count_before(rest, " passed");
+                failed += count_before(rest, " failed");
+            }
+        }
+        let rc = rc.trim();
+        if rc != "0" {
+            problems.push(format!(
+                "{name} exited with {rc} on {} (output in {})",
+                kernel.kver,
+                logs.join(format!("{name}.log")).display()
+            ));
+        }
+    }
+    println!(
+        "==> kernel lane {}: {passed} tests passed, {failed} failed (guest ran {elapsed:.0} s)",
+        kernel.kver
+    );
+    if !problems.is_empty() {
+        bail!("kernel lane: {}", problems.join("; "));
+    }
+    Ok(())
+}
+
+/// The name /proc/modules shows for a .ko file: "aesni-intel.ko" is "aesni_intel".
+fn module_name(ko: &Path) -> String {
+    ko.file_stem()
+        .map(|s| s.to_string_lossy().replace('-', "_"))
+        .unwrap_or_default()
+}
+
+/// In "ok. 3 passed; 0 failed; ...", the number before `what`.
+fn count_before(s: &str, what: &str) -> u64 {
+    s.find(what)
+        .and_then(|i| s[..i].rsplit([' ', '.']).next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
