@@ -120,6 +120,20 @@ impl ReplayWindow {
         } else {
             seq_low as u64
         };
+        self.check_full(seq)
+    }
+
+    /// Checks a full 64-bit sequence number (no ESN inference): the one [`check`] returned
+    /// and the ICV authenticated. The window may have moved since `check`; the number must be
+    /// judged as it is, never inferred again from the new top: with ESN, a packet that fell
+    /// behind the window meanwhile would be inferred into the next epoch, and recording that
+    /// would throw the window 2^32 ahead of the sender.
+    ///
+    /// [`check`]: ReplayWindow::check
+    #[inline(always)]
+    pub fn check_full(&self, seq: u64) -> Result<u64, ReplayError> {
+        let top = self.top();
+        let window = self.window() as u64;
         if seq == 0 {
             return Err(ReplayError::Zero);
         }

@@ -113,10 +113,12 @@ impl ReplayTable {
         Ok(unsafe { (*self.ptr(slot)?).check(seq_low) })
     }
 
-    /// For an authenticated packet: checks `seq_low` again and records it, as one step
-    /// exclusive with other workers on the same slot, so two copies of a packet decrypted
-    /// on two queues are never both accepted (RFC 4303 3.4.3).
-    pub fn accept(&self, slot: u32, seq_low: u32) -> Result<Result<u64, vpn_common::ReplayError>> {
+    /// For an authenticated packet: checks its full sequence number `seq` (the one
+    /// [`check`](Self::check) inferred and the ICV covered) again and records it, as one step
+    /// exclusive with other workers on the same slot, so two copies of a packet decrypted on
+    /// two queues are never both accepted (RFC 4303 3.4.3). `seq` is not inferred again: the
+    /// window may have moved on meanwhile (see [`ReplayWindow::check_full`]).
+    pub fn accept(&self, slot: u32, seq: u64) -> Result<Result<u64, vpn_common::ReplayError>> {
         use std::sync::atomic::Ordering;
         let p = self.ptr(slot)?;
         let w = &self.writers[slot as usize];
@@ -128,7 +130,7 @@ impl ReplayTable {
         }
         // SAFETY: in bounds; we hold this slot's writer flag.
         let r = unsafe {
-            let r = (*p).check(seq_low);
+            let r = (*p).check_full(seq);
             if let Ok(seq) = r {
                 ReplayWindow::advance_shared(p, seq);
             }
@@ -171,7 +173,7 @@ mod tests {
                     let t = t.clone();
                     sc.spawn(move || {
                         (1..=n)
-                            .filter_map(|s| t.accept(1, s).ok()?.ok())
+                            .filter_map(|s| t.accept(1, s as u64).ok()?.ok())
                             .collect::<Vec<u64>>()
                     })
                 })
@@ -186,5 +188,32 @@ mod tests {
         // Nothing is lost either: each number is accepted by one of the two (the window is
         // wide enough for how far apart two threads get here).
         assert!(total as u32 > n - 4096, "{total}");
+    }
+
+    /// The race two workers on one ESN SA run into: worker A checks sequence number 100 (the
+    /// ICV then covers epoch 0), worker B meanwhile moves the window 2,000 further, then A
+    /// records. Inferring 100 again from the new top would say epoch 1 and throw the window
+    /// 2^32 ahead of the sender, after which every packet is inferred into the wrong epoch;
+    /// judged as authenticated, 100 is simply too old now.
+    #[test]
+    fn accept_does_not_reinfer_the_esn_epoch_after_the_window_moved() {
+        let t = ReplayTable::anonymous(2).unwrap();
+        t.init(0, ReplayWindow::new(1024, true)).unwrap();
+        for s in 1..=50u64 {
+            assert_eq!(t.accept(0, s).unwrap(), Ok(s));
+        }
+        let a = t.check(0, 100).unwrap().unwrap();
+        assert_eq!(a, 100, "epoch 0 while the top is 50");
+        for s in 51..=2100u64 {
+            assert_eq!(t.accept(0, s).unwrap(), Ok(s));
+        }
+        assert_eq!(
+            t.accept(0, a).unwrap(),
+            Err(vpn_common::ReplayError::TooOld)
+        );
+        assert_eq!(t.get(0).unwrap().top(), 2100, "the window stays in epoch 0");
+        // And the stream goes on in epoch 0.
+        assert_eq!(t.check(0, 2101).unwrap(), Ok(2101));
+        assert_eq!(t.accept(0, 2101).unwrap(), Ok(2101));
     }
 }

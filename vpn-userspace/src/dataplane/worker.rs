@@ -575,12 +575,12 @@ fn esp_packet(
     // the slot's writer flag, in case another worker accepted the same number meanwhile.
     match ctx
         .replay
-        .accept(st.slot, seq_low)
+        .accept(st.slot, seq)
         .map_err(|_| DropReason::SaStateMissing)?
     {
-        Ok(s) if s == seq => {}
+        Ok(_) => {}
         Err(vpn_common::ReplayError::TooOld) => return Err(DropReason::ReplayTooOld),
-        Ok(_) | Err(_) => return Err(DropReason::ReplayDuplicate),
+        Err(_) => return Err(DropReason::ReplayDuplicate),
     }
     let inner = &ip[esp_off + d.inner.start..esp_off + d.inner.end];
     st.sa.count(inner.len());
