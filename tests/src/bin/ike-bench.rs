@@ -235,7 +235,7 @@ fn bench_core(out: &mut Out, quick: bool) -> Result<()> {
 fn ike_stat_line(lines: Vec<String>) -> String {
     lines
         .into_iter()
-        .find(|l| l.starts_with("vpnd: IKE: Stats"))
+        .find(|l| l.contains("vpnd: IKE: Stats"))
         .unwrap_or_default()
 }
 
@@ -260,7 +260,8 @@ fn bench_vpnd_establish(out: &mut Out, quick: bool) -> Result<()> {
                 d.tail()
             );
         };
-        if let Some(rest) = l.strip_prefix("vpnd: conn ")
+        // Lines carry tracing's timestamp and level in front of the message.
+        if let Some((_, rest)) = l.split_once("vpnd: conn ")
             && let Some((name, _)) = rest.split_once(": ACTIVE:")
             && up.insert(name.to_string())
         {
