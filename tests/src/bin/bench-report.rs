@@ -489,7 +489,14 @@ fn write_plots(
         }
         chart
             .configure_series_labels()
-            .position(SeriesLabelPosition::UpperLeft)
+            .position(
+                // Where the lines are not.
+                match p.file {
+                    "crypto_vs_size.svg" => SeriesLabelPosition::UpperLeft,
+                    "tunnel_vs_size.svg" => SeriesLabelPosition::MiddleLeft,
+                    _ => SeriesLabelPosition::LowerLeft,
+                },
+            )
             .background_style(WHITE.mix(0.85))
             .border_style(BLACK)
             .draw()?;
