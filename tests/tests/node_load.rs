@@ -276,5 +276,12 @@ fn load_and_unload_leave_nothing_behind() -> Result<()> {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("vpnd had left it"), "{text}");
     assert_nothing_left(&n, &instance, &prefix, Some(pid))?;
+    // Not even the empty record directory, unless another instance is loaded meanwhile.
+    let root = Path::new("/run/vpn-xtask");
+    assert!(
+        !root.exists() || std::fs::read_dir(root)?.next().is_some(),
+        "{} left behind empty",
+        root.display()
+    );
     Ok(())
 }

@@ -416,6 +416,8 @@ fn undo(m: &Manifest) -> Result<Vec<String>> {
     if fs::remove_dir_all(&dir).is_err() && dir.exists() {
         left.push(dir.display().to_string());
     }
+    // The root too, once no other instance is recorded there (remove_dir keeps a non-empty one).
+    let _ = fs::remove_dir(STATE_ROOT);
     Ok(left)
 }
 
