@@ -52,6 +52,18 @@ fn wait_counter(dp: &Dataplane, side: Side, c: Counter, want: u64) -> Result<()>
 fn attached_programs_count_and_redirect_real_frames() -> Result<()> {
     require_root();
     let ns = NetNs::new("vpnit")?;
+    {
+        // No IPv6 on the new links: their neighbour discovery and MLD frames would reach the
+        // programs a moment after link-up and move the counters this test checks exactly.
+        // (/proc/sys/net is the namespace of the thread that opens it; no IPv6 at all is fine.)
+        let _inside = ns.enter()?;
+        for conf in ["all", "default"] {
+            match std::fs::write(format!("/proc/sys/net/ipv6/conf/{conf}/disable_ipv6"), "1") {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e.into()),
+                _ => {}
+            }
+        }
+    }
     for (a, b) in [("wire0", "wire1"), ("ten0", "ten1")] {
         ns.ip(&["link", "add", a, "type", "veth", "peer", "name", b])?;
         ns.ip(&["link", "set", a, "up"])?;
