@@ -7,8 +7,9 @@ use anyhow::Result;
 use vpn_common::{
     Counter, DropReason, Outcome, ReplayWindow, XdpMeta,
     maps::{
-        IfaceConfig, NO_TENANT, POLICY_BYPASS, POLICY_DISCARD, POLICY_PROTECT, PeerKey,
-        PolicyValue, SaIn, WIRE_F_UNKNOWN_SPI_PASS, WireConfig, programs,
+        IfaceConfig, NO_TENANT, PEER_F_AFXDP, PEER_F_KERNEL, POLICY_BYPASS, POLICY_DISCARD,
+        POLICY_KERNEL, POLICY_PROTECT, PeerKey, PolicyValue, SA_F_KERNEL, SaIn,
+        WIRE_F_UNKNOWN_SPI_PASS, WireConfig, programs,
     },
     meta::{
         META_F_FROM_VLAN, META_F_FROM_VXLAN, META_F_IPV6, META_F_UDP_ENCAP, META_KIND_ARP,
@@ -25,6 +26,7 @@ use vpn_userspace::dataplane::{Dataplane, LoadOptions, Side, xsk::XskSocket};
 const SPI_A: u32 = 0x0000_1000; // slot 1, tenant 7, window 64
 const SPI_ESN: u32 = 0x0000_2000; // slot 2, ESN, window 128
 const SPI_SMALL: u32 = 0x0000_3000; // slot 3, window 32
+const SPI_KERNEL: u32 = 0x0000_4000; // slot 4, tenant 7, kernel backend (SA_F_KERNEL)
 
 fn load(prefix: &str) -> Result<Dataplane> {
     let mut o = LoadOptions::new(unique(prefix));
@@ -87,6 +89,30 @@ const V4_PEER: &str = "192.0.2.1";
 const V4_US: &str = "192.0.2.2";
 const V6_PEER: &str = "2001:db8::1";
 const V6_US: &str = "2001:db8::2";
+/// Peers with only kernel-backend SAs (`PEER_F_KERNEL`), and one with SAs of both backends.
+const V4_KERNEL_PEER: &str = "198.51.100.1";
+const V6_KERNEL_PEER: &str = "2001:db8::11";
+const V4_BOTH_PEER: &str = "198.51.100.2";
+
+/// An IPv4 packet from `src` with the MF bit set (a first fragment) carrying ESP.
+fn esp_v4_fragment_from(src: &str, seq: u32) -> Vec<u8> {
+    Packet::eth()
+        .ipv4_with(src, V4_US, |h| h.frag = 0x2000)
+        .esp(SPI_A, seq)
+        .payload_len(48)
+        .build()
+}
+
+/// A later IPv4 fragment (offset 185 * 8) of a UDP datagram from `src`.
+fn udp_v4_later_fragment_from(src: &str) -> Vec<u8> {
+    Packet::eth()
+        .ipv4_with(src, V4_US, |h| {
+            h.frag = 185;
+            h.proto = Some(17)
+        })
+        .payload_len(64)
+        .build()
+}
 
 fn esp_v4(spi: u32, seq: u32) -> Vec<u8> {
     Packet::eth()
@@ -136,7 +162,24 @@ fn esp_ingress_fixtures() -> Result<()> {
         },
         ReplayWindow::new(32, false),
     )?;
+    dp.add_sa_in(
+        SPI_KERNEL,
+        SaIn {
+            slot: 4,
+            tenant: 7,
+            flags: SA_F_KERNEL,
+            min_esp_len: min,
+            _pad: 0,
+        },
+        ReplayWindow::new(64, false),
+    )?;
     dp.add_peer(PeerKey::v4([192, 0, 2, 1]))?;
+    dp.set_peer_flags(PeerKey::v4([198, 51, 100, 1]), PEER_F_KERNEL)?;
+    dp.set_peer_flags(
+        PeerKey::v6(V6_KERNEL_PEER.parse::<std::net::Ipv6Addr>()?.octets()),
+        PEER_F_KERNEL,
+    )?;
+    dp.set_peer_flags(PeerKey::v4([198, 51, 100, 2]), PEER_F_AFXDP | PEER_F_KERNEL)?;
 
     let v4 = esp_v4(SPI_A, 1);
     let v6 = Packet::eth()
@@ -573,6 +616,108 @@ fn esp_ingress_fixtures() -> Result<()> {
             ),
             out(Outcome::WireRedirectFragment),
         ),
+        // ---- SAs of the kernel backend (SA_F_KERNEL): pre-checked, counted, to the stack ----
+        Fixture::new(
+            "kernel_sa_esp_v4",
+            esp_v4(SPI_KERNEL, 1),
+            Expect::Pass,
+            out(Outcome::WirePassKernel),
+        )
+        .sa(4, ip4),
+        Fixture::new(
+            "kernel_sa_esp_v6",
+            Packet::eth()
+                .ipv6(V6_PEER, V6_US)
+                .esp(SPI_KERNEL, 2)
+                .payload_len(48)
+                .build(),
+            Expect::Pass,
+            out(Outcome::WirePassKernel),
+        )
+        .sa(4, ip6),
+        Fixture::new(
+            "kernel_sa_esp_in_udp_v4",
+            Packet::eth()
+                .ipv4(V4_PEER, V4_US)
+                .udp(4500, 4500)
+                .esp(SPI_KERNEL, 3)
+                .payload_len(48)
+                .build(),
+            Expect::Pass,
+            out(Outcome::WirePassKernel),
+        )
+        .sa(4, ip4 + 8),
+        Fixture::new(
+            // Left to xfrm: with ESN, 0 is a valid low half of the sequence number.
+            "kernel_sa_seq_zero_is_xfrms_call",
+            esp_v4(SPI_KERNEL, 0),
+            Expect::Pass,
+            out(Outcome::WirePassKernel),
+        ),
+        Fixture::new(
+            "kernel_sa_esp_runt",
+            Packet::eth()
+                .ipv4(V4_PEER, V4_US)
+                .esp(SPI_KERNEL, 4)
+                .payload_len(10)
+                .build(),
+            Expect::Drop,
+            drop_(DropReason::EspRunt),
+        ),
+        // Nobody advances the window of a kernel SA; with its top far ahead, a normal SA
+        // would drop seq 5 as too old. Passed: the window is not consulted.
+        Fixture::new(
+            "kernel_sa_skips_replay_window",
+            esp_v4(SPI_KERNEL, 5),
+            Expect::Pass,
+            out(Outcome::WirePassKernel),
+        )
+        .sa(4, ip4)
+        .prepare(|dp| dp.replay().advance(4, 1_000_000))
+        .cleanup(|dp| dp.replay().init(4, ReplayWindow::new(64, false))),
+        // ---- outer fragments by the source's PEERS flags ----
+        Fixture::new(
+            "esp_fragment_from_kernel_only_peer",
+            esp_v4_fragment_from(V4_KERNEL_PEER, 15),
+            Expect::Pass,
+            out(Outcome::WirePassKernelFragment),
+        ),
+        Fixture::new(
+            "esp_v6_fragment_from_kernel_only_peer",
+            Packet::eth()
+                .ipv6_with(V6_KERNEL_PEER, V6_US, |h| {
+                    h.ext.push((IPV6_FRAGMENT, vec![0, 1, 0, 0, 0, 9]))
+                })
+                .esp(SPI_A, 16)
+                .payload_len(48)
+                .build(),
+            Expect::Pass,
+            out(Outcome::WirePassKernelFragment),
+        ),
+        Fixture::new(
+            "esp_fragment_from_peer_with_both_backends",
+            esp_v4_fragment_from(V4_BOTH_PEER, 17),
+            redirect(frag_meta(0, 14), &esp_v4_fragment_from(V4_BOTH_PEER, 17)),
+            out(Outcome::WireRedirectFragment),
+        ),
+        Fixture::new(
+            "esp_fragment_from_stranger",
+            esp_v4_fragment_from("198.51.100.9", 18),
+            redirect(frag_meta(0, 14), &esp_v4_fragment_from("198.51.100.9", 18)),
+            out(Outcome::WireRedirectFragment),
+        ),
+        Fixture::new(
+            "udp_fragment_from_kernel_only_peer",
+            udp_v4_later_fragment_from(V4_KERNEL_PEER),
+            Expect::Pass,
+            out(Outcome::WirePassKernelFragment),
+        ),
+        Fixture::new(
+            "udp_fragment_from_peer_with_both_backends",
+            udp_v4_later_fragment_from(V4_BOTH_PEER),
+            redirect(frag_meta(0, 14), &udp_v4_later_fragment_from(V4_BOTH_PEER)),
+            out(Outcome::WireRedirectFragment),
+        ),
         Fixture::new(
             "ipv6_extension_chain_too_long",
             Packet::eth()
@@ -664,6 +809,13 @@ fn protect(slot: u32) -> PolicyValue {
     }
 }
 
+fn kernel(slot: u32) -> PolicyValue {
+    PolicyValue {
+        sa_slot: slot,
+        action: POLICY_KERNEL,
+    }
+}
+
 /// The frame the worker should see: plain Ethernet + the inner IP packet.
 fn plain(dst: &str) -> Vec<u8> {
     Packet::eth().ipv4("10.1.0.5", dst).payload_len(32).build()
@@ -729,6 +881,12 @@ fn tenant_ingress_fixtures() -> Result<()> {
         },
     )?;
     dp.set_policy_v6(7, "2001:db8:2::".parse()?, 48, protect(13))?;
+    // SAs in the kernel (action KERNEL): tagged tenant 7, untagged default tenant 9, VXLAN
+    // tenant 8, and IPv6 in tenant 7.
+    dp.set_policy_v4(7, "10.77.0.0".parse()?, 16, kernel(15))?;
+    dp.set_policy_v4(9, "10.77.0.0".parse()?, 16, kernel(16))?;
+    dp.set_policy_v4(8, "10.77.0.0".parse()?, 16, kernel(17))?;
+    dp.set_policy_v6(7, "2001:db8:77::".parse()?, 48, kernel(18))?;
 
     let v6_vlan = Packet::eth()
         .vlan(TENANT_VLAN_A)
@@ -849,6 +1007,35 @@ fn tenant_ingress_fixtures() -> Result<()> {
             Expect::Drop,
             drop_(DropReason::PolicyDiscard),
         ),
+        // The kernel's VLAN device / routing takes the frame as it came, tag and all.
+        Fixture::new(
+            "policy_kernel_vlan",
+            vlan_frame(TENANT_VLAN_A, "10.77.1.1"),
+            Expect::Pass,
+            out(Outcome::TenantPassKernel),
+        ),
+        Fixture::new(
+            "policy_kernel_untagged",
+            plain("10.77.1.1"),
+            Expect::Pass,
+            out(Outcome::TenantPassKernel),
+        ),
+        Fixture::new(
+            "policy_kernel_vxlan",
+            vxlan_frame(VNI_B, "10.77.1.1"),
+            Expect::Pass,
+            out(Outcome::TenantPassKernel),
+        ),
+        Fixture::new(
+            "policy_kernel_vlan_inner_ipv6",
+            Packet::eth()
+                .vlan(TENANT_VLAN_A)
+                .ipv6("2001:db8:1::5", "2001:db8:77::7")
+                .payload_len(32)
+                .build(),
+            Expect::Pass,
+            out(Outcome::TenantPassKernel),
+        ),
         Fixture::new(
             "arp_on_vlan",
             Packet::eth_type(0x0806).payload_len(28).build(),
@@ -955,12 +1142,25 @@ fn mutated_frames_always_get_one_counted_verdict() -> Result<()> {
         },
         ReplayWindow::new(64, true),
     )?;
+    dp.add_sa_in(
+        SPI_KERNEL,
+        SaIn {
+            slot: 4,
+            tenant: 7,
+            flags: SA_F_KERNEL,
+            min_esp_len: SaIn::min_esp_len_for(8, 16),
+            _pad: 0,
+        },
+        ReplayWindow::new(64, false),
+    )?;
     dp.add_peer(PeerKey::v4([192, 0, 2, 1]))?;
+    dp.set_peer_flags(PeerKey::v4([198, 51, 100, 1]), PEER_F_KERNEL)?;
     dp.set_vlan_tenant(TENANT_VLAN_A, 7)?;
     dp.set_vni_tenant(VNI_B, 8)?;
     dp.set_policy_v4(7, "10.2.0.0".parse()?, 24, protect(10))?;
     dp.set_policy_v4(8, "10.2.0.0".parse()?, 16, protect(11))?;
     dp.set_policy_v6(7, "2001:db8:2::".parse()?, 48, protect(13))?;
+    dp.set_policy_v4(7, "10.77.0.0".parse()?, 16, kernel(15))?;
 
     let seeds = [
         esp_v4(SPI_A, 1),
@@ -993,6 +1193,14 @@ fn mutated_frames_always_get_one_counted_verdict() -> Result<()> {
             .ipv6("2001:db8:1::5", "2001:db8:2::7")
             .payload_len(32)
             .build(),
+        Packet::eth()
+            .ipv4(V4_PEER, V4_US)
+            .udp(4500, 4500)
+            .esp(SPI_KERNEL, 9)
+            .payload_len(48)
+            .build(),
+        esp_v4_fragment_from(V4_KERNEL_PEER, 10),
+        vlan_frame(TENANT_VLAN_A, "10.77.1.1"),
     ];
     let mut x: u64 = 0x2545_f491_4f6c_dd1d;
     let mut next = move || {

@@ -25,6 +25,12 @@ pub enum Outcome {
     WirePassUnknownSpi = 5,
     /// IPv6 extension-header chain longer than the fast path walks: left to the stack.
     WirePassUnparsed = 6,
+    /// ESP of a kernel-backend SA (`SA_F_KERNEL`) passed the SPI/length pre-checks and went to
+    /// the stack's xfrm.
+    WirePassKernel = 7,
+    /// An outer fragment from a peer that has only kernel-backend SAs (`PEER_F_KERNEL` without
+    /// `PEER_F_AFXDP`), left to the stack to reassemble.
+    WirePassKernelFragment = 8,
 
     /// Tenant traffic matched an outbound policy and went to AF_XDP.
     TenantRedirect = 16,
@@ -38,10 +44,13 @@ pub enum Outcome {
     TenantPassBypass = 20,
     /// ARP on a VLAN/VXLAN tenant network, sent to the worker (which answers for the gateway).
     TenantRedirectArp = 21,
+    /// Tenant traffic matched a policy whose SA is in the kernel (action KERNEL): passed to
+    /// the stack, where xfrm encrypts it.
+    TenantPassKernel = 22,
 }
 
 impl Outcome {
-    pub const ALL: [Outcome; 13] = [
+    pub const ALL: [Outcome; 16] = [
         Outcome::WireRedirectEsp,
         Outcome::WireRedirectEspUdp,
         Outcome::WireRedirectFragment,
@@ -49,12 +58,15 @@ impl Outcome {
         Outcome::WirePassNotEsp,
         Outcome::WirePassUnknownSpi,
         Outcome::WirePassUnparsed,
+        Outcome::WirePassKernel,
+        Outcome::WirePassKernelFragment,
         Outcome::TenantRedirect,
         Outcome::TenantPassNoTenant,
         Outcome::TenantPassNoPolicy,
         Outcome::TenantPassNotIp,
         Outcome::TenantPassBypass,
         Outcome::TenantRedirectArp,
+        Outcome::TenantPassKernel,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -66,12 +78,15 @@ impl Outcome {
             Outcome::WirePassNotEsp => "pass_not_esp",
             Outcome::WirePassUnknownSpi => "pass_unknown_spi",
             Outcome::WirePassUnparsed => "pass_unparsed",
+            Outcome::WirePassKernel => "pass_kernel",
+            Outcome::WirePassKernelFragment => "pass_kernel_fragment",
             Outcome::TenantRedirect => "redirect_outbound",
             Outcome::TenantPassNoTenant => "pass_no_tenant",
             Outcome::TenantPassNoPolicy => "pass_no_policy",
             Outcome::TenantPassNotIp => "pass_not_ip",
             Outcome::TenantPassBypass => "pass_bypass",
             Outcome::TenantRedirectArp => "redirect_arp",
+            Outcome::TenantPassKernel => "pass_kernel_policy",
         }
     }
 
@@ -293,14 +308,14 @@ mod tests {
 
     #[test]
     fn indices_are_unique_and_names_too() {
-        let all: [Counter; 49] = {
-            let mut a = [Counter::Outcome(Outcome::WirePassIke); 49];
+        let all: [Counter; 52] = {
+            let mut a = [Counter::Outcome(Outcome::WirePassIke); 52];
             for (slot, c) in a.iter_mut().zip(Counter::all()) {
                 *slot = c;
             }
             a
         };
-        assert_eq!(Counter::all().count(), 49);
+        assert_eq!(Counter::all().count(), 52);
         for (i, a) in all.iter().enumerate() {
             for b in &all[i + 1..] {
                 assert_ne!(a.index(), b.index());
@@ -317,5 +332,14 @@ mod tests {
         assert_eq!(DropReason::ReplayDuplicate as u32, 12);
         assert_eq!(DropReason::PolicyDiscard as u32, 21);
         assert_eq!(DropReason::UnknownSpi.counter(), 74);
+    }
+
+    #[test]
+    fn outcome_numbers_are_stable() {
+        assert_eq!(Outcome::WirePassUnparsed as u32, 6);
+        assert_eq!(Outcome::WirePassKernel as u32, 7);
+        assert_eq!(Outcome::WirePassKernelFragment as u32, 8);
+        assert_eq!(Outcome::TenantRedirectArp as u32, 21);
+        assert_eq!(Outcome::TenantPassKernel as u32, 22);
     }
 }

@@ -74,6 +74,11 @@ pub type SpiKey = u32;
 
 /// `SaIn.flags`: the SA expects UDP encapsulation (informational for the worker).
 pub const SA_F_UDP_ENCAP: u32 = 1 << 0;
+/// `SaIn.flags`: the SA's crypto is the kernel's xfrm (the "kernel" backend). After the SPI,
+/// length and seq-0 checks the packet goes to the stack, counted (`pass_kernel`) and in
+/// `SA_STATS`; the replay window is not consulted (nobody advances it for such an SA: xfrm
+/// keeps its own).
+pub const SA_F_KERNEL: u32 = 1 << 1;
 
 /// `SA_IN` value: an inbound SA as the fast path needs it.
 #[repr(C)]
@@ -121,8 +126,17 @@ pub struct WireConfig {
 pub const AF_INET: u32 = 2;
 pub const AF_INET6: u32 = 10;
 
-/// `PEERS` key: a peer's outer address. UDP fragments from a peer go to the worker (they may be
-/// ESP-in-UDP; only the first fragment has the port).
+/// `PEERS` value bit: UDP and ESP fragments from this peer go to the AF_XDP worker for
+/// reassembly (UDP ones may be ESP-in-UDP; only the first fragment has the port). What every
+/// entry meant before the value became flags (it was always 1).
+pub const PEER_F_AFXDP: u32 = 1 << 0;
+/// `PEERS` value bit: the peer has kernel-backend SAs (`SA_F_KERNEL`). Outer fragments from a
+/// peer with this bit and without `PEER_F_AFXDP` are left to the stack to reassemble
+/// (`pass_kernel_fragment`): xfrm then sees the whole datagram.
+pub const PEER_F_KERNEL: u32 = 1 << 1;
+
+/// `PEERS` key: a peer's outer address; the value is `PEER_F_*` flags. Raw ESP fragments from
+/// an address not in `PEERS` still go to the worker; UDP fragments from one go to the stack.
 #[repr(C)]
 #[derive(Copy, Clone, Debug, Default, PartialEq, Eq, Hash)]
 pub struct PeerKey {
@@ -187,6 +201,10 @@ pub const fn policy_prefix_len(plen: u32) -> u32 {
 pub const POLICY_PROTECT: u32 = 0;
 pub const POLICY_BYPASS: u32 = 1;
 pub const POLICY_DISCARD: u32 = 2;
+/// Protect, but the SA is in the kernel (the "kernel" backend): the frame goes to the stack
+/// untouched (VLAN tag and all), where the kernel's VLAN device / routing takes it and xfrm
+/// encrypts it (`pass_kernel_policy`). `sa_slot` is informational.
+pub const POLICY_KERNEL: u32 = 3;
 
 /// Value of `POLICY_V4` / `POLICY_V6`.
 #[repr(C)]

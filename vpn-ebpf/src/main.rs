@@ -1,6 +1,7 @@
 //! XDP programs of the ESP fast path.
 //!
-//! - `esp_ingress` (wire side): ESP / ESP-in-UDP -> SA by SPI -> replay pre-check -> AF_XDP.
+//! - `esp_ingress` (wire side): ESP / ESP-in-UDP -> SA by SPI -> replay pre-check -> AF_XDP;
+//!   SAs of the kernel backend (`SA_F_KERNEL`) -> the stack's xfrm after the SPI/length checks.
 //! - `tenant_ingress` (tenant side): VLAN / VXLAN / untagged -> tenant -> outbound policy
 //!   (LPM on tenant + destination) -> tag popped -> AF_XDP.
 //! - `xdp_noop`: returns XDP_PASS; the benchmarks' baseline.

@@ -1,4 +1,5 @@
-//! `tenant_ingress`: the tenant side. Tag -> tenant -> outbound policy -> AF_XDP.
+//! `tenant_ingress`: the tenant side. Tag -> tenant -> outbound policy -> AF_XDP (or, for a
+//! policy whose SA is in the kernel, the stack).
 
 use aya_ebpf::{
     bindings::xdp_action, helpers::bpf_xdp_adjust_head, maps::lpm_trie::Key, programs::XdpContext,
@@ -6,8 +7,8 @@ use aya_ebpf::{
 use vpn_common::{
     DropReason, Outcome, XdpMeta,
     maps::{
-        NO_TENANT, POLICY_BYPASS, POLICY_DISCARD, PolicyKeyV4, PolicyKeyV6, PolicyValue,
-        policy_prefix_len,
+        NO_TENANT, POLICY_BYPASS, POLICY_DISCARD, POLICY_KERNEL, PolicyKeyV4, PolicyKeyV6,
+        PolicyValue, policy_prefix_len,
     },
     meta::{
         META_F_FROM_VLAN, META_F_FROM_VXLAN, META_F_IPV6, META_KIND_ARP, META_KIND_OUTBOUND,
@@ -143,6 +144,11 @@ pub fn try_tenant_ingress(ctx: &XdpContext) -> Result<Verdict, DropReason> {
     }
     if policy.action == POLICY_DISCARD {
         return Err(DropReason::PolicyDiscard);
+    }
+    if policy.action == POLICY_KERNEL {
+        // The SA is the kernel's: the frame goes up untouched (VLAN tag and all) for the
+        // kernel's VLAN device / routing, and xfrm encrypts it.
+        return Ok(Verdict::Pass(Outcome::TenantPassKernel));
     }
     let slot = policy.sa_slot;
     let mut flags = if l3.ipv6 { META_F_IPV6 } else { 0 };

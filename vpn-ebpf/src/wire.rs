@@ -3,7 +3,10 @@
 use aya_ebpf::{bindings::xdp_action, helpers::bpf_xdp_adjust_meta, programs::XdpContext};
 use vpn_common::{
     DropReason, Outcome, ReplayError, XdpMeta,
-    maps::{AF_INET, AF_INET6, PeerKey, WIRE_F_UNKNOWN_SPI_PASS},
+    maps::{
+        AF_INET, AF_INET6, PEER_F_AFXDP, PEER_F_KERNEL, PeerKey, SA_F_KERNEL,
+        WIRE_F_UNKNOWN_SPI_PASS,
+    },
     meta::{
         META_F_IPV6, META_F_UDP_ENCAP, META_KIND_ESP_IN, META_KIND_FRAGMENT, META_MAGIC, NO_SLOT,
     },
@@ -35,34 +38,14 @@ pub fn try_esp_ingress(ctx: &XdpContext) -> Result<Verdict, DropReason> {
         return Ok(Verdict::Pass(Outcome::WirePassNotEsp));
     };
 
-    if l3.proto == IPPROTO_ESP {
-        if l3.fragment {
-            return fragment(ctx, &l3, l3_off);
-        }
-        return esp(ctx, &l3, l3_off, l3.l4_off, false);
-    }
-    if l3.proto != IPPROTO_UDP {
+    if l3.proto != IPPROTO_ESP && l3.proto != IPPROTO_UDP {
         return Ok(Verdict::Pass(Outcome::WirePassNotEsp));
     }
     if l3.fragment {
-        // Only the first fragment carries the port; ESP-in-UDP and IKE from a peer look alike
-        // after it. Fragments from a known peer go to the worker, which reassembles and hands
-        // IKE to vpnd; everything else is the stack's.
-        let key = if l3.ipv6 {
-            let a = ptr_at::<[u8; 16]>(ctx, l3.src_off).ok_or(DropReason::TruncatedIpv6)?;
-            PeerKey {
-                family: AF_INET6,
-                addr: unsafe { *a },
-            }
-        } else {
-            let a = ptr_at::<[u8; 4]>(ctx, l3.src_off).ok_or(DropReason::TruncatedIpv4)?;
-            peer_key_v4(unsafe { *a })
-        };
-        // SAFETY: read-only lookup of a plain value.
-        if unsafe { PEERS.get(&key) }.is_some() {
-            return fragment(ctx, &l3, l3_off);
-        }
-        return Ok(Verdict::Pass(Outcome::WirePassNotEsp));
+        return outer_fragment(ctx, &l3, l3_off);
+    }
+    if l3.proto == IPPROTO_ESP {
+        return esp(ctx, &l3, l3_off, l3.l4_off, false);
     }
 
     let dport = u16_at(ctx, l3.l4_off + 2).ok_or(DropReason::TruncatedUdp)?;
@@ -88,6 +71,35 @@ pub fn try_esp_ingress(ctx: &XdpContext) -> Result<Verdict, DropReason> {
         return Ok(Verdict::Pass(Outcome::WirePassIke));
     }
     esp(ctx, &l3, l3_off, payload, true)
+}
+
+/// An outer fragment of ESP or UDP, decided by the source's `PEERS` flags. Only the first
+/// fragment carries the port; ESP-in-UDP and IKE from a peer look alike after it.
+/// - A peer with only kernel-backend SAs (`PEER_F_KERNEL`, no `PEER_F_AFXDP`): the stack
+///   reassembles, and its xfrm (or IKE socket) gets the datagram.
+/// - Any other peer in `PEERS`: the worker reassembles and hands IKE to vpnd.
+/// - An unknown source: ESP still goes to the worker (it may be ours), UDP is the stack's.
+#[inline(always)]
+fn outer_fragment(ctx: &XdpContext, l3: &L3, l3_off: usize) -> Result<Verdict, DropReason> {
+    let key = if l3.ipv6 {
+        let a = ptr_at::<[u8; 16]>(ctx, l3.src_off).ok_or(DropReason::TruncatedIpv6)?;
+        PeerKey {
+            family: AF_INET6,
+            addr: unsafe { *a },
+        }
+    } else {
+        let a = ptr_at::<[u8; 4]>(ctx, l3.src_off).ok_or(DropReason::TruncatedIpv4)?;
+        peer_key_v4(unsafe { *a })
+    };
+    // SAFETY: read-only lookup of a plain value.
+    match unsafe { PEERS.get(&key) } {
+        Some(f) if *f & (PEER_F_KERNEL | PEER_F_AFXDP) == PEER_F_KERNEL => {
+            Ok(Verdict::Pass(Outcome::WirePassKernelFragment))
+        }
+        Some(_) => fragment(ctx, l3, l3_off),
+        None if l3.proto == IPPROTO_ESP => fragment(ctx, l3, l3_off),
+        None => Ok(Verdict::Pass(Outcome::WirePassNotEsp)),
+    }
 }
 
 /// `PeerKey::v4`, built with word stores: LLVM would otherwise turn the zero padding into a
@@ -137,6 +149,15 @@ fn esp(
     if l3.ip_end - esp_off < sa.min_esp_len as usize {
         return Err(DropReason::EspRunt);
     }
+    let bytes = (l3.ip_end - l3_off) as u64;
+    if sa.flags & SA_F_KERNEL != 0 {
+        // The kernel's xfrm decrypts it and keeps its own replay state: `REPLAY[slot]` is
+        // never advanced for such an SA, so it is not consulted. Nor is a sequence number of
+        // 0 dropped here: with ESN it is a valid low half after 2^32 packets, and the SA
+        // entry does not say whether the SA has ESN; xfrm's replay check decides.
+        count_sa(slot, bytes);
+        return Ok(Verdict::Pass(Outcome::WirePassKernel));
+    }
     let window = REPLAY.get(slot).ok_or(DropReason::SaStateMissing)?;
     match window.check(seq) {
         Ok(_) => {}
@@ -149,7 +170,6 @@ fn esp(
     if l3.ipv6 {
         flags |= META_F_IPV6;
     }
-    let bytes = (l3.ip_end - l3_off) as u64;
     let meta = XdpMeta {
         magic: META_MAGIC,
         kind: META_KIND_ESP_IN,

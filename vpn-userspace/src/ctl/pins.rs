@@ -12,9 +12,10 @@ use serde_json::{Value, json};
 use vpn_common::{
     Counter, ReplayWindow,
     maps::{
-        AF_INET, AF_INET6, ENCAP_UNTAGGED, ENCAP_VLAN, ENCAP_VXLAN, IfaceConfig, POLICY_BYPASS,
-        POLICY_DISCARD, POLICY_PROTECT, PeerKey, PolicyKeyV4, PolicyKeyV6, PolicyValue,
-        SA_F_UDP_ENCAP, SaIn, SaStats, TenantEncap, WIRE_F_UNKNOWN_SPI_PASS, WireConfig, names,
+        AF_INET, AF_INET6, ENCAP_UNTAGGED, ENCAP_VLAN, ENCAP_VXLAN, IfaceConfig, PEER_F_AFXDP,
+        PEER_F_KERNEL, POLICY_BYPASS, POLICY_DISCARD, POLICY_KERNEL, POLICY_PROTECT, PeerKey,
+        PolicyKeyV4, PolicyKeyV6, PolicyValue, SA_F_KERNEL, SA_F_UDP_ENCAP, SaIn, SaStats,
+        TenantEncap, WIRE_F_UNKNOWN_SPI_PASS, WireConfig, names,
     },
 };
 
@@ -381,7 +382,8 @@ impl Pins {
                 .map(|(spi, s)| {
                     json!({"spi": spi, "spi_hex": crate::ctl::table::spi(spi), "slot": s.slot,
                     "tenant": s.tenant, "flags": s.flags,
-                    "udp_encap": s.flags & SA_F_UDP_ENCAP != 0, "min_esp_len": s.min_esp_len})
+                    "udp_encap": s.flags & SA_F_UDP_ENCAP != 0,
+                    "kernel": s.flags & SA_F_KERNEL != 0, "min_esp_len": s.min_esp_len})
                 })
                 .collect(),
             names::REPLAY => {
@@ -448,7 +450,7 @@ impl Pins {
                     .collect::<Result<Vec<_>>>()?;
                 v.sort();
                 v.into_iter()
-                    .map(|(a, val)| json!({"peer": a, "value": val}))
+                    .map(|(a, val)| json!({"peer": a, "value": val, "flags": peer_flag_names(val)}))
                     .collect()
             }
             names::XSKS | names::TENANT_XSKS => {
@@ -533,6 +535,23 @@ pub fn encap_kind(k: u32) -> &'static str {
     }
 }
 
+/// A `PEERS` value by name: `afxdp` (`PEER_F_AFXDP`), `kernel` (`PEER_F_KERNEL`), and any
+/// other bit as hex.
+pub fn peer_flag_names(flags: u32) -> Vec<String> {
+    let mut v = Vec::new();
+    if flags & PEER_F_AFXDP != 0 {
+        v.push("afxdp".to_string());
+    }
+    if flags & PEER_F_KERNEL != 0 {
+        v.push("kernel".to_string());
+    }
+    let rest = flags & !(PEER_F_AFXDP | PEER_F_KERNEL);
+    if rest != 0 {
+        v.push(format!("{rest:#x}"));
+    }
+    v
+}
+
 pub fn addr_string(family: u32, a: &[u8; 16]) -> String {
     match family {
         AF_INET => Ipv4Addr::new(a[0], a[1], a[2], a[3]).to_string(),
@@ -553,6 +572,7 @@ pub fn action_name(a: u32) -> &'static str {
         POLICY_PROTECT => "protect",
         POLICY_BYPASS => "bypass",
         POLICY_DISCARD => "discard",
+        POLICY_KERNEL => "kernel",
         _ => "unknown",
     }
 }
@@ -646,4 +666,21 @@ pub struct MapFacts {
     pub tenants: Option<usize>,
     pub programs: Vec<ProgramRow>,
     pub attached: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn peer_flags_by_name() {
+        assert_eq!(peer_flag_names(PEER_F_AFXDP), ["afxdp"]);
+        assert_eq!(peer_flag_names(PEER_F_KERNEL), ["kernel"]);
+        assert_eq!(
+            peer_flag_names(PEER_F_AFXDP | PEER_F_KERNEL | 0x10),
+            ["afxdp", "kernel", "0x10"]
+        );
+        assert!(peer_flag_names(0).is_empty());
+        assert_eq!(action_name(POLICY_KERNEL), "kernel");
+    }
 }

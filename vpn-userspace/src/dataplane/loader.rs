@@ -19,9 +19,9 @@ use aya::{
 use vpn_common::{
     Counter, ReplayWindow,
     maps::{
-        DEFAULT_SA_IN_ENTRIES, DEFAULT_SA_SLOTS, IfaceConfig, PIN_ROOT, PeerKey, PolicyKeyV4,
-        PolicyKeyV6, PolicyValue, SaIn, SaStats, TenantEncap, WireConfig, names, policy_prefix_len,
-        programs,
+        DEFAULT_SA_IN_ENTRIES, DEFAULT_SA_SLOTS, IfaceConfig, PEER_F_AFXDP, PIN_ROOT, PeerKey,
+        PolicyKeyV4, PolicyKeyV6, PolicyValue, SaIn, SaStats, TenantEncap, WireConfig, names,
+        policy_prefix_len, programs,
     },
 };
 
@@ -404,9 +404,19 @@ impl Dataplane {
         Ok(())
     }
 
+    /// Lists a peer whose UDP/ESP fragments go to the worker for reassembly
+    /// (`PEER_F_AFXDP`; replaces any flags the entry had).
     pub fn add_peer(&mut self, peer: PeerKey) -> Result<()> {
+        self.set_peer_flags(peer, PEER_F_AFXDP)
+    }
+
+    /// Sets a peer's `PEERS` flags (`PEER_F_AFXDP`, `PEER_F_KERNEL`), inserting the entry or
+    /// overwriting the flags it had. A peer with only `PEER_F_KERNEL` has its outer fragments
+    /// left to the stack.
+    pub fn set_peer_flags(&mut self, peer: PeerKey, flags: u32) -> Result<()> {
         let mut m: HashMap<_, PeerKey, u32> = HashMap::try_from(self.map_mut(names::PEERS)?)?;
-        m.insert(peer, 1, 0)?;
+        m.insert(peer, flags, 0)
+            .context("inserting a peer (PEERS full?)")?;
         Ok(())
     }
 
