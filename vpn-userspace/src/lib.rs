@@ -9,3 +9,4 @@ pub mod esp;
 pub mod ike;
 pub mod pktgen;
 pub mod vpnaas;
+pub mod xfrm;

@@ -87,6 +87,7 @@ impl Cipher {
 }
 
 /// Keying material of one SA direction. Zeroized on drop, never printed.
+#[derive(Clone)]
 pub struct SaKey {
     cipher: Cipher,
     key: Zeroizing<Vec<u8>>,
@@ -133,6 +134,15 @@ impl SaKey {
 
     pub fn salt(&self) -> [u8; SALT_LEN] {
         self.salt
+    }
+
+    /// The RFC 4106 keying material again (key then salt), as the kernel's
+    /// `rfc4106(gcm(aes))` takes it. Zeroized when dropped.
+    pub fn keymat(&self) -> Zeroizing<Vec<u8>> {
+        let mut v = Zeroizing::new(Vec::with_capacity(self.key.len() + SALT_LEN));
+        v.extend_from_slice(&self.key);
+        v.extend_from_slice(&self.salt);
+        v
     }
 
     /// The AEAD on the default backend.
