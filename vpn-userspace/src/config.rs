@@ -93,6 +93,11 @@ pub struct TenantCfg {
     /// discovery needs.
     pub gateway_ip: Option<Ipv4Addr>,
     pub gateway_ip6: Option<std::net::Ipv6Addr>,
+    /// For connections on the kernel backend: the id of the tenant's xfrm interface
+    /// (`ip link add NAME type xfrm dev WIRE if_id ID`). Its SAs and policies bind to it, and
+    /// the tenant's routing context is the network namespace or VRF that interface is in
+    /// (a Neutron qrouter namespace). Without it the policies apply to the whole namespace.
+    pub xfrm_if_id: Option<u32>,
 }
 
 #[derive(Deserialize)]
@@ -579,6 +584,18 @@ impl Config {
                 if let Some(a) = a {
                     unicast(a).map_err(|m| e(&entry, field, &m))?;
                 }
+            }
+            if t.xfrm_if_id == Some(0) {
+                return Err(e(&entry, "xfrm_if_id", "1 or more (0 means no interface)"));
+            }
+            if let Some(id) = t.xfrm_if_id
+                && earlier.iter().any(|o| o.xfrm_if_id == Some(id))
+            {
+                return Err(e(
+                    &entry,
+                    "xfrm_if_id",
+                    "another tenant has this interface id",
+                ));
             }
             if t.local_vtep.is_some() && t.local_vtep == t.remote_vtep {
                 return Err(e(&entry, "remote_vtep", "the same as local_vtep"));
@@ -1125,6 +1142,16 @@ key_out = "2222222222222222222222222222222222222222"
                 with("vlan = 100", "vlan = 100\ngateway_ip6 = \"::\""),
                 T1,
                 "gateway_ip6",
+            ),
+            (
+                with("vlan = 100", "vlan = 100\nxfrm_if_id = 0"),
+                T1,
+                "xfrm_if_id",
+            ),
+            (
+                with("vlan = 100", "vlan = 100\nxfrm_if_id = -1"),
+                T1,
+                "xfrm_if_id",
             ),
             (with("vlan = 100", "vlan = 100\nbogus = 1"), T1, "bogus"),
             // [[manual_sa]]

@@ -196,6 +196,11 @@ pub struct SiteConnection {
     /// 1 to 4096 (no disabling anti-replay with negotiated keys).
     #[serde(default = "d_window")]
     pub replay_window: u32,
+    /// Crypto backend of the connection's CHILD_SAs: "afxdp" (vpnd's workers), "kernel"
+    /// (xfrm, with NIC offload when the wire offers it) or "auto" (kernel when the wire
+    /// device offers ESP offload, AF_XDP otherwise).
+    #[serde(default = "d_auto")]
+    pub backend: String,
 }
 
 impl fmt::Debug for SiteConnection {
@@ -275,6 +280,16 @@ pub struct ResolvedConn {
     pub tenant: u32,
     pub replay_window: u32,
     pub mtu: Option<u16>,
+    pub backend: BackendChoice,
+}
+
+/// A connection's `backend`.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendChoice {
+    Afxdp,
+    Kernel,
+    Auto,
 }
 
 fn pfs_group(s: &str) -> Result<DhGroup, String> {
@@ -678,6 +693,14 @@ impl Config {
                     ),
                 ));
             }
+            let backend = match c.backend.as_str() {
+                "afxdp" => BackendChoice::Afxdp,
+                "kernel" => BackendChoice::Kernel,
+                "auto" => BackendChoice::Auto,
+                o => {
+                    return Err(ce("backend", format!("{o:?}: use afxdp, kernel or auto")));
+                }
+            };
             // Neutron's limits: 68 (IPv4), 1280 (IPv6), by the peer address's family.
             let min_mtu = if c.peer_address.is_ipv4() { 68 } else { 1280 };
             if let Some(m) = c.mtu
@@ -717,6 +740,7 @@ impl Config {
                 tenant: svc.tenant,
                 replay_window: c.replay_window,
                 mtu: c.mtu,
+                backend,
             });
         }
         Ok(out)
@@ -1387,6 +1411,9 @@ dpd = { action = "restart", interval = 10, timeout = 40 }
             (v6.clone() + "mtu = 1000\n", C, "mtu"),
             (conn("udp_encap = \"never\""), C, "udp_encap"),
             (conn("replay_window = 0"), C, "replay_window"),
+            (conn("backend = \"dpdk\""), C, "backend"),
+            (conn("backend = \"Kernel\""), C, "backend"),
+            (conn("backend = 1"), C, "backend"),
             (conn("replay_window = 5000"), C, "replay_window"),
             (conn("bogus = 1"), C, "bogus"),
             // [ike]

@@ -37,6 +37,8 @@ use vpn_userspace::{
         plane::{ConnPlane, PlaneSink},
         shell::{Command, DaemonInfo, Shell},
     },
+    vpnaas::BackendChoice,
+    xfrm::{self, KernelBackend, OffloadMode},
 };
 
 #[derive(Parser)]
@@ -422,14 +424,75 @@ fn run() -> Result<()> {
         let mut ep = Endpoint::new(settings);
         let mut planes = Vec::new();
         let mut meta = Vec::new();
-        for c in conns {
+        let tenant_if_ids: HashMap<u32, u32> = cfg
+            .tenants
+            .iter()
+            .filter_map(|t| t.xfrm_if_id.map(|i| (t.id, i)))
+            .collect();
+        // `auto`: the kernel when the wire device offers ESP offload.
+        let wire_esp_offload = match xfrm::ethtool::esp_offload(&wire_if) {
+            Ok(o) => o,
+            Err(e) => {
+                tracing::debug!("vpnd: {wire_if}: ESP offload unknown ({e:#})");
+                false
+            }
+        };
+        let mut kernel: Option<KernelBackend> = None;
+        for c in &conns {
+            let on_kernel = match c.backend {
+                BackendChoice::Kernel => true,
+                BackendChoice::Afxdp => false,
+                BackendChoice::Auto => wire_esp_offload,
+            };
+            if on_kernel {
+                if kernel.is_none() {
+                    let offload = if wire_esp_offload {
+                        OffloadMode::Crypto(ifindex(&wire_if)?)
+                    } else {
+                        OffloadMode::None
+                    };
+                    kernel = Some(
+                        KernelBackend::open(&cfg.instance, None, offload).with_context(|| {
+                            format!("conn {}: backend {:?}", c.conn.name, c.backend)
+                        })?,
+                    );
+                }
+                // A kernel without ESP (or its AES-GCM, or an RNG) fails here, by name.
+                kernel
+                    .as_mut()
+                    .expect("opened")
+                    .probe(c.conn.peer.is_ipv6())
+                    .with_context(|| format!("conn {}: backend {:?}", c.conn.name, c.backend))?;
+            }
+            tracing::info!(
+                "vpnd: conn {}: backend {}{}",
+                c.conn.name,
+                if on_kernel { "kernel (xfrm)" } else { "afxdp" },
+                match (on_kernel, wire_esp_offload) {
+                    (true, true) => format!(", ESP offload to {wire_if}"),
+                    (true, false) => format!(", {wire_if} offers no ESP offload"),
+                    _ => String::new(),
+                }
+            );
+            if on_kernel && c.mtu.is_some() {
+                tracing::warn!(
+                    "vpnd: conn {}: mtu is not applied to kernel-backend SAs (the kernel \
+                     follows the route's MTU)",
+                    c.conn.name
+                );
+            }
             planes.push(ConnPlane {
                 name: c.conn.name.clone(),
                 tenant: c.tenant,
                 replay_window: c.replay_window,
                 mtu: c.mtu,
                 peer_ts: c.conn.peer_ts.clone(),
+                kernel: on_kernel,
+                xfrm_if_id: tenant_if_ids.get(&c.tenant).copied(),
             });
+        }
+        let any_kernel = kernel.is_some();
+        for c in conns {
             meta.push((c.tenant, c.replay_window));
             tracing::info!(
                 "vpnd: conn {}: {} -> {} ({:?}, peer id {})",
@@ -450,8 +513,14 @@ fn run() -> Result<()> {
             hops: neighbours.clone(),
             wire_if: wire_if.clone(),
             wire_mac,
+            kernel,
+            kernel_children: HashMap::new(),
+            tenant_if_ids,
         };
         let mut shell = Shell::bind(ep, sink).await?;
+        if any_kernel {
+            shell.enable_kernel_udp_encap()?;
+        }
         std::fs::create_dir_all(&run_dir)
             .with_context(|| format!("creating {}", run_dir.display()))?;
         shell.status_file = Some(run_dir.join("connections.json"));

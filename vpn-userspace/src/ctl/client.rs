@@ -213,6 +213,27 @@ pub struct Sa {
     pub lifetime_left_secs: Option<u64>,
     /// The CHILD_SA's IKE state, e.g. "INSTALLED", "REKEYED".
     pub state: Option<String>,
+    /// "afxdp" or "kernel" (older daemons: absent).
+    #[serde(default)]
+    pub backend: Option<String>,
+    /// NIC offload of a kernel SA pair ("none", "crypto", ...).
+    #[serde(default)]
+    pub offload: Option<String>,
+    /// The kernel's counters of a kernel SA pair.
+    #[serde(default)]
+    pub xfrm: Option<XfrmCounters>,
+}
+
+/// xfrm's own counters of a kernel-backend SA pair, as vpnd reports them.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
+pub struct XfrmCounters {
+    pub packets_in: u64,
+    pub bytes_in: u64,
+    pub packets_out: u64,
+    pub bytes_out: u64,
+    pub replay_dropped: u32,
+    pub replay_window_dropped: u32,
+    pub integrity_failed: u32,
 }
 
 #[cfg(test)]

@@ -270,6 +270,7 @@ pub fn render_sas(sas: &[Sa]) -> String {
         "PEER",
         "ENCAP",
         "TENANT",
+        "BACKEND",
         "TS",
         "PKTS_IN",
         "BYTES_IN",
@@ -282,6 +283,7 @@ pub fn render_sas(sas: &[Sa]) -> String {
         "LEFT",
         "STATE",
         "OUTBOUND",
+        "XFRM_DROPS",
     ]);
     for s in sas {
         t.row([
@@ -298,6 +300,11 @@ pub fn render_sas(sas: &[Sa]) -> String {
                 None => "esp".into(),
             },
             s.tenant.to_string(),
+            match (&s.backend, &s.offload) {
+                (Some(b), Some(o)) if b == "kernel" && o != "none" => format!("kernel+{o}"),
+                (Some(b), _) => b.clone(),
+                (None, _) => "-".into(),
+            },
             format!("{} === {}", s.local_ts.join(","), s.peer_ts.join(",")),
             s.packets_in.to_string(),
             s.bytes_in.to_string(),
@@ -315,6 +322,14 @@ pub fn render_sas(sas: &[Sa]) -> String {
                 None => "-",
             }
             .into(),
+            // The kernel's drops of a kernel SA pair: replayed, outside the window, bad ICV.
+            match &s.xfrm {
+                Some(x) => format!(
+                    "replay {} window {} icv {}",
+                    x.replay_dropped, x.replay_window_dropped, x.integrity_failed
+                ),
+                None => "-".into(),
+            },
         ]);
     }
     t.render()

@@ -22,7 +22,10 @@ use std::{
 use anyhow::{Context, Result, bail};
 use vpn_common::{
     ReplayWindow,
-    maps::{POLICY_PROTECT, PeerKey, PolicyValue, SA_F_UDP_ENCAP, SaIn},
+    maps::{
+        PEER_F_AFXDP, PEER_F_KERNEL, POLICY_KERNEL, POLICY_PROTECT, PeerKey, PolicyValue,
+        SA_F_KERNEL, SA_F_UDP_ENCAP, SaIn,
+    },
 };
 
 use super::{
@@ -88,6 +91,20 @@ impl InstalledChild {
     }
 }
 
+/// A kernel-backend child's entries in the XDP maps.
+#[derive(Clone, Debug)]
+pub struct KernelSlots {
+    pub tenant: u32,
+    pub peer: IpAddr,
+    pub spi_in: u32,
+    /// Its `SA_STATS` slot (what XDP passed to the kernel).
+    pub slot_in: u32,
+    /// Identifies its tenant policies (their `sa_slot`).
+    pub slot_out: u32,
+    pub peer_subnets: Vec<Prefix>,
+    pub active: bool,
+}
+
 /// Traffic through one child SA pair, for lifetimes and the CLI.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ChildStats {
@@ -113,8 +130,8 @@ pub trait SaMaps {
     /// Sets (or atomically replaces) the policy of (tenant, prefix).
     fn set_policy(&mut self, tenant: u32, prefix: &Prefix, value: PolicyValue) -> Result<()>;
     fn remove_policy(&mut self, tenant: u32, prefix: &Prefix) -> Result<bool>;
-    fn add_peer(&mut self, peer: IpAddr) -> Result<()>;
-    fn remove_peer(&mut self, peer: IpAddr) -> Result<bool>;
+    /// Sets a peer's `PEER_F_*` flags; 0 removes it.
+    fn set_peer_flags(&mut self, peer: IpAddr, flags: u32) -> Result<()>;
     /// Zeroes the kernel's per-SA counters of a slot given to a new SA.
     fn reset_sa_stats(&mut self, slot: u32) -> Result<()>;
 }
@@ -149,12 +166,12 @@ impl SaMaps for Dataplane {
         }
     }
 
-    fn add_peer(&mut self, peer: IpAddr) -> Result<()> {
-        Dataplane::add_peer(self, peer_key(peer))
-    }
-
-    fn remove_peer(&mut self, peer: IpAddr) -> Result<bool> {
-        Dataplane::remove_peer(self, peer_key(peer))
+    fn set_peer_flags(&mut self, peer: IpAddr, flags: u32) -> Result<()> {
+        if flags == 0 {
+            Dataplane::remove_peer(self, peer_key(peer)).map(|_| ())
+        } else {
+            Dataplane::set_peer_flags(self, peer_key(peer), flags)
+        }
     }
 
     fn reset_sa_stats(&mut self, slot: u32) -> Result<()> {
@@ -257,6 +274,8 @@ pub struct Installer {
     policies: HashMap<(u32, Prefix), u32>,
     /// Children per peer address: the peer stays in `PEERS` while it has one.
     peers: HashMap<IpAddr, usize>,
+    /// Kernel-backend children per peer address (`PEER_F_KERNEL`).
+    kernel_peers: HashMap<IpAddr, usize>,
     /// Inbound SPIs installed (the SPI map would silently overwrite a duplicate).
     spis_in: HashSet<u32>,
 }
@@ -282,6 +301,7 @@ impl Installer {
             slots,
             policies: HashMap::new(),
             peers: HashMap::new(),
+            kernel_peers: HashMap::new(),
             spis_in: HashSet::new(),
         }
     }
@@ -407,7 +427,7 @@ impl Installer {
         }
         let n = self.peers.entry(spec.peer).or_default();
         if *n == 0
-            && let Err(e) = maps.add_peer(spec.peer)
+            && let Err(e) = maps.set_peer_flags(spec.peer, self.peer_flags(spec.peer, 1, 0))
         {
             let _ = maps.remove_sa_in(spec.spi_in);
             self.tables.remove_inbound(slot_in);
@@ -514,11 +534,136 @@ impl Installer {
             *n -= 1;
             if *n == 0 {
                 self.peers.remove(&child.peer);
-                note(maps.remove_peer(child.peer).map(|_| ()));
+                note(maps.set_peer_flags(child.peer, self.peer_flags(child.peer, 0, 0)));
             }
         }
         self.slots.release(child.slot_in);
         self.slots.release(child.slot_out);
+        match first_err {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    /// The `PEER_F_*` flags of a peer with `extra_afxdp`/`extra_kernel` more children than
+    /// counted now.
+    fn peer_flags(&self, peer: IpAddr, extra_afxdp: usize, extra_kernel: usize) -> u32 {
+        let a = self.peers.get(&peer).copied().unwrap_or(0) + extra_afxdp;
+        let k = self.kernel_peers.get(&peer).copied().unwrap_or(0) + extra_kernel;
+        (if a > 0 { PEER_F_AFXDP } else { 0 }) | (if k > 0 { PEER_F_KERNEL } else { 0 })
+    }
+
+    /// A kernel-backend child's part of the XDP maps: its inbound SPI, flagged `SA_F_KERNEL`
+    /// (the program checks it and passes its ESP to the stack's xfrm, counted in the slot's
+    /// `SA_STATS`), and its peer flagged `PEER_F_KERNEL`. The workers get nothing.
+    #[allow(clippy::too_many_arguments)]
+    pub fn install_kernel_inbound(
+        &mut self,
+        maps: &mut impl SaMaps,
+        name: &str,
+        tenant: u32,
+        peer: IpAddr,
+        spi_in: u32,
+        udp_encap: bool,
+        peer_subnets: &[Prefix],
+    ) -> Result<KernelSlots> {
+        if spi_in <= 255 {
+            bail!("child {name:?}: SPI {spi_in:#x}: 0-255 are reserved (RFC 4303 2.1)");
+        }
+        if self.spis_in.contains(&spi_in) {
+            bail!("child {name:?}: inbound SPI {spi_in:#010x} is already installed");
+        }
+        let (slot_in, slot_out) = self.alloc_pair()?;
+        let sa_in = SaIn {
+            slot: slot_in,
+            tenant,
+            flags: SA_F_KERNEL | if udp_encap { SA_F_UDP_ENCAP } else { 0 },
+            min_esp_len: SaIn::min_esp_len_for(IV_LEN as u16, ICV_LEN as u16),
+            _pad: 0,
+        };
+        let published = maps
+            .reset_sa_stats(slot_in)
+            .and_then(|()| maps.add_sa_in(spi_in, sa_in, ReplayWindow::new(0, false)));
+        if let Err(e) = published {
+            self.slots.give_back(slot_out);
+            self.slots.give_back(slot_in);
+            return Err(e.context(format!("publishing the inbound SPI of {name:?}")));
+        }
+        let flags = self.peer_flags(peer, 0, 1);
+        if let Err(e) = maps.set_peer_flags(peer, flags) {
+            let _ = maps.remove_sa_in(spi_in);
+            self.slots.release(slot_in);
+            self.slots.release(slot_out);
+            return Err(e.context(format!("adding peer {peer}")));
+        }
+        *self.kernel_peers.entry(peer).or_default() += 1;
+        self.spis_in.insert(spi_in);
+        Ok(KernelSlots {
+            tenant,
+            peer,
+            spi_in,
+            slot_in,
+            slot_out,
+            peer_subnets: peer_subnets.to_vec(),
+            active: false,
+        })
+    }
+
+    /// Points the tenant's XDP policies of a kernel child's peer subnets at the kernel
+    /// (`POLICY_KERNEL`: passed to the stack, where xfrm encrypts). Idempotent.
+    pub fn activate_kernel(&mut self, maps: &mut impl SaMaps, k: &mut KernelSlots) -> Result<()> {
+        for p in &k.peer_subnets {
+            maps.set_policy(
+                k.tenant,
+                p,
+                PolicyValue {
+                    sa_slot: k.slot_out,
+                    action: POLICY_KERNEL,
+                },
+            )
+            .with_context(|| format!("pointing policy {p:?} at the kernel"))?;
+            self.policies.insert((k.tenant, *p), k.slot_out);
+        }
+        k.active = true;
+        Ok(())
+    }
+
+    /// Whether a kernel child's policies are the ones installed (no newer child took them).
+    pub fn kernel_owns_policies(&self, k: &KernelSlots) -> bool {
+        k.peer_subnets
+            .iter()
+            .any(|p| self.policy_slot(k.tenant, p) == Some(k.slot_out))
+    }
+
+    /// Removes a kernel child's SPI, its policies unless a newer child took them, its peer
+    /// flag; releases its slots.
+    pub fn remove_kernel(&mut self, maps: &mut impl SaMaps, k: KernelSlots) -> Result<()> {
+        let mut first_err: Option<anyhow::Error> = None;
+        let mut note = |r: Result<()>| {
+            if let Err(e) = r
+                && first_err.is_none()
+            {
+                first_err = Some(e);
+            }
+        };
+        note(maps.remove_sa_in(k.spi_in));
+        for p in &k.peer_subnets {
+            let key = (k.tenant, *p);
+            if self.policies.get(&key) == Some(&k.slot_out) {
+                note(maps.remove_policy(k.tenant, p).map(|_| ()));
+                self.policies.remove(&key);
+            }
+        }
+        self.spis_in.remove(&k.spi_in);
+        if let Some(n) = self.kernel_peers.get_mut(&k.peer) {
+            *n -= 1;
+            if *n == 0 {
+                self.kernel_peers.remove(&k.peer);
+            }
+        }
+        note(maps.set_peer_flags(k.peer, self.peer_flags(k.peer, 0, 0)));
+        self.slots.release(k.slot_in);
+        self.slots.release(k.slot_out);
         match first_err {
             Some(e) => Err(e),
             None => Ok(()),
@@ -569,7 +714,7 @@ mod tests {
     struct FakeMaps {
         sa_in: HashMap<u32, SaIn>,
         policies: HashMap<(u32, Prefix), u32>,
-        peers: HashSet<IpAddr>,
+        peers: HashMap<IpAddr, u32>,
         replay: Option<Arc<ReplayTable>>,
     }
 
@@ -592,12 +737,13 @@ mod tests {
         fn remove_policy(&mut self, tenant: u32, p: &Prefix) -> Result<bool> {
             Ok(self.policies.remove(&(tenant, *p)).is_some())
         }
-        fn add_peer(&mut self, peer: IpAddr) -> Result<()> {
-            self.peers.insert(peer);
+        fn set_peer_flags(&mut self, peer: IpAddr, flags: u32) -> Result<()> {
+            if flags == 0 {
+                self.peers.remove(&peer);
+            } else {
+                self.peers.insert(peer, flags);
+            }
             Ok(())
-        }
-        fn remove_peer(&mut self, peer: IpAddr) -> Result<bool> {
-            Ok(self.peers.remove(&peer))
         }
         fn reset_sa_stats(&mut self, _slot: u32) -> Result<()> {
             Ok(())
@@ -648,7 +794,7 @@ mod tests {
         assert_eq!(tables.inbound_slots(), vec![1]);
         assert!(tables.outbound_slots().is_empty(), "not active yet");
         assert!(maps.policies.is_empty());
-        assert!(maps.peers.contains(&old.peer));
+        assert!(maps.peers.contains_key(&old.peer));
         inst.activate_outbound(&mut maps, &mut old).unwrap();
         assert_eq!(maps.policies[&(7, p2)], 2);
         assert_eq!(tables.outbound_slots(), vec![2]);
@@ -677,7 +823,7 @@ mod tests {
         assert!(maps.sa_in.contains_key(&0x1002));
         assert_eq!(tables.inbound_slots(), vec![3]);
         assert_eq!(tables.outbound_slots(), vec![4]);
-        assert!(maps.peers.contains(&new.peer), "peer still has a child");
+        assert!(maps.peers.contains_key(&new.peer), "peer still has a child");
         assert_eq!(inst.slots().in_use(), 2);
 
         inst.remove(&mut maps, new).unwrap();
@@ -712,6 +858,48 @@ mod tests {
         assert!(inst.install_inbound(&mut maps, &bad).is_err());
         assert!(inst.install_inbound(&mut maps, &spec(4, &[])).is_err());
         assert_eq!(inst.slots().in_use(), 2);
+    }
+
+    #[test]
+    fn kernel_children_flag_their_spi_peer_and_policies() {
+        let replay = Arc::new(ReplayTable::anonymous(16).unwrap());
+        let tables = SaTables::new();
+        let mut maps = FakeMaps {
+            replay: Some(replay.clone()),
+            ..Default::default()
+        };
+        let mut inst = Installer::new(tables.clone(), replay, Backend::default());
+        let p2 = crate::config::parse_prefix("10.2.0.0/24").unwrap();
+        let peer: IpAddr = "192.0.2.2".parse().unwrap();
+        let mut k = inst
+            .install_kernel_inbound(&mut maps, "k", 7, peer, 0x3001, true, &[p2])
+            .unwrap();
+        let e = maps.sa_in[&0x3001];
+        assert_eq!(e.flags, SA_F_KERNEL | SA_F_UDP_ENCAP);
+        assert_eq!(e.slot, k.slot_in);
+        assert_eq!(maps.peers[&peer], PEER_F_KERNEL);
+        assert!(tables.inbound_slots().is_empty(), "the workers get nothing");
+        assert!(
+            inst.install_kernel_inbound(&mut maps, "dup", 7, peer, 0x3001, false, &[p2])
+                .is_err(),
+            "duplicate SPI"
+        );
+        inst.activate_kernel(&mut maps, &mut k).unwrap();
+        assert_eq!(maps.policies[&(7, p2)], k.slot_out);
+        assert!(inst.kernel_owns_policies(&k));
+
+        // An AF_XDP child to the same peer: both flags while both exist.
+        let a = inst
+            .install_inbound(&mut maps, &spec(1, &["10.9.0.0/24"]))
+            .unwrap();
+        assert_eq!(maps.peers[&peer], PEER_F_KERNEL | PEER_F_AFXDP);
+        inst.remove_kernel(&mut maps, k).unwrap();
+        assert_eq!(maps.peers[&peer], PEER_F_AFXDP);
+        assert!(!maps.sa_in.contains_key(&0x3001));
+        assert!(!maps.policies.contains_key(&(7, p2)));
+        inst.remove(&mut maps, a).unwrap();
+        assert!(maps.peers.is_empty());
+        assert_eq!(inst.slots().in_use(), 0);
     }
 
     #[test]

@@ -9,7 +9,9 @@ pub mod sa_tables;
 pub mod worker;
 pub mod xsk;
 
-pub use installer::{ChildSaSpec, ChildStats, InstalledChild, Installer, SaMaps, SlotAllocator};
+pub use installer::{
+    ChildSaSpec, ChildStats, InstalledChild, Installer, KernelSlots, SaMaps, SlotAllocator,
+};
 pub use loader::{Dataplane, LoadOptions, Side, remove_pins, rx_queue_count};
 pub use replay::ReplayTable;
 pub use sa_tables::SaTables;

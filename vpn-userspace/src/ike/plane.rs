@@ -1,4 +1,6 @@
-//! Negotiated CHILD_SAs into the AF_XDP data plane: the [`SaSink`] vpnd hands the IKE shell.
+//! Negotiated CHILD_SAs into the data plane: the [`SaSink`] vpnd hands the IKE shell. Each
+//! connection's CHILD_SAs go to its backend: the AF_XDP workers, or the kernel's xfrm (with
+//! the XDP program checking their SPIs in front, see [`crate::xfrm`]).
 
 use std::{
     collections::HashMap,
@@ -14,10 +16,13 @@ use super::{
     endpoint::{ChildId, ChildSa, ConnId},
     shell::{ChildDetails, ChildUsage, SaSink},
 };
-use crate::dataplane::{
-    ChildSaSpec, Dataplane, InstalledChild, Installer, SaMaps,
-    neigh::resolve_neighbour,
-    worker::{NextHop, Prefix},
+use crate::{
+    dataplane::{
+        ChildSaSpec, Dataplane, InstalledChild, Installer, KernelSlots, SaMaps,
+        neigh::resolve_neighbour,
+        worker::{NextHop, Prefix},
+    },
+    xfrm::{KernelBackend, KernelChild, KernelSaSpec, KernelStats},
 };
 
 /// What the sink needs to know about a connection beyond the core's view.
@@ -29,6 +34,17 @@ pub struct ConnPlane {
     /// The connection's `mtu` (outer packets of its SAs).
     pub mtu: Option<u16>,
     pub peer_ts: Vec<Prefix>,
+    /// Its CHILD_SAs go to the kernel's xfrm (the `backend` resolved: `auto` is decided at
+    /// start).
+    pub kernel: bool,
+    /// The tenant's xfrm interface id (kernel backend).
+    pub xfrm_if_id: Option<u32>,
+}
+
+/// A CHILD_SA on the kernel backend: its xfrm SAs and its XDP entries.
+pub struct KernelInstalled {
+    pub xfrm: KernelChild,
+    pub slots: KernelSlots,
 }
 
 pub struct PlaneSink {
@@ -42,6 +58,11 @@ pub struct PlaneSink {
     pub hops: Arc<Mutex<HashMap<IpAddr, NextHop>>>,
     pub wire_if: String,
     pub wire_mac: [u8; 6],
+    /// The kernel backend, when a connection uses it.
+    pub kernel: Option<KernelBackend>,
+    pub kernel_children: HashMap<ChildId, KernelInstalled>,
+    /// Tenant id -> its xfrm interface id, for connections added by a reload.
+    pub tenant_if_ids: HashMap<u32, u32>,
 }
 
 impl PlaneSink {
@@ -60,9 +81,93 @@ impl PlaneSink {
     }
 }
 
+impl PlaneSink {
+    fn install_kernel(&mut self, sa: ChildSa, conn: &ConnPlane) -> Result<()> {
+        let name = format!("{}#{}", conn.name, sa.id);
+        let kernel = self.kernel.as_mut().with_context(|| {
+            format!(
+                "conn {}: backend kernel, but the kernel backend is not open",
+                conn.name
+            )
+        })?;
+        let xfrm = kernel.install_inbound(&KernelSaSpec {
+            name: name.clone(),
+            conn: sa.conn,
+            local: sa.local,
+            peer: sa.peer,
+            spi_in: sa.spi_in,
+            spi_out: sa.spi_out,
+            key_in: &sa.key_in,
+            key_out: &sa.key_out,
+            esn: sa.esn,
+            replay_window: conn.replay_window,
+            udp_encap: sa.udp_encap,
+            local_subnets: &sa.local_ts,
+            peer_subnets: &sa.peer_ts,
+            if_id: conn.xfrm_if_id,
+        })?;
+        let slots = match self.installer.install_kernel_inbound(
+            &mut self.dp,
+            &name,
+            conn.tenant,
+            sa.peer,
+            sa.spi_in,
+            sa.udp_encap.is_some(),
+            &sa.peer_ts,
+        ) {
+            Ok(s) => s,
+            Err(e) => {
+                let _ = kernel.remove(xfrm);
+                return Err(e);
+            }
+        };
+        tracing::info!(
+            "vpnd: {name}: inbound SA {:#010x} in the kernel (reqid {:#x}{})",
+            sa.spi_in,
+            xfrm.reqid,
+            if xfrm.offload_in {
+                ", offloaded to the wire NIC"
+            } else {
+                ""
+            }
+        );
+        self.kernel_children
+            .insert(sa.id, KernelInstalled { xfrm, slots });
+        self.conn_of.insert(sa.id, sa.conn);
+        Ok(())
+    }
+
+    /// The newest CHILD_SA of `conn` for which `active` holds.
+    fn newest_active(&self, conn: ConnId, active: impl Fn(ChildId) -> bool) -> Option<ChildId> {
+        self.conn_of
+            .iter()
+            .filter(|(id, cn)| **cn == conn && active(**id))
+            .map(|(id, _)| *id)
+            .max()
+    }
+
+    fn kernel_stats(&self, child: ChildId) -> Option<(&KernelInstalled, KernelStats)> {
+        let k = self.kernel_children.get(&child)?;
+        let s = match self.kernel.as_ref()?.stats(&k.xfrm) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(
+                    "vpnd: reading the kernel's counters of {}: {e:#}",
+                    k.xfrm.name
+                );
+                KernelStats::default()
+            }
+        };
+        Some((k, s))
+    }
+}
+
 impl SaSink for PlaneSink {
     fn install_inbound(&mut self, sa: ChildSa) -> Result<()> {
         let conn = self.conns[sa.conn].clone();
+        if conn.kernel {
+            return self.install_kernel(sa, &conn);
+        }
         let next_hop = self.next_hop(sa.peer)?;
         let spec = ChildSaSpec {
             name: format!("{}#{}", conn.name, sa.id),
@@ -89,6 +194,22 @@ impl SaSink for PlaneSink {
     }
 
     fn activate_outbound(&mut self, _conn: ConnId, child: ChildId) -> Result<()> {
+        if let Some(k) = self.kernel_children.get_mut(&child) {
+            let kernel = self.kernel.as_mut().context("kernel backend gone")?;
+            kernel.activate_outbound(&mut k.xfrm)?;
+            self.installer.activate_kernel(&mut self.dp, &mut k.slots)?;
+            tracing::info!(
+                "vpnd: {}: outbound SA {:#010x} in the kernel{}",
+                k.xfrm.name,
+                k.xfrm.spi_out,
+                if k.xfrm.offload_out {
+                    ", offloaded to the wire NIC"
+                } else {
+                    ""
+                }
+            );
+            return Ok(());
+        }
         let c = self
             .children
             .get_mut(&child)
@@ -101,6 +222,26 @@ impl SaSink for PlaneSink {
 
     fn remove(&mut self, conn: ConnId, child: ChildId) -> Result<()> {
         self.conn_of.remove(&child);
+        if let Some(k) = self.kernel_children.remove(&child) {
+            let owned = self.installer.kernel_owns_policies(&k.slots);
+            let r1 = match self.kernel.as_mut() {
+                Some(kb) => kb.remove(k.xfrm),
+                None => Ok(()),
+            };
+            let r2 = self.installer.remove_kernel(&mut self.dp, k.slots);
+            if owned {
+                let survivor = self.newest_active(conn, |id| {
+                    self.kernel_children
+                        .get(&id)
+                        .is_some_and(|c| c.slots.active)
+                });
+                if let Some(s) = survivor {
+                    let mut slots = self.kernel_children[&s].slots.clone();
+                    self.installer.activate_kernel(&mut self.dp, &mut slots)?;
+                }
+            }
+            return r1.and(r2);
+        }
         let Some(c) = self.children.remove(&child) else {
             return Ok(());
         };
@@ -111,14 +252,9 @@ impl SaSink for PlaneSink {
         self.installer.remove(&mut self.dp, c)?;
         if owned {
             // Another live CHILD_SA of the connection (the newest) takes the traffic back.
-            let survivor = self
-                .conn_of
-                .iter()
-                .filter(|(id, cn)| {
-                    **cn == conn && self.children.get(id).is_some_and(|c| c.is_active())
-                })
-                .map(|(id, _)| *id)
-                .max();
+            let survivor = self.newest_active(conn, |id| {
+                self.children.get(&id).is_some_and(|c| c.is_active())
+            });
             if let Some(s) = survivor {
                 self.installer.repoint(&mut self.dp, &self.children[&s])?;
             }
@@ -127,6 +263,14 @@ impl SaSink for PlaneSink {
     }
 
     fn usage(&self, child: ChildId) -> Option<ChildUsage> {
+        if let Some((_, s)) = self.kernel_stats(child) {
+            return Some(ChildUsage {
+                packets: s.packets_in + s.packets_out,
+                bytes: s.bytes_in + s.bytes_out,
+                seq_out: s.seq_out,
+                packets_in: s.packets_in,
+            });
+        }
         let c = self.children.get(&child)?;
         let s = self.installer.stats(c);
         Some(ChildUsage {
@@ -144,6 +288,17 @@ impl SaSink for PlaneSink {
             replay_window: rc.replay_window,
             mtu: rc.mtu,
             peer_ts: rc.conn.peer_ts.clone(),
+            // A connection added by a reload: `auto` stays on AF_XDP unless the kernel
+            // backend is open already (the wire's offload was decided at start).
+            kernel: match rc.backend {
+                crate::vpnaas::BackendChoice::Kernel => true,
+                crate::vpnaas::BackendChoice::Afxdp => false,
+                crate::vpnaas::BackendChoice::Auto => self
+                    .kernel
+                    .as_ref()
+                    .is_some_and(|k| k.offload() != crate::xfrm::OffloadMode::None),
+            },
+            xfrm_if_id: self.tenant_if_ids.get(&rc.tenant).copied(),
         };
         if self.conns.len() <= conn {
             self.conns.resize(conn + 1, plane.clone());
@@ -152,9 +307,35 @@ impl SaSink for PlaneSink {
     }
 
     fn details(&self, child: ChildId) -> Option<ChildDetails> {
+        if let Some((k, s)) = self.kernel_stats(child) {
+            let offload = match (k.xfrm.offload_in, k.xfrm.offload_out) {
+                (true, true) => "crypto",
+                (true, false) => "crypto-in",
+                (false, true) => "crypto-out",
+                (false, false) => "none",
+            };
+            return Some(ChildDetails {
+                backend: "kernel".into(),
+                offload: offload.into(),
+                tenant: k.slots.tenant,
+                slot_in: k.slots.slot_in,
+                slot_out: k.slots.slot_out,
+                active: k.xfrm.active,
+                packets_in: s.packets_in,
+                bytes_in: s.bytes_in,
+                packets_out: s.packets_out,
+                bytes_out: s.bytes_out,
+                seq_out: s.seq_out,
+                replay_top: s.replay_top,
+                xfrm: Some(s),
+            });
+        }
         let c = self.children.get(&child)?;
         let s = self.installer.stats(c);
         Some(ChildDetails {
+            backend: "afxdp".into(),
+            offload: "none".into(),
+            xfrm: None,
             tenant: c.tenant,
             slot_in: c.slot_in,
             slot_out: c.slot_out,

@@ -50,6 +50,12 @@ pub trait SaSink {
 /// What the data plane knows about a CHILD_SA.
 #[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct ChildDetails {
+    /// "afxdp" or "kernel".
+    pub backend: String,
+    /// NIC offload of a kernel SA pair: "none", "crypto" (both), "crypto-in", "crypto-out".
+    pub offload: String,
+    /// The kernel's own counters of a kernel SA pair (xfrm `curlft` and stats).
+    pub xfrm: Option<crate::xfrm::KernelStats>,
     pub tenant: u32,
     pub slot_in: u32,
     pub slot_out: u32,
@@ -133,6 +139,19 @@ impl<S: SaSink> Shell<S> {
             Self::bind_local(&ep, &mut sockets, &tx, ep.conn(c).local).await?;
         }
         Self::finish(ep, sink, sockets, tx, rx)
+    }
+
+    /// Sets `UDP_ENCAP_ESPINUDP` on every NAT-T socket: the kernel backend's SAs then take
+    /// ESP in UDP/4500 from them, IKE still reaches us.
+    pub fn enable_kernel_udp_encap(&self) -> Result<()> {
+        let natt = self.ep.settings().natt_port;
+        for (addr, sock) in &self.sockets {
+            if addr.port() == natt {
+                crate::xfrm::netlink::set_udp_encap(sock.as_ref())
+                    .with_context(|| format!("NAT-T socket {addr}"))?;
+            }
+        }
+        Ok(())
     }
 
     /// Sockets on the IKE and NAT-T ports of one local address (once).
@@ -562,6 +581,9 @@ impl<S: SaSink> Shell<S> {
                             "udp_encap": v.udp_encap.map(|(a, b)| vec![a, b]),
                             "local_ts": v.local_ts.iter().map(prefix_str).collect::<Vec<_>>(),
                             "peer_ts": v.peer_ts.iter().map(prefix_str).collect::<Vec<_>>(),
+                            "backend": d.backend,
+                            "offload": d.offload,
+                            "xfrm": d.xfrm,
                             "tenant": d.tenant,
                             "slot_in": d.slot_in,
                             "slot_out": d.slot_out,
