@@ -1,6 +1,7 @@
 //! Shared helpers of the root-only integration tests and the benchmark harness: a packet
 //! builder, network namespaces that clean up after themselves, the XDP fixture runner.
 
+pub mod cross;
 pub mod dut;
 pub mod fixture;
 pub mod ikebench;
