@@ -4,7 +4,8 @@
 //!
 //! The sequence written (see [`plan`]):
 //! 1. `kpktgend_<t>`: `rem_device_all`, then `add_device <dev>@<t>` for each generator thread
-//!    `t` (the `@t` suffix lets one interface sit on several threads).
+//!    `t` (the `@t` suffix lets one interface sit on several threads; pktgen looks the
+//!    interface up by the name before the `@`).
 //! 2. `<dev>@<t>`: `count` (0 = until stopped), `pkt_size` or `imix_weights`, `clone_skb`,
 //!    `burst`, `delay` (0, flat out) or `ratep` (packets/s of this thread), MACs, `vlan_id`,
 //!    addresses (`dst`/`src_min`/`src_max`, or `dst6`/`src6`), flows as a range of UDP
@@ -12,11 +13,26 @@
 //!    destination port, and `queue_map_min`/`queue_map_max` = `t` so each thread has a queue.
 //! 3. `pgctrl`: `start`. The write blocks until every device has sent its count, or until
 //!    `stop` is written to `pgctrl` (which we do at the end of `--duration`, and on Ctrl-C).
-//! 4. Each `<dev>@<t>` file then has a `Result: OK: ...` line, and while running a
-//!    `pkts-sofar: N` line.
+//! 4. Each `<dev>@<t>` file then has `pkts-sofar: N  errors: E`, for IMIX
+//!    `imix_size_counts: 64,N1 570,N2 1518,N3` (the lengths are drawn at random by weight, so
+//!    these, not the weights, give the bytes), and `Result: OK: U(cC+dD) usec, N (...)`.
 //!
-//! Kernel pktgen sizes also count the frame without its FCS, and its frames carry its own
-//! 16-byte header (magic, sequence number, timestamp) at the start of the UDP payload.
+//! What the real thing (Debian's 6.1) showed, and this module follows:
+//! - Commands end with a newline: `pgctrl` cuts the last byte of every write (`start` without
+//!   one is `star`, EINVAL).
+//! - A rejected command fails the write itself (EINVAL for an unknown one, with
+//!   `Result: No such parameter "..."`); `burst` above 1 and `clone_skb` above 0 fail with
+//!   ENOTSUPP (524) on devices without `IFF_TX_SKB_SHARING`, such as a veth: they fall back to
+//!   1 and 0, with a note.
+//! - `pkt_size` and the IMIX lengths are frame lengths without the FCS, VLAN tag included;
+//!   pktgen's own 16-byte header (magic, sequence number, timestamp) starts the UDP payload,
+//!   and frames too short for it grow silently ("increased datalen"): [`PKTGEN_HDR`].
+//! - `udp_src_max` is exclusive: the port steps from `udp_src_min` up and wraps back when it
+//!   reaches the maximum, so N flows need `udp_src_max = udp_src_min + N`.
+//! - A packet the driver refuses counts in `errors`, not in `pkts-sofar`, and is not retried
+//!   as such: `count` packets are handed over in the end.
+//! - UDP checksums are 0 (pktgen fills them only with `flag UDPCSUM`, and then leaves them to
+//!   the device's offload, which a veth never completes): fine for IPv4, which allows 0.
 
 use std::{
     io::Write,
@@ -30,8 +46,6 @@ use std::{
 };
 
 use anyhow::{Context, Result, bail};
-
-use super::frame::Size;
 
 /// `/proc/net/pktgen` of the calling thread's network namespace (`/proc/net` is the main
 /// thread's, which need not be the one a library caller entered).
@@ -57,6 +71,12 @@ pub fn available() -> Result<(), String> {
     })
 }
 
+/// pktgen's header at the start of every frame's UDP payload (`struct pktgen_hdr`: magic
+/// 0xbe9be955, sequence number, timestamp seconds and microseconds, all big-endian u32).
+pub const PKTGEN_HDR: usize = 16;
+/// `pktgen_hdr.pgh_magic`.
+pub const PKTGEN_MAGIC: u32 = 0xbe9b_e955;
+
 /// What kernel pktgen should send.
 #[derive(Clone, Debug)]
 pub struct KernelSpec {
@@ -64,7 +84,9 @@ pub struct KernelSpec {
     pub threads: u32,
     /// Total packets (split over the threads), 0: until stopped.
     pub count: u64,
-    pub size: Size,
+    /// Frame lengths (no FCS, the tag included) and their weights: one entry is `pkt_size`,
+    /// more are `imix_weights`. At least the headers plus [`PKTGEN_HDR`].
+    pub sizes: Vec<(usize, u32)>,
     /// Total packets/s (split over the threads), None: as fast as possible.
     pub rate: Option<u64>,
     pub clone_skb: u32,
@@ -122,14 +144,13 @@ pub fn plan(s: &KernelSpec) -> Vec<Write1> {
             &d,
             format!("count {}", if s.count == 0 { 0 } else { share(s.count) }),
         );
-        match s.size {
-            Size::Fixed(n) => put(&d, format!("pkt_size {n}")),
-            Size::Imix => put(
+        match &s.sizes[..] {
+            [(n, _)] => put(&d, format!("pkt_size {n}")),
+            classes => put(
                 &d,
                 format!(
                     "imix_weights {}",
-                    s.size
-                        .classes()
+                    classes
                         .iter()
                         .map(|(l, w)| format!("{l},{w}"))
                         .collect::<Vec<_>>()
@@ -159,9 +180,14 @@ pub fn plan(s: &KernelSpec) -> Vec<Write1> {
                 put(&d, format!("src_max {src}"));
             }
         }
-        let last = s.sport.wrapping_add((s.flows.max(1) - 1) as u16);
+        // The maximum is exclusive (see the module documentation).
+        let end = if s.flows > 1 {
+            (s.sport as u32 + s.flows).min(u16::MAX as u32)
+        } else {
+            s.sport as u32
+        };
         put(&d, format!("udp_src_min {}", s.sport));
-        put(&d, format!("udp_src_max {last}"));
+        put(&d, format!("udp_src_max {end}"));
         put(&d, format!("udp_dst_min {}", s.dport));
         put(&d, format!("udp_dst_max {}", s.dport));
         put(&d, format!("queue_map_min {t}"));
@@ -171,17 +197,46 @@ pub fn plan(s: &KernelSpec) -> Vec<Write1> {
     w
 }
 
-/// Writes one command; pktgen reports a rejected command in the device file's `Result:`
-/// line rather than through the write, so that line is checked after device commands.
-fn write_cmd(dir: &Path, w: &Write1) -> Result<()> {
-    let path = dir.join(&w.file);
+/// Writes one command, newline-terminated, in one write (as pktgen wants: `pgctrl` drops
+/// the last byte of a write as the newline, so a bare `start` would arrive as `star`).
+fn write_raw(dir: &Path, w: &Write1) -> std::io::Result<()> {
     let mut f = std::fs::OpenOptions::new()
         .write(true)
-        .open(&path)
-        .with_context(|| format!("opening {}", path.display()))?;
-    f.write_all(w.cmd.as_bytes())
-        .with_context(|| format!("{}: {}", path.display(), w.cmd))?;
+        .open(dir.join(&w.file))?;
+    f.write_all(format!("{}\n", w.cmd).as_bytes())
+}
+
+/// Writes one command; a failed write names the command and pktgen's `Result:` line of a
+/// device (which says why, e.g. `No such parameter "bogus"`), and so does a device's
+/// `Result:` that is not OK after a write that went through.
+fn write_cmd(dir: &Path, w: &Write1) -> Result<()> {
+    match write_raw(dir, w) {
+        Ok(()) => check_result(dir, w),
+        Err(e) => Err(write_error(dir, w, e)),
+    }
+}
+
+/// The error of a failed write of `w`.
+fn write_error(dir: &Path, w: &Write1, e: std::io::Error) -> anyhow::Error {
+    let path = dir.join(&w.file);
+    let e = if e.raw_os_error() == Some(ENOTSUPP) {
+        std::io::Error::other("not supported by this device (ENOTSUPP)")
+    } else {
+        e
+    };
+    let why = if w.file.contains('@') {
+        let state = std::fs::read_to_string(&path).unwrap_or_default();
+        result_line(&state).map_or(String::new(), |r| format!(" ({r})"))
+    } else {
+        String::new()
+    };
+    anyhow::anyhow!("{}: `{}`: {e}{why}", path.display(), w.cmd)
+}
+
+/// After a device command: its `Result:` line must be OK.
+fn check_result(dir: &Path, w: &Write1) -> Result<()> {
     if w.file.contains('@') {
+        let path = dir.join(&w.file);
         let state = std::fs::read_to_string(&path).unwrap_or_default();
         if let Some(r) = result_line(&state)
             && !r.starts_with("Result: OK")
@@ -192,6 +247,44 @@ fn write_cmd(dir: &Path, w: &Write1) -> Result<()> {
     Ok(())
 }
 
+/// The kernel's internal "operation not supported" (not a user-space errno; strerror calls
+/// it "Unknown error 524"), which pktgen returns for `burst` and `clone_skb` on devices that
+/// cannot transmit one skb several times.
+const ENOTSUPP: i32 = 524;
+
+/// Writes a setup command; `burst N` and `clone_skb N` that the device does not support fall
+/// back to 1 and 0, and say so in `notes` (once per setting).
+fn write_setup(dir: &Path, w: &Write1, dev: &str, notes: &mut Vec<String>) -> Result<()> {
+    let fallback = match w.cmd.split_whitespace().next() {
+        Some("burst") => Some(("burst", "1")),
+        Some("clone_skb") => Some(("clone_skb", "0")),
+        _ => None,
+    };
+    match (write_raw(dir, w), fallback) {
+        (Ok(()), _) => check_result(dir, w),
+        (Err(e), Some((key, value)))
+            if matches!(e.raw_os_error(), Some(ENOTSUPP) | Some(libc::EOPNOTSUPP)) =>
+        {
+            let note = format!(
+                "kernel pktgen: {dev} does not take `{}` (no shared skbs: e.g. a veth); \
+                 {key} {value} instead",
+                w.cmd
+            );
+            if !notes.contains(&note) {
+                notes.push(note);
+            }
+            write_cmd(
+                dir,
+                &Write1 {
+                    file: w.file.clone(),
+                    cmd: format!("{key} {value}"),
+                },
+            )
+        }
+        (Err(e), _) => Err(write_error(dir, w, e)),
+    }
+}
+
 /// The `Result:` line of a device file.
 pub fn result_line(state: &str) -> Option<&str> {
     state
@@ -200,30 +293,96 @@ pub fn result_line(state: &str) -> Option<&str> {
         .find(|l| l.starts_with("Result:"))
 }
 
-/// `pkts-sofar: N` of a device file.
-pub fn packets_so_far(state: &str) -> Option<u64> {
-    let i = state.find("pkts-sofar:")?;
-    state[i + "pkts-sofar:".len()..]
+/// The number after `key` (e.g. `pkts-sofar:`) in a device file.
+fn number_after(state: &str, key: &str) -> Option<u64> {
+    let i = state.find(key)?;
+    state[i + key.len()..]
         .split_whitespace()
         .next()?
         .parse()
         .ok()
 }
 
+/// `pkts-sofar: N` of a device file.
+pub fn packets_so_far(state: &str) -> Option<u64> {
+    number_after(state, "pkts-sofar:")
+}
+
+/// What one device (`<dev>@<t>`) did, from its file after the run.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DeviceResult {
+    /// `pkts-sofar`: packets the driver took.
+    pub packets: u64,
+    /// Their bytes (frames without FCS): from `imix_size_counts` for IMIX, else packets times
+    /// the one length.
+    pub bytes: u64,
+    /// Transmit attempts the driver refused (`errors`).
+    pub errors: u64,
+    /// The run's length by pktgen's clock (`Result: OK: U(...) usec`).
+    pub usec: Option<u64>,
+}
+
+/// Reads a device file; `sizes` is what [`KernelSpec::sizes`] asked for.
+pub fn parse_device(state: &str, sizes: &[(usize, u32)]) -> DeviceResult {
+    let packets = packets_so_far(state).unwrap_or(0);
+    let imix: Option<u64> = state
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("imix_size_counts:"))
+        .map(|counts| {
+            counts
+                .split_whitespace()
+                .filter_map(|e| {
+                    let (len, n) = e.split_once(',')?;
+                    Some(len.parse::<u64>().ok()? * n.parse::<u64>().ok()?)
+                })
+                .sum()
+        });
+    let bytes = match (imix, sizes) {
+        (Some(b), _) => b,
+        (None, [(len, _), ..]) => packets * *len as u64,
+        (None, []) => 0,
+    };
+    let usec = result_line(state)
+        .and_then(|r| r.strip_prefix("Result: OK:"))
+        .and_then(|r| {
+            r.trim_start()
+                .split(|c: char| !c.is_ascii_digit())
+                .next()?
+                .parse()
+                .ok()
+        });
+    DeviceResult {
+        packets,
+        bytes,
+        errors: number_after(state, "errors:").unwrap_or(0),
+        usec,
+    }
+}
+
+/// What a run did: one entry per generator thread, the wall-clock time from `start` to its
+/// end, and what is worth telling (fallbacks, refused packets).
+#[derive(Clone, Debug)]
+pub struct KernelRun {
+    pub devices: Vec<DeviceResult>,
+    pub elapsed: Duration,
+    pub notes: Vec<String>,
+}
+
 /// Runs the plan: sets everything up, starts, stops after `duration` (or when `stop` is set),
-/// and returns the packets sent by each thread. `progress` is called about once a second
-/// with the total so far.
+/// and returns what each thread sent. `progress` is called about once a second with the
+/// total so far.
 pub fn run(
     s: &KernelSpec,
     duration: Option<Duration>,
     stop: &AtomicBool,
     mut progress: impl FnMut(u64),
-) -> Result<(Vec<u64>, Duration)> {
+) -> Result<KernelRun> {
     let dir = PathBuf::from(PROC_DIR);
     let writes = plan(s);
     let (start_cmd, setup) = writes.split_last().expect("plan ends with start");
+    let mut notes = Vec::new();
     for w in setup {
-        write_cmd(&dir, w)?;
+        write_setup(&dir, w, &s.dev, &mut notes)?;
     }
     let devices: Vec<PathBuf> = (0..s.threads.max(1))
         .map(|t| dir.join(device_name(&s.dev, t)))
@@ -277,7 +436,22 @@ pub fn run(
     starter
         .join()
         .map_err(|_| anyhow::anyhow!("pktgen start thread panicked"))??;
-    let sent = sofar(&devices);
+    let results: Vec<DeviceResult> = devices
+        .iter()
+        .map(|p| {
+            std::fs::read_to_string(p)
+                .with_context(|| format!("reading {}", p.display()))
+                .map(|st| parse_device(&st, &s.sizes))
+        })
+        .collect::<Result<_>>()?;
+    let errors: u64 = results.iter().map(|r| r.errors).sum();
+    if errors > 0 {
+        notes.push(format!(
+            "kernel pktgen: {dev} refused {errors} transmit attempts (not counted as sent; e.g. \
+             a veth whose peer's XDP ring was full)",
+            dev = s.dev
+        ));
+    }
     // Leave the threads without devices.
     for t in 0..s.threads.max(1) {
         let _ = write_cmd(
@@ -288,7 +462,11 @@ pub fn run(
             },
         );
     }
-    Ok((sent, elapsed))
+    Ok(KernelRun {
+        devices: results,
+        elapsed,
+        notes,
+    })
 }
 
 #[cfg(test)]
@@ -300,7 +478,7 @@ mod tests {
             dev: "veth0".into(),
             threads: 2,
             count: 1001,
-            size: Size::Fixed(64),
+            sizes: vec![(64, 1)],
             rate: Some(100_000),
             clone_skb: 0,
             burst: 8,
@@ -349,7 +527,7 @@ mod tests {
                     "src_min 10.1.0.5",
                     "src_max 10.1.0.5",
                     "udp_src_min 10000",
-                    "udp_src_max 10015",
+                    "udp_src_max 10016",
                     "udp_dst_min 9",
                     "udp_dst_max 9",
                     &q_min,
@@ -369,7 +547,7 @@ mod tests {
         s.threads = 1;
         s.count = 0;
         s.rate = None;
-        s.size = Size::Imix;
+        s.sizes = crate::pktgen::frame::IMIX.to_vec();
         s.vlan = None;
         s.flows = 1;
         s.src = "fd00:1::5".parse().unwrap();
@@ -408,5 +586,46 @@ mod tests {
             result_line(rejected),
             Some("Result: No such parameter \"bogus\"")
         );
+    }
+
+    /// Device files as Debian's 6.1 wrote them after a run (IMIX with a VLAN tag; fixed).
+    #[test]
+    fn reads_a_finished_run() {
+        let imix = "Params: count 1000  min_pkt_size: 64  max_pkt_size: 64
+     imix_weights: 64,7 570,4 1518,1 
+     frags: 0  delay: 0  clone_skb: 0  ifname: pg0@0
+     vlan_id: 100  vlan_p: 0  vlan_cfi: 0
+     Flags: 
+Current:
+     pkts-sofar: 1000  errors: 3
+     imix_size_counts: 64,613 570,298 1518,89 
+     started: 7204635us  stopped: 7221820us idle: 23us
+     seq_num: 1001  cur_dst_mac_offset: 0  cur_src_mac_offset: 0
+     cur_udp_dst: 9  cur_udp_src: 10000
+Result: OK: 17185(c17161+d23) usec, 1000 (64byte,0frags)
+  58187pps 160Mb/sec (160222332bps) errors: 3
+";
+        assert_eq!(
+            parse_device(imix, &crate::pktgen::frame::IMIX),
+            DeviceResult {
+                packets: 1000,
+                // 613 x 64 + 298 x 570 + 89 x 1518: what the receiving veth counted.
+                bytes: 344_194,
+                errors: 3,
+                usec: Some(17_185),
+            }
+        );
+        let fixed = "Current:\n     pkts-sofar: 500  errors: 0\n\
+                     Result: OK: 9000(c8000+d1000) usec, 500 (1000byte,0frags)\n";
+        assert_eq!(
+            parse_device(fixed, &[(1000, 1)]),
+            DeviceResult {
+                packets: 500,
+                bytes: 500_000,
+                errors: 0,
+                usec: Some(9000),
+            }
+        );
+        assert_eq!(parse_device("Result: Idle\n", &[(64, 1)]).usec, None);
     }
 }

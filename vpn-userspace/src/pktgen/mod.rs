@@ -640,7 +640,13 @@ fn resolve(args: &Args) -> Result<Plan> {
     // The largest frame: the interface's MTU of IP packet (plain); ESP frames are checked
     // against it once built.
     let max = frame.l2_len() + info.mtu as usize;
-    let min = frame.min_len();
+    // Kernel pktgen puts its own header into every UDP payload (and grows shorter frames).
+    let min = frame.min_len()
+        + if engine == Engine::Kernel {
+            kernel::PKTGEN_HDR
+        } else {
+            0
+        };
     let classes = args.size.clamp(min, max);
     for ((want, _), (got, _)) in args.size.classes().iter().zip(&classes) {
         if want != got {
@@ -652,13 +658,22 @@ fn resolve(args: &Args) -> Result<Plan> {
             }
             notes.push(format!(
                 "{want}-byte frames sent as {got} bytes ({})",
-                if got > want {
-                    "the headers need that much"
-                } else {
+                if got <= want {
                     "the MTU allows no more"
+                } else if engine == Engine::Kernel {
+                    "the headers and kernel pktgen's 16-byte header need that much"
+                } else {
+                    "the headers need that much"
                 }
             ));
         }
+    }
+    if engine == Engine::Kernel && args.sport as u32 + args.flows > u16::MAX as u32 {
+        bail!(
+            "--sport {} --flows {}: kernel pktgen's source ports end at 65534",
+            args.sport,
+            args.flows
+        );
     }
     let (duration, count) = match (args.duration, args.count) {
         (None, None) => (Some(Duration::from_secs(10)), None),
@@ -730,7 +745,7 @@ pub fn run(args: &Args, stop: &AtomicBool) -> Result<Summary> {
                 dev: args.dev.clone(),
                 threads: args.threads,
                 count: plan.count.unwrap_or(0),
-                size: plan.size,
+                sizes: plan.classes.clone(),
                 rate: args.rate.filter(|r| *r > 0),
                 clone_skb: args.clone_skb,
                 burst: args.burst,
@@ -744,16 +759,19 @@ pub fn run(args: &Args, stop: &AtomicBool) -> Result<Summary> {
                 flows: args.flows,
             };
             let mut last = (Instant::now(), 0u64);
-            let (sent, took) = kernel::run(&spec, plan.duration, stop, |n| {
+            let r = kernel::run(&spec, plan.duration, stop, |n| {
                 progress[0].store(n, Ordering::Relaxed);
                 report(&progress[..1], &mut last);
             })?;
-            let mean = plan.size.mean();
-            sent.iter()
-                .map(|p| Sent {
-                    packets: *p,
-                    bytes: (*p as f64 * mean) as u64,
-                    secs: took.as_secs_f64(),
+            notes.extend(r.notes);
+            // pktgen's own clock where it reports one (the wall clock also counts the
+            // threads' start-up).
+            r.devices
+                .iter()
+                .map(|d| Sent {
+                    packets: d.packets,
+                    bytes: d.bytes,
+                    secs: d.usec.map_or(r.elapsed.as_secs_f64(), |u| u as f64 / 1e6),
                 })
                 .collect()
         }
