@@ -1,19 +1,25 @@
-//! The second-kernel test lane: the root-only eBPF tests that need only the kernel
-//! (`xdp_fixtures`, `attach_netns`), run as root on Debian's 6.1 kernel booted under QEMU (TCG:
-//! KVM does not work on these machines). See `../shared/notes/second-kernel.md`.
+//! The second-kernel test lane: root-only tests run as root on Debian's 6.1 kernel booted
+//! under QEMU (TCG: KVM does not work on these machines). See `../shared/notes/second-kernel.md`.
+//! [`LANE_TESTS`] names the test executables and, for each, the tests it runs there.
 //!
 //! 1. Installs what is missing (`qemu-system-x86`, `linux-image-amd64`, `busybox-static`,
 //!    `kmod` for `modprobe -S`).
-//! 2. Builds the two test executables on the host (`cargo test --no-run`, same package
-//!    selection as the host `cargo test` step, so nothing is rebuilt).
-//! 3. Writes `target/kernel-lane/initramfs.cpio.gz`: static busybox, iproute2's `ip` and
-//!    `ethtool` with the shared libraries `ldd` names (the test executables need the same
-//!    loader and libc), the 6.1 modules in the order `modprobe --show-depends` gives, and an
-//!    `/init` that mounts proc, sys, devtmpfs, bpffs and the 9p share, loads the modules,
-//!    brings up lo, runs the share's `lane.sh` and powers off.
-//! 4. Shares a temporary directory over 9p (the test executables and `lane.sh`; the guest
-//!    writes each test's output and exit status back), boots the kernel, streams the serial
-//!    console, and kills QEMU (by its PID) if it has not powered off within the timeout.
+//! 2. Builds on the host what the guest runs: vpn-userspace's binaries (`vpnd`, `vpnctl`,
+//!    `vpn-pktgen`) with the same `cargo build --release --bins` as `cargo xtask test`, and the
+//!    test executables (`cargo test --no-run`, same package selection as the host `cargo test`
+//!    step), so nothing is rebuilt after `cargo xtask test`'s own steps. Each executable's
+//!    tests are listed on the host (`--list`) to pick what the guest runs.
+//! 3. Writes `target/kernel-lane/initramfs.cpio.gz`: static busybox, the host's real `ip`,
+//!    `ethtool`, `ping`, `nsenter` (and `sysctl`, `iperf3` where the host has them) with the
+//!    shared libraries `ldd` names (the test executables and binaries need the same loader and
+//!    libc), the 6.1 modules in the order `modprobe --show-depends` gives, and an `/init` that
+//!    mounts proc, sys, devtmpfs, bpffs and the 9p share, loads the modules, brings up lo, runs
+//!    the share's `lane.sh` and powers off.
+//! 4. Shares a temporary directory over 9p (the test executables and the binaries side by
+//!    side, as in `target/release/`, so the tests' `current_exe().parent()` lookups find
+//!    `vpnd` and `vpn-pktgen`; and `lane.sh`; the guest writes each test's output, exit status
+//!    and time back), boots the kernel, streams the serial console, and kills QEMU (by its PID)
+//!    if it has not powered off within the timeout.
 //!
 //! The cpio archive is written here (newc is a 110-byte text header per entry) rather than
 //! with the `cpio` tool: the archive needs a `/dev/console` device node, which `cpio -o` could
@@ -47,8 +53,49 @@ const LANE_PACKAGES: &[&str] = &[
     "kmod",
 ];
 
-/// The test executables of `vpn-tests` the lane runs, in this order.
-const LANE_TESTS: [&str; 2] = ["xdp_fixtures", "attach_netns"];
+/// The test executables of `vpn-tests` the lane runs, in this order, each with the name
+/// filters (libtest's: a test runs if its name contains one of them) that pick the tests it
+/// runs in the guest; none: all of its tests. Extra arguments of the lane narrow this further
+/// (see [`plan_runs`]).
+const LANE_TESTS: &[(&str, &[&str])] = &[
+    ("xdp_fixtures", &[]),
+    ("attach_netns", &[]),
+    // Kernel pktgen exists here (the host kernel has no module), so vpn-pktgen's kernel engine
+    // runs against the real thing only in the lane: by name, and as `auto`'s choice.
+    ("pktgen", &["kernel_pktgen", "vpn_pktgen_json_summary"]),
+    // The xfrm backend, and the cross-implementation run (kernel ESP vs our AF_XDP workers).
+    ("kernel_backend", &[]),
+    // The AF_XDP data plane on 6.1: two vpnds (manual SAs, copy-mode AF_XDP on veths) carry
+    // pings between the two sites; about 20 s in the guest.
+    ("two_site_vpnd", &["vpnd_carries_ping_between_the_sites"]),
+];
+
+/// vpn-userspace's binaries the lane's tests start (`vpnd_path()` and the pktgen tests look
+/// next to their own executable), shared beside the test executables.
+const LANE_BINS: [&str; 3] = ["vpnd", "vpnctl", "vpn-pktgen"];
+
+/// The host's tools the guest gets instead of busybox's applets: (name, where the host may
+/// have it, whether the lane needs it). Busybox's `ip` lacks `netns`, `-n` and XDP; its `ping`
+/// lacks `-M` and prints differently from the iputils one the tests parse; `nsenter` is
+/// util-linux's, as on the host. Without procps' `sysctl` busybox's serves (it takes `-qw`);
+/// `iperf3` (small, dynamic) comes along where the host has it (`tcpdump` does not: it wants a
+/// `tcpdump` user to drop privileges to, and a dozen libraries).
+const REAL_TOOLS: &[(&str, &[&str], bool)] = &[
+    (
+        "ip",
+        &["/bin/ip", "/usr/bin/ip", "/sbin/ip", "/usr/sbin/ip"],
+        true,
+    ),
+    (
+        "ethtool",
+        &["/usr/sbin/ethtool", "/sbin/ethtool", "/usr/bin/ethtool"],
+        true,
+    ),
+    ("ping", &["/usr/bin/ping", "/bin/ping"], true),
+    ("nsenter", &["/usr/bin/nsenter", "/bin/nsenter"], true),
+    ("sysctl", &["/usr/sbin/sysctl", "/sbin/sysctl"], false),
+    ("iperf3", &["/usr/bin/iperf3"], false),
+];
 
 /// Modules loaded in the guest (each after its dependencies), in this order. virtio_pci,
 /// 9pnet_virtio and 9p carry the share. The crypto modules come before the RNG ones: drbg
@@ -76,10 +123,20 @@ const MODULES: &[&str] = &[
     "8021q",
     "pktgen",
     "vxlan",
+    // The two-site topology: a bridge joins the nodes' wires; the East tenant host's VLAN
+    // helper is a TC program (clsact qdisc and the bpf classifier).
+    "bridge",
+    "sch_ingress",
+    "cls_bpf",
+    // Route-based IPsec (xfrm interfaces; brings tunnel4, tunnel6, xfrm6_tunnel). AF_PACKET is
+    // built into Debian's 6.1 (`builtin`). Not here: netdevsim (Debian does not build it),
+    // xfrm4_tunnel (IP-in-IP xfrm, which nothing uses).
+    "xfrm_interface",
+    "af_packet",
 ];
 
-/// How long the guest may take from QEMU's start to power-off before it is killed. Boot, both
-/// tests and power-off took 13 to 21 s on a busy 2-core machine (TCG); this is generous.
+/// How long the guest may take from QEMU's start to power-off before it is killed. Boot, the
+/// lane's tests and power-off took about 75 s on a busy 2-core machine (TCG); this is generous.
 pub(crate) const DEFAULT_TIMEOUT_SECS: u64 = 600;
 
 #[derive(clap::Args)]
@@ -122,8 +179,26 @@ pub(crate) fn filter_from_cargo_args(extra: &[String]) -> Vec<String> {
 }
 
 /// Installs, builds, boots the 6.1 kernel with the tests, and fails if any test failed or the
-/// guest did not report within `timeout`.
+/// guest did not report within `timeout`. `guest_args` are the lane's extra arguments for the
+/// test executables (see [`plan_runs`]).
 pub(crate) fn run_lane(guest_args: &[String], timeout: Duration) -> Result<()> {
+    run_lane_of(LANE_TESTS, guest_args, &[], timeout)
+}
+
+/// Where the guest's `/host/out/*` lands after a lane run (emptied when the next one boots).
+pub(crate) fn logs_dir() -> PathBuf {
+    workspace_root().join("target/kernel-lane/logs")
+}
+
+/// [`run_lane`] with other test executables and filters than [`LANE_TESTS`] (same shape), and
+/// extra environment variables exported in the guest before the tests run (e.g. the path of a
+/// benchmark's output under `/host/out/`).
+pub(crate) fn run_lane_of(
+    lane_tests: &[(&str, &[&str])],
+    guest_args: &[String],
+    env: &[(&str, String)],
+    timeout: Duration,
+) -> Result<()> {
     ensure_lane_packages()?;
     let mut kernel = find_kernel()?;
     kernel.kos = resolve_modules(&kernel)?;
@@ -133,13 +208,22 @@ pub(crate) fn run_lane(guest_args: &[String], timeout: Duration) -> Result<()> {
         kernel.vmlinuz.display()
     );
 
-    let tests = build_tests()?;
+    let bins = build_lane_bins()?;
+    let tests = build_tests(lane_tests)?;
+    let runs = plan_runs(&tests, lane_tests, guest_args)?;
+    if runs.is_empty() {
+        println!(
+            "==> kernel lane: no lane test matches `{}`; not booting",
+            guest_args.join(" ")
+        );
+        return Ok(());
+    }
     let dir = workspace_root().join("target/kernel-lane");
     fs::create_dir_all(&dir)?;
 
     let initramfs = dir.join("initramfs.cpio.gz");
     let t = Instant::now();
-    let (size, modules) = build_initramfs(&kernel, &tests, &initramfs)?;
+    let (size, modules) = build_initramfs(&kernel, &tests, &bins, &initramfs)?;
     println!(
         "kernel lane: {} ({} modules, {:.1} MiB, {:.1} s)",
         initramfs.display(),
@@ -149,9 +233,9 @@ pub(crate) fn run_lane(guest_args: &[String], timeout: Duration) -> Result<()> {
     );
 
     let share = TempDir::new(dir.join(format!("share-{}", std::process::id())))?;
-    let logs = dir.join("logs");
+    let logs = logs_dir();
     let r = boot_and_collect(
-        &kernel, &initramfs, &tests, guest_args, timeout, &share.0, &logs,
+        &kernel, &initramfs, &runs, &bins, env, timeout, &share.0, &logs,
     );
     drop(share);
     r
@@ -243,22 +327,11 @@ fn find_kernel() -> Result<Kernel> {
     })
 }
 
-/// Builds the lane's test executables and returns (name, path) in [`LANE_TESTS`] order. Same
-/// package selection and profile as the host `cargo test --release` step (so the same feature
-/// set: nothing is rebuilt after it), restricted to the two test targets.
-fn build_tests() -> Result<Vec<(String, PathBuf)>> {
-    header("kernel lane: cargo test --release --no-run (the lane's test executables)");
-    let mut c = cargo();
-    c.args(["test", "--workspace"]).args(HOST_EXCLUDE).args([
-        "--release",
-        "--no-run",
-        "--message-format=json-render-diagnostics",
-    ]);
-    for t in LANE_TESTS {
-        c.args(["--test", t]);
-    }
+/// The executables a cargo invocation with `--message-format=json-render-diagnostics` built,
+/// by target name, for targets of `kind` ("bin", "test").
+fn cargo_executables(c: &mut Command, kind: &str) -> Result<BTreeMap<String, PathBuf>> {
     c.stderr(Stdio::inherit());
-    let line = super::describe(&c);
+    let line = super::describe(c);
     let out = c
         .output()
         .with_context(|| format!("failed to start `{line}`"))?;
@@ -270,8 +343,7 @@ fn build_tests() -> Result<Vec<(String, PathBuf)>> {
         let Ok(v) = serde_json::from_str::<serde_json::Value>(l) else {
             continue;
         };
-        if v["reason"] != "compiler-artifact" || v["target"]["kind"] != serde_json::json!(["test"])
-        {
+        if v["reason"] != "compiler-artifact" || v["target"]["kind"] != serde_json::json!([kind]) {
             continue;
         }
         let (Some(name), Some(exe)) = (v["target"]["name"].as_str(), v["executable"].as_str())
@@ -280,14 +352,176 @@ fn build_tests() -> Result<Vec<(String, PathBuf)>> {
         };
         exes.insert(name.to_string(), PathBuf::from(exe));
     }
-    LANE_TESTS
+    Ok(exes)
+}
+
+/// Builds [`LANE_BINS`] with the very command `cargo xtask test` builds the binaries with (so
+/// after it, or before it, nothing is built twice) and returns (name, path) in that order.
+fn build_lane_bins() -> Result<Vec<(String, PathBuf)>> {
+    header("kernel lane: cargo build --release --bins (vpnd, vpnctl, vpn-pktgen for the guest)");
+    let mut c = super::build_bins();
+    c.arg("--message-format=json-render-diagnostics");
+    let line = super::describe(&c);
+    let mut exes = cargo_executables(&mut c, "bin")?;
+    LANE_BINS
         .iter()
-        .map(|t| {
+        .map(|b| {
+            exes.remove(*b)
+                .map(|p| (b.to_string(), p))
+                .with_context(|| format!("`{line}` reported no executable for the binary {b}"))
+        })
+        .collect()
+}
+
+/// Builds the lane's test executables and returns (name, path) in `lane_tests` order. Same
+/// package selection and profile as the host `cargo test --release` step (so the same feature
+/// set: nothing is rebuilt after it), restricted to the lane's test targets.
+fn build_tests(lane_tests: &[(&str, &[&str])]) -> Result<Vec<(String, PathBuf)>> {
+    header("kernel lane: cargo test --release --no-run (the lane's test executables)");
+    let mut c = cargo();
+    c.args(["test", "--workspace"]).args(HOST_EXCLUDE).args([
+        "--release",
+        "--no-run",
+        "--message-format=json-render-diagnostics",
+    ]);
+    for (t, _) in lane_tests {
+        c.args(["--test", t]);
+    }
+    let line = super::describe(&c);
+    let mut exes = cargo_executables(&mut c, "test")?;
+    lane_tests
+        .iter()
+        .map(|(t, _)| {
             exes.remove(*t)
                 .map(|p| (t.to_string(), p))
                 .with_context(|| format!("`{line}` reported no executable for the test {t}"))
         })
         .collect()
+}
+
+/// One test executable's run in the guest.
+struct Run {
+    name: String,
+    exe: PathBuf,
+    /// Its arguments after `--test-threads=1`.
+    args: Vec<String>,
+    /// How many of its tests that selects (before any `--skip`).
+    selected: usize,
+}
+
+/// libtest's options that take a value as the next argument (`--skip NAME`, ...); every other
+/// argument that does not start with `-` is a name filter.
+const LIBTEST_VALUE_OPTS: [&str; 7] = [
+    "--skip",
+    "--test-threads",
+    "--format",
+    "--color",
+    "--logfile",
+    "-Z",
+    "--shuffle-seed",
+];
+
+/// (options, name filters) of libtest arguments.
+fn split_libtest_args(args: &[String]) -> (Vec<String>, Vec<String>) {
+    let (mut opts, mut filters) = (Vec::new(), Vec::new());
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        if a.starts_with('-') {
+            opts.push(a.clone());
+            if LIBTEST_VALUE_OPTS.contains(&a.as_str())
+                && let Some(v) = it.next()
+            {
+                opts.push(v.clone());
+            }
+        } else {
+            filters.push(a.clone());
+        }
+    }
+    (opts, filters)
+}
+
+/// The tests an executable has (`--list --format terse`: "NAME: test" lines), run on the host.
+fn list_tests(exe: &Path) -> Result<Vec<String>> {
+    let out = Command::new(exe)
+        .args(["--list", "--format", "terse"])
+        .stderr(Stdio::inherit())
+        .output()
+        .with_context(|| format!("failed to run `{} --list`", exe.display()))?;
+    if !out.status.success() {
+        bail!("`{} --list` failed ({})", exe.display(), out.status);
+    }
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.strip_suffix(": test"))
+        .map(str::to_string)
+        .collect())
+}
+
+/// What each executable runs in the guest: the tests its filters in `lane_tests` (normally
+/// [`LANE_TESTS`]) pick (all if none), and of those only the ones the lane's own name filters
+/// in `extra` match (libtest's rules: a substring, or the whole name with `--exact`);
+/// `extra`'s options go along. An executable with lane filters gets the chosen names with
+/// `--exact`, so that `extra`'s filters narrow the selection rather than add to it (libtest
+/// ORs its filters). Executables with nothing chosen are left out.
+fn plan_runs(
+    tests: &[(String, PathBuf)],
+    lane_tests: &[(&str, &[&str])],
+    extra: &[String],
+) -> Result<Vec<Run>> {
+    let (opts, filters) = split_libtest_args(extra);
+    let exact = opts.iter().any(|o| o == "--exact");
+    let wanted = |name: &str| {
+        filters.is_empty()
+            || filters.iter().any(|f| {
+                if exact {
+                    name == f
+                } else {
+                    name.contains(f.as_str())
+                }
+            })
+    };
+    let mut runs = Vec::new();
+    for ((name, exe), (_, lane)) in tests.iter().zip(lane_tests) {
+        let all = list_tests(exe)?;
+        let chosen: Vec<String> = all
+            .iter()
+            .filter(|t| lane.is_empty() || lane.iter().any(|f| t.contains(f)))
+            .filter(|t| wanted(t))
+            .cloned()
+            .collect();
+        if chosen.is_empty() {
+            println!(
+                "kernel lane: {name}: none of its {} tests selected; left out",
+                all.len()
+            );
+            continue;
+        }
+        let args = if lane.is_empty() {
+            extra.to_vec()
+        } else {
+            let mut a: Vec<String> = opts.iter().filter(|o| *o != "--exact").cloned().collect();
+            a.push("--exact".into());
+            a.extend(chosen.iter().cloned());
+            a
+        };
+        println!(
+            "kernel lane: {name}: {} of its {} tests{}",
+            chosen.len(),
+            all.len(),
+            if lane.is_empty() && filters.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", chosen.join(", "))
+            }
+        );
+        runs.push(Run {
+            name: name.clone(),
+            exe: exe.clone(),
+            args,
+            selected: chosen.len(),
+        });
+    }
+    Ok(runs)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -330,6 +564,7 @@ poweroff -f
 fn build_initramfs(
     kernel: &Kernel,
     tests: &[(String, PathBuf)],
+    bins: &[(String, PathBuf)],
     out: &Path,
 ) -> Result<(u64, usize)> {
     let mut fsys = Tree::default();
@@ -355,27 +590,42 @@ fn build_initramfs(
         .arg("--list")
         .output()
         .context("busybox --list")?;
-    let real_tools = [
-        ("ip", which(&["/bin/ip", "/usr/bin/ip", "/sbin/ip"])?),
-        (
-            "ethtool",
-            which(&["/usr/sbin/ethtool", "/sbin/ethtool", "/usr/bin/ethtool"])?,
-        ),
-    ];
+    let mut real_tools = Vec::new();
+    for (name, candidates, needed) in REAL_TOOLS {
+        match which(candidates) {
+            Ok(p) => real_tools.push((*name, p)),
+            Err(e) if *needed => {
+                return Err(e.context(format!("the lane's guest needs the host's {name}")));
+            }
+            Err(_) => println!(
+                "kernel lane: no {name} on the host ({}): the guest {}",
+                candidates.join(", "),
+                if list
+                    .stdout
+                    .split(|b| b.is_ascii_whitespace())
+                    .any(|a| a == name.as_bytes())
+                {
+                    "has busybox's"
+                } else {
+                    "goes without"
+                }
+            ),
+        }
+    }
     for applet in String::from_utf8_lossy(&list.stdout).split_whitespace() {
         if applet != "busybox" && !real_tools.iter().any(|(n, _)| *n == applet) {
             fsys.symlink(&format!("bin/{applet}"), "busybox");
         }
     }
 
-    // The real tools and every shared library they and the test executables load (the
-    // executables themselves go over the 9p share).
+    // The real tools and every shared library they, the test executables and the binaries
+    // load (the executables and binaries themselves go over the 9p share).
     let mut libs = BTreeSet::new();
     for (name, path) in &real_tools {
         fsys.file(&format!("bin/{name}"), 0o755, fs::read(path)?);
         libs.extend(shared_libs(path)?);
     }
-    for (_, exe) in tests {
+    for (_, exe) in tests.iter().chain(bins) {
         libs.extend(shared_libs(exe)?);
     }
     for lib in &libs {
@@ -650,31 +900,52 @@ fn sh_quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', r"'\''"))
 }
 
+#[allow(clippy::too_many_arguments)]
 fn boot_and_collect(
     kernel: &Kernel,
     initramfs: &Path,
-    tests: &[(String, PathBuf)],
-    guest_args: &[String],
+    runs: &[Run],
+    bins: &[(String, PathBuf)],
+    env: &[(&str, String)],
     timeout: Duration,
     share: &Path,
     logs: &Path,
 ) -> Result<()> {
-    // The share: the executables, the script /init runs, and out/ for what comes back.
+    // The share: the executables and binaries side by side, the script /init runs, and out/
+    // for what comes back.
     fs::create_dir_all(share.join("bin"))?;
     fs::create_dir_all(share.join("out"))?;
-    let mut args = vec!["--test-threads=1".to_string()];
-    args.extend(guest_args.iter().cloned());
-    let args: Vec<String> = args.iter().map(|a| sh_quote(a)).collect();
-    let mut script = String::from("cd /tmp\n");
-    for (name, exe) in tests {
+    let exes = runs
+        .iter()
+        .map(|r| (&r.name, &r.exe))
+        .chain(bins.iter().map(|(n, p)| (n, p)));
+    for (name, exe) in exes {
         let dst = share.join("bin").join(name);
         if fs::hard_link(exe, &dst).is_err() {
             fs::copy(exe, &dst).with_context(|| format!("copying {}", exe.display()))?;
         }
+    }
+    // VPN_LANE=1: tests that skip where the kernel lacks something (kernel pktgen on the host)
+    // must fail here instead.
+    let mut script = String::from(
+        "cd /tmp
+export VPN_LANE=1
+",
+    );
+    for (k, v) in env {
+        script.push_str(&format!("export {k}={}\n", sh_quote(v)));
+    }
+    for r in runs {
+        let mut args = vec!["--test-threads=1".to_string()];
+        args.extend(r.args.iter().cloned());
+        let a: Vec<String> = args.iter().map(|a| sh_quote(a)).collect();
         script.push_str(&format!(
             "echo 'lane: ==>' {name} {a}\n\
-             ( /host/bin/{name} {a} 2>&1; echo $? > /host/out/{name}.rc ) | tee /host/out/{name}.log\n",
-            a = args.join(" ")
+             cut -d' ' -f1 /proc/uptime > /host/out/{name}.time\n\
+             ( /host/bin/{name} {a} 2>&1; echo $? > /host/out/{name}.rc ) | tee /host/out/{name}.log\n\
+             cut -d' ' -f1 /proc/uptime >> /host/out/{name}.time\n",
+            name = r.name,
+            a = a.join(" ")
         ));
     }
     script.push_str(
@@ -685,7 +956,9 @@ fn boot_and_collect(
     fs::write(share.join("lane.sh"), script)?;
 
     let mut c = Command::new("qemu-system-x86_64");
-    c.args(["-accel", "tcg", "-cpu", "max", "-m", "1024"])
+    // Two vCPUs: vpnd runs a worker per queue and kernel pktgen a thread per CPU, as on a
+    // node; under TCG it costs no time against one here.
+    c.args(["-accel", "tcg", "-cpu", "max", "-m", "1024", "-smp", "2"])
         .args([
             "-nographic",
             "-nodefaults",
@@ -728,6 +1001,9 @@ fn boot_and_collect(
     )?);
     println!("kernel lane: qemu pid {}", qemu.0.id());
     let console = qemu.0.stdout.take().context("qemu stdout")?;
+    if logs.exists() {
+        fs::remove_dir_all(logs)?;
+    }
     fs::create_dir_all(logs)?;
     let serial_log = logs.join("serial.log");
     let mut serial = fs::File::create(&serial_log)?;
@@ -808,16 +1084,34 @@ fn boot_and_collect(
         ));
     }
     let (mut passed, mut failed) = (0u64, 0u64);
-    for (name, _) in tests {
+    for r in runs {
+        let name = &r.name;
         let rc = fs::read_to_string(out.join(format!("{name}.rc")))
             .with_context(|| format!("the guest wrote no exit status for {name}"))?;
         let log = fs::read_to_string(out.join(format!("{name}.log"))).unwrap_or_default();
+        let (mut p, mut f) = (0, 0);
         for l in log.lines() {
             if let Some(rest) = l.strip_prefix("test result: ") {
-                passed += count_before(rest, " passed");
-                failed += count_before(rest, " failed");
+                p += count_before(rest, " passed");
+                f += count_before(rest, " failed");
             }
         }
+        passed += p;
+        failed += f;
+        let secs = fs::read_to_string(out.join(format!("{name}.time")))
+            .ok()
+            .and_then(|t| {
+                let v: Vec<f64> = t
+                    .split_whitespace()
+                    .filter_map(|x| x.parse().ok())
+                    .collect();
+                (v.len() == 2).then(|| v[1] - v[0])
+            });
+        println!(
+            "    {name:<14} {p} passed, {f} failed of {} selected, {}",
+            r.selected,
+            secs.map_or("no time".into(), |s| format!("{s:.1} s in the guest"))
+        );
         let rc = rc.trim();
         if rc != "0" {
             problems.push(format!(

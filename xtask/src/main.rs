@@ -17,6 +17,7 @@ use std::{
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 
+mod backend_bench;
 mod kernel_lane;
 mod node;
 
@@ -84,9 +85,10 @@ enum Cmd {
         #[arg(last = true)]
         args: Vec<String>,
     },
-    /// Run the benchmarks (fast path, crypto, tunnel, data plane, IKE); writes
-    /// bench/results.json, bench/RESULTS.md and the SVG plots (with `-- --quick`: a short run
-    /// into target/bench-quick/ instead, leaving the recorded figures alone).
+    /// Run the benchmarks (fast path, crypto, tunnel, data plane, IKE, and the kernel backend
+    /// vs AF_XDP in the 6.1 kernel lane under QEMU); writes bench/results.json,
+    /// bench/RESULTS.md and the SVG plots (with `-- --quick`: a short run into
+    /// target/bench-quick/ instead, leaving the recorded figures alone).
     Bench {
         /// Run only these benchmarks (comma-separated binary names, e.g. `tunnel-bench`).
         #[arg(long)]
@@ -110,8 +112,9 @@ enum Cmd {
     Load(node::LoadArgs),
     /// Stop what `load` started and remove everything it installed; leaves nothing behind.
     Unload(node::UnloadArgs),
-    /// The root-only XDP tests (xdp_fixtures, attach_netns) on Debian's 6.1 kernel under QEMU
-    /// (TCG); installs QEMU, the kernel and busybox if missing. Also a step of `test`.
+    /// The lane's root-only tests (XDP fixtures and attach, kernel pktgen, the xfrm backend,
+    /// a two-site vpnd ping) on Debian's 6.1 kernel under QEMU (TCG); installs QEMU, the kernel
+    /// and busybox if missing. Also a step of `test`.
     TestKernel(kernel_lane::Args),
     /// Traffic generator (vpn-pktgen): plain tenant UDP through kernel pktgen where the kernel
     /// has it, else XDP live frames; valid ESP toward an SA over AF_XDP. Builds it first; the
@@ -243,14 +246,18 @@ fn test(extra: &[String]) -> Result<()> {
     result
 }
 
-/// The benchmark binaries of `vpn-tests`, in the order `bench` runs them.
-const BENCHES: [&str; 5] = [
+/// The benchmark binaries of `vpn-tests`, in the order `bench` runs them; the last,
+/// [`BACKEND_BENCH`], is no binary but a run of the kernel lane.
+const BENCHES: [&str; 6] = [
     "fastpath-bench",
     "crypto-bench",
     "tunnel-bench",
     "dataplane-bench",
     "ike-bench",
+    BACKEND_BENCH,
 ];
+/// The kernel backend vs AF_XDP on Debian's 6.1 under QEMU (see `backend_bench.rs`).
+const BACKEND_BENCH: &str = "backend-bench";
 
 fn bench(only: Option<&str>, extra: &[String]) -> Result<()> {
     ensure_toolchain()?;
@@ -292,6 +299,10 @@ fn bench(only: Option<&str>, extra: &[String]) -> Result<()> {
             extra.join(" "),
             started.elapsed().as_secs_f64()
         ));
+        if *bin == BACKEND_BENCH {
+            backend_bench::run(&out, quick)?;
+            continue;
+        }
         let mut c = Command::new(workspace_root().join("target/release").join(bin));
         c.current_dir(workspace_root())
             .arg("--out")
