@@ -178,7 +178,16 @@ impl Cross {
     /// Starts B then A and waits (bounded) until both say the connection is up and a ping
     /// crosses A -> B.
     pub fn start(&mut self) -> Result<()> {
-        let (a_cfg, b_cfg) = (self.config(true)?, self.config(false)?);
+        self.start_with(None)
+    }
+
+    /// [`Cross::start`] with site A's configuration given (e.g. edited from [`Cross::config`]).
+    pub fn start_with(&mut self, a_cfg: Option<String>) -> Result<()> {
+        let a_cfg = match a_cfg {
+            Some(c) => c,
+            None => self.config(true)?,
+        };
+        let b_cfg = self.config(false)?;
         let dir = self.dir.path().to_path_buf();
         self.b_vpnd = Some(start_vpnd_with(&self.b, &b_cfg, &dir, &[])?);
         self.a_vpnd = Some(start_vpnd_with(&self.a, &a_cfg, &dir, &[])?);

@@ -189,7 +189,12 @@ fn demo_runs_the_two_sites_and_leaves_nothing() -> Result<()> {
     // sa list: one CHILD_SA each, carrying outbound traffic.
     assert_eq!(
         out.lines()
-            .filter(|l| l.starts_with("vpnconnection1") && l.ends_with("ACTIVE  active"))
+            .filter(|l| {
+                let w: Vec<&str> = l.split_whitespace().collect();
+                w.first() == Some(&"vpnconnection1")
+                    && w.windows(2).any(|p| p == ["ACTIVE", "active"])
+                    && w.contains(&"afxdp")
+            })
             .count(),
         2,
         "{out}"
