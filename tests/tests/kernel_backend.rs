@@ -153,6 +153,23 @@ fn kernel_backend_sas_and_policies_through_a_rekey_and_nothing_left() -> Result<
     kb.remove(b)?;
     assert_eq!(count(&kb)?, (0, vec![]), "last pair gone: policies gone");
 
+    // Neutron's hold: the connection is down, its subnets blocked (out), nothing in clear.
+    assert_eq!(kb.hold(0, local, peer, &l, &p, None)?, 2);
+    let (n, pols) = count(&kb)?;
+    assert_eq!(n, 0);
+    assert_eq!(pols.len(), 2, "{pols:?}");
+    assert!(pols.iter().all(|(d, _, _)| *d == Dir::Out));
+    let text = ns.ip(&["xfrm", "policy"])?;
+    assert_eq!(text.matches("action block").count(), 2, "{text}");
+    // The next CHILD_SA replaces them with its own.
+    let mut h = kb.install_inbound(&spec(0x1010, 0x2010, &k1, &k2))?;
+    kb.activate_outbound(&mut h)?;
+    let text = ns.ip(&["xfrm", "policy"])?;
+    assert!(!text.contains("action block"), "{text}");
+    assert_eq!(count(&kb)?.1.len(), 6);
+    kb.remove(h)?;
+    assert_eq!(count(&kb)?, (0, vec![]));
+
     // A stop (drop) removes what is left; so does the next start after a crash.
     let mut c = kb.install_inbound(&spec(0x1003, 0x2003, &k1, &k2))?;
     kb.activate_outbound(&mut c)?;
@@ -376,6 +393,27 @@ fn cross_implementation_kernel_site_and_afxdp_site_carry_ping_and_tcp_both_ways(
         "A's kernel after two rekeys:\n{states}"
     );
 
+    // The connection brought down on A (dpd action hold, Neutron's default): its subnets are
+    // blocked in A's kernel, nothing leaves in clear.
+    vpnctl(x.a.name(), &["conn", "down", "x"])?;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let pols = x.a.ip(&["xfrm", "policy"])?;
+        let states = x.a.ip(&["xfrm", "state"])?;
+        if pols.contains("action block") && states.trim().is_empty() {
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!("A did not hold after conn down:\n{pols}\n{states}");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(
+        x.ha.exec(&["ping", "-c", "1", "-W", "1", "10.2.0.9"])
+            .is_err(),
+        "a ping crossed a held connection"
+    );
+
     // Stopping A leaves nothing in its kernel.
     let (mut p, log) = x.a_vpnd.take().unwrap();
     p.signal(libc::SIGTERM)?;
@@ -395,6 +433,24 @@ fn cross_implementation_kernel_site_and_afxdp_site_carry_ping_and_tcp_both_ways(
 /// both ways, and the tenant's namespace holds no xfrm state or policy of its own.
 #[test]
 fn kernel_backend_tenant_namespace_through_an_xfrm_interface() -> Result<()> {
+    xfrmi_tenant(false)
+}
+
+/// The same with a VRF instead of a namespace: the tenant interface and the xfrm interface
+/// are enslaved to the tenant's VRF (its own routing table) in A's namespace.
+#[test]
+fn kernel_backend_tenant_vrf_through_an_xfrm_interface() -> Result<()> {
+    xfrmi_tenant(true)
+}
+
+/// `ip -n NS ARGS...`.
+fn ip_in(ns: &str, args: &[&str]) -> Result<String> {
+    let mut a = vec!["-n", ns];
+    a.extend_from_slice(args);
+    vpn_tests::netns::run("ip", &a)
+}
+
+fn xfrmi_tenant(vrf: bool) -> Result<()> {
     require_root();
     let mut x = Cross::build(true, false)?;
     let probe_ns = NetNs::new("xQ")?;
@@ -403,25 +459,51 @@ fn kernel_backend_tenant_namespace_through_an_xfrm_interface() -> Result<()> {
         return Ok(());
     }
     drop(probe_ns);
-    let qr = NetNs::new("xQr")?;
-    qr.exec(&["sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1"])?;
-    // The tenant side moves into the router namespace; vpnd keeps a tenant-side interface of
-    // its own (unused by this tenant's traffic).
     x.a.ip(&["route", "del", "10.2.0.0/24"])?;
-    x.a.ip(&["link", "set", "ten", "netns", qr.name()])?;
-    x.a.ip(&["link", "add", "ten", "type", "veth", "peer", "name", "tenx"])?;
-    for l in ["ten", "tenx"] {
-        x.a.ip(&["link", "set", l, "up"])?;
-    }
     x.a.ip(&[
         "link", "add", "xfrm7", "type", "xfrm", "dev", "wire", "if_id", "7",
     ])?;
-    x.a.ip(&["link", "set", "xfrm7", "netns", qr.name()])?;
-    qr.ip(&["addr", "add", "10.1.0.1/24", "dev", "ten"])?;
-    qr.ip(&["link", "set", "ten", "up"])?;
-    qr.ip(&["link", "set", "xfrm7", "up"])?;
-    qr.ip(&["route", "add", "10.2.0.0/24", "dev", "xfrm7"])?;
-    qr.exec(&["sysctl", "-qw", "net.ipv4.ip_forward=1"])?;
+    // The tenant's routing context: a namespace of its own, or a VRF in A's.
+    let qr = NetNs::new("xQr")?;
+    let ctx: String = if vrf {
+        x.a.ip(&["addr", "flush", "dev", "ten"])?;
+        x.a.ip(&["link", "add", "vrf-t1", "type", "vrf", "table", "101"])?;
+        x.a.ip(&["link", "set", "vrf-t1", "up"])?;
+        for l in ["ten", "xfrm7"] {
+            x.a.ip(&["link", "set", l, "master", "vrf-t1"])?;
+        }
+        x.a.name().to_string()
+    } else {
+        qr.exec(&["sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1"])?;
+        // vpnd keeps a tenant-side interface of its own (unused by this tenant's traffic).
+        x.a.ip(&["link", "set", "ten", "netns", qr.name()])?;
+        x.a.ip(&["link", "add", "ten", "type", "veth", "peer", "name", "tenx"])?;
+        for l in ["ten", "tenx"] {
+            x.a.ip(&["link", "set", l, "up"])?;
+        }
+        x.a.ip(&["link", "set", "xfrm7", "netns", qr.name()])?;
+        qr.exec(&["sysctl", "-qw", "net.ipv4.ip_forward=1"])?;
+        qr.name().to_string()
+    };
+    ip_in(&ctx, &["addr", "add", "10.1.0.1/24", "dev", "ten"])?;
+    ip_in(&ctx, &["link", "set", "ten", "up"])?;
+    ip_in(&ctx, &["link", "set", "xfrm7", "up"])?;
+    if vrf {
+        ip_in(
+            &ctx,
+            &[
+                "route",
+                "add",
+                "10.2.0.0/24",
+                "dev",
+                "xfrm7",
+                "table",
+                "101",
+            ],
+        )?;
+    } else {
+        ip_in(&ctx, &["route", "add", "10.2.0.0/24", "dev", "xfrm7"])?;
+    }
     let a_cfg = x.config(true)?.replacen(
         "[[tenant]]\nid = 1\n",
         "[[tenant]]\nid = 1\nxfrm_if_id = 7\n",
@@ -438,12 +520,21 @@ fn kernel_backend_tenant_namespace_through_an_xfrm_interface() -> Result<()> {
     assert!(states.contains("if_id 0x7"), "{states}");
     let pols = x.a.ip(&["xfrm", "policy"])?;
     assert!(pols.contains("if_id 0x7"), "{pols}");
-    let q = qr.ip(&["xfrm", "state"])? + &qr.ip(&["xfrm", "policy"])?;
+    if !vrf {
+        let q = qr.ip(&["xfrm", "state"])? + &qr.ip(&["xfrm", "policy"])?;
+        assert!(
+            q.trim().is_empty(),
+            "the tenant namespace has xfrm state:\n{q}"
+        );
+    }
+    // The tenant's traffic went through its xfrm interface, both ways.
+    let link = ip_in(&ctx, &["-s", "-j", "link", "show", "xfrm7"])?;
+    let v: serde_json::Value = serde_json::from_str(&link)?;
+    let st = &v[0]["stats64"];
     assert!(
-        q.trim().is_empty(),
-        "the tenant namespace has xfrm state:\n{q}"
+        st["rx"]["packets"].as_u64().unwrap_or(0) > 100
+            && st["tx"]["packets"].as_u64().unwrap_or(0) > 100,
+        "{link}"
     );
-    let link = qr.ip(&["-s", "link", "show", "xfrm7"])?;
-    assert!(link.contains("xfrm7"), "{link}");
     Ok(())
 }

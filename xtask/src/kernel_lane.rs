@@ -132,6 +132,8 @@ const MODULES: &[&str] = &[
     // built into Debian's 6.1 (`builtin`). Not here: netdevsim (Debian does not build it),
     // xfrm4_tunnel (IP-in-IP xfrm, which nothing uses).
     "xfrm_interface",
+    // A tenant's VRF (the kernel backend's per-tenant routing context, beside namespaces).
+    "vrf",
     "af_packet",
 ];
 

@@ -489,6 +489,9 @@ fn run() -> Result<()> {
                 peer_ts: c.conn.peer_ts.clone(),
                 kernel: on_kernel,
                 xfrm_if_id: tenant_if_ids.get(&c.tenant).copied(),
+                local: c.conn.local,
+                peer: c.conn.peer,
+                local_ts: c.conn.local_ts.clone(),
             });
         }
         let any_kernel = kernel.is_some();

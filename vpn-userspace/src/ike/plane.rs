@@ -39,6 +39,10 @@ pub struct ConnPlane {
     pub kernel: bool,
     /// The tenant's xfrm interface id (kernel backend).
     pub xfrm_if_id: Option<u32>,
+    /// Outer addresses and local subnets (the kernel backend's `hold` policies).
+    pub local: IpAddr,
+    pub peer: IpAddr,
+    pub local_ts: Vec<Prefix>,
 }
 
 /// A CHILD_SA on the kernel backend: its xfrm SAs and its XDP entries.
@@ -299,6 +303,9 @@ impl SaSink for PlaneSink {
                     .is_some_and(|k| k.offload() != crate::xfrm::OffloadMode::None),
             },
             xfrm_if_id: self.tenant_if_ids.get(&rc.tenant).copied(),
+            local: rc.conn.local,
+            peer: rc.conn.peer,
+            local_ts: rc.conn.local_ts.clone(),
         };
         if self.conns.len() <= conn {
             self.conns.resize(conn + 1, plane.clone());
@@ -356,6 +363,17 @@ impl SaSink for PlaneSink {
             return;
         }
         let c = self.conns[conn].clone();
+        if c.kernel
+            && let Some(k) = self.kernel.as_mut()
+        {
+            match k.hold(conn, c.local, c.peer, &c.local_ts, &c.peer_ts, c.xfrm_if_id) {
+                Ok(n) => tracing::info!(
+                    "vpnd: conn {}: holding: {n} blocking out policies in the kernel",
+                    c.name
+                ),
+                Err(e) => tracing::warn!("vpnd: conn {}: holding in the kernel: {e:#}", c.name),
+            }
+        }
         for p in &c.peer_ts {
             let v = PolicyValue {
                 sa_slot: 0,

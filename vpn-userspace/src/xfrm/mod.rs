@@ -305,6 +305,7 @@ impl KernelBackend {
     fn policy_ref(&mut self, key: PolicyKey, spec: PolicySpec) -> Result<()> {
         if let Some((n, r)) = self.policies.get_mut(&key)
             && *r == spec.reqid
+            && *n > 0
         {
             *n += 1;
             return Ok(());
@@ -326,6 +327,48 @@ impl KernelBackend {
             self.nl().delete_policy(&key.0, &key.1, key.2, key.3)?;
         }
         Ok(())
+    }
+
+    /// Neutron's `hold` for a connection that went down: its out policies stay, blocking
+    /// (`XFRM_POLICY_BLOCK`), so the protected subnets never leave in clear while the tunnel
+    /// is down; the next CHILD_SA's policies replace them. Swept at stop like the rest.
+    #[allow(clippy::too_many_arguments)]
+    pub fn hold(
+        &mut self,
+        conn: usize,
+        local: IpAddr,
+        peer: IpAddr,
+        local_ts: &[Prefix],
+        peer_ts: &[Prefix],
+        if_id: Option<u32>,
+    ) -> Result<usize> {
+        let reqid = self.reqid(conn)?;
+        let mut n = 0;
+        for l in local_ts {
+            for p in peer_ts {
+                if l.addr.is_ipv4() != p.addr.is_ipv4() {
+                    continue;
+                }
+                let key = (*l, *p, Dir::Out, if_id);
+                if self.policies.get(&key).is_some_and(|(c, _)| *c > 0) {
+                    continue;
+                }
+                self.nl().update_policy(&PolicySpec {
+                    src: *l,
+                    dst: *p,
+                    dir: Dir::Out,
+                    priority: POLICY_PRIORITY,
+                    block: true,
+                    tmpl_src: local,
+                    tmpl_dst: peer,
+                    reqid,
+                    if_id,
+                })?;
+                self.policies.insert(key, (0, reqid));
+                n += 1;
+            }
+        }
+        Ok(n)
     }
 
     /// Step 1: in and fwd policies, then the inbound SA.

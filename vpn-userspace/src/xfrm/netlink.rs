@@ -461,7 +461,8 @@ impl Xfrm {
         lft.hard_byte_limit = u64::MAX;
         lft.soft_packet_limit = u64::MAX;
         lft.hard_packet_limit = u64::MAX;
-        if !p.block {
+        // A blocking policy keeps its template too: its reqid is how a sweep finds it.
+        {
             let mut t = UserTemplate::default();
             t.id.daddr = Address::from_ip(&p.tmpl_dst);
             t.id.proto = IPPROTO_ESP;
