@@ -252,6 +252,40 @@ fn kernel_backend_udp_encap_and_if_id_reach_the_kernel() -> Result<()> {
     );
     kb.remove(c)?;
     assert_eq!(kb.list()?.0.len(), 0);
+    drop(kb);
+
+    // NIC offload asked of a device that has none (a veth): the kernel adds the SAs without
+    // it, and the backend reports them as not offloaded rather than trusting the request.
+    ns.ip(&[
+        "link", "add", "nic0", "type", "veth", "peer", "name", "nic1",
+    ])?;
+    let ifindex = ns.ifindex("nic0")?;
+    let mut kb = KernelBackend::open(&instance, Some(ns.name()), OffloadMode::Crypto(ifindex))?;
+    let mut c = kb.install_inbound(&KernelSaSpec {
+        name: "off".into(),
+        conn: 4,
+        local: "172.24.4.226".parse()?,
+        peer: "172.24.4.233".parse()?,
+        spi_in: 0xabd1,
+        spi_out: 0xabd2,
+        key_in: &k1,
+        key_out: &k2,
+        esn: true,
+        replay_window: 128,
+        udp_encap: None,
+        local_subnets: &l,
+        peer_subnets: &p,
+        if_id: None,
+    })?;
+    kb.activate_outbound(&mut c)?;
+    assert!(!c.offload_in && !c.offload_out, "veth has no ESP offload");
+    let (states, _) = kb.list()?;
+    assert_eq!(states.len(), 2);
+    assert!(
+        states.iter().all(|s| s.offload_ifindex.is_none()),
+        "{states:?}"
+    );
+    kb.remove(c)?;
     Ok(())
 }
 

@@ -287,7 +287,22 @@ impl KernelBackend {
                 packet: false,
             });
             match self.nl().add_state(&s) {
-                Ok(()) => return Ok(true),
+                Ok(()) => {
+                    // A device without xfrm offload operations is skipped silently by the
+                    // kernel (the SA is added, not offloaded): believe only what it reports.
+                    let taken = self
+                        .nl()
+                        .get_state(s.dst, s.spi)?
+                        .is_some_and(|i| i.offload_ifindex == Some(ifindex));
+                    if !taken {
+                        tracing::warn!(
+                            "vpnd: kernel backend: SA {:#010x} added, but the device did not \
+                             take the offload; the kernel does its crypto",
+                            s.spi
+                        );
+                    }
+                    return Ok(taken);
+                }
                 Err(e) => {
                     tracing::warn!(
                         "vpnd: kernel backend: the wire device refused to offload SA \
