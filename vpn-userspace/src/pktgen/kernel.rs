@@ -368,6 +368,9 @@ pub struct KernelRun {
     pub notes: Vec<String>,
 }
 
+/// How long a run may go without sending a packet before it is stopped as stalled.
+const STALL: Duration = Duration::from_secs(15);
+
 /// Runs the plan: sets everything up, starts, stops after `duration` (or when `stop` is set),
 /// and returns what each thread sent. `progress` is called about once a second with the
 /// total so far.
@@ -411,6 +414,8 @@ pub fn run(
     };
     let mut last = Instant::now();
     let mut stopped = false;
+    // A run bounded by a count alone still ends: no packet for STALL stops it with an error.
+    let (mut seen, mut moved) = (0u64, Instant::now());
     while !done.load(Ordering::Acquire) {
         std::thread::sleep(Duration::from_millis(50));
         let over = duration.is_some_and(|d| t0.elapsed() >= d);
@@ -429,7 +434,28 @@ pub fn run(
         }
         if last.elapsed() >= Duration::from_secs(1) {
             last = Instant::now();
-            progress(sofar(&devices).iter().sum());
+            let n: u64 = sofar(&devices).iter().sum();
+            progress(n);
+            if n != seen {
+                (seen, moved) = (n, Instant::now());
+            } else if !stopped
+                && moved.elapsed() >= STALL
+                && s.rate.is_none_or(|r| r * STALL.as_secs() >= 2)
+            {
+                let _ = write_cmd(
+                    &dir,
+                    &Write1 {
+                        file: "pgctrl".into(),
+                        cmd: "stop".into(),
+                    },
+                );
+                bail!(
+                    "kernel pktgen sent nothing for {} s ({n} packets so far): stopped; \
+                     see the device's state in {}",
+                    STALL.as_secs(),
+                    devices[0].display()
+                );
+            }
         }
     }
     let elapsed = t0.elapsed();
