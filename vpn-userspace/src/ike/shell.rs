@@ -237,8 +237,16 @@ impl<S: SaSink> Shell<S> {
         std::time::Instant::now().max(self.epoch_std)
     }
 
-    /// Sends what the core queued and applies its events.
+    /// Applies the core's events, then sends what it queued. In this order: the data plane
+    /// must hold a new inbound SA before the message that lets the peer use it leaves (the
+    /// CREATE_CHILD_SA response), and must have switched outbound before the Delete of the
+    /// old SA does (the peer switches on it). Sending first raced the kernel backend, whose
+    /// netlink install takes milliseconds: the peer's first packets on the new SA were
+    /// dropped as an unknown SPI.
     async fn flush(&mut self) {
+        while let Some(e) = self.ep.poll_event() {
+            self.apply(e);
+        }
         while let Some(t) = self.ep.poll_transmit() {
             match self.sockets.get(&t.src) {
                 Some(s) => {
