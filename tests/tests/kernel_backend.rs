@@ -18,7 +18,7 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 use vpn_tests::{
-    cross::{Cross, ping, tcp_transfer, vpnctl},
+    cross::{Cross, ping, tcp_transfer, vpnctl, xfrm_states},
     interop::ping_counts,
     netns::{NetNs, require_root},
     topology::{Proc, vpnd_path},
@@ -199,7 +199,7 @@ fn kernel_backend_sas_and_policies_through_a_rekey_and_nothing_left() -> Result<
     );
     drop(kb);
     drop(other);
-    let out = ns.ip(&["xfrm", "state"])? + &ns.ip(&["xfrm", "policy"])?;
+    let out = xfrm_states(&ns, false)? + &ns.ip(&["xfrm", "policy"])?;
     assert!(out.trim().is_empty(), "left in the kernel:\n{out}");
     Ok(())
 }
@@ -244,7 +244,7 @@ fn kernel_backend_udp_encap_and_if_id_reach_the_kernel() -> Result<()> {
     assert_eq!(out.encap, Some((4500, 4501)));
     assert_eq!((inb.if_id, out.if_id), (Some(42), Some(42)));
     assert!(pols.iter().all(|p| p.if_id == Some(42)), "{pols:?}");
-    let text = ns.ip(&["xfrm", "state"])?;
+    let text = xfrm_states(&ns, false)?;
     assert!(text.contains("rfc4106(gcm(aes))"), "{text}");
     assert!(
         text.contains("encap type espinudp sport 4500 dport 4501"),
@@ -417,10 +417,10 @@ fn cross_implementation_kernel_site_and_afxdp_site_carry_ping_and_tcp_both_ways(
             sent - got,
             vpnctl(x.a.name(), &["stats"])?,
             vpnctl(x.b.name(), &["stats"])?,
-            x.a.ip(&["-s", "xfrm", "state"])?
+            xfrm_states(&x.a, true)?
         );
     }
-    let states = x.a.ip(&["xfrm", "state"])?;
+    let states = xfrm_states(&x.a, false)?;
     assert_eq!(
         states.matches("proto esp").count(),
         2,
@@ -433,7 +433,7 @@ fn cross_implementation_kernel_site_and_afxdp_site_carry_ping_and_tcp_both_ways(
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let pols = x.a.ip(&["xfrm", "policy"])?;
-        let states = x.a.ip(&["xfrm", "state"])?;
+        let states = xfrm_states(&x.a, false)?;
         if pols.contains("action block") && states.trim().is_empty() {
             break;
         }
@@ -452,7 +452,7 @@ fn cross_implementation_kernel_site_and_afxdp_site_carry_ping_and_tcp_both_ways(
     let (mut p, log) = x.a_vpnd.take().unwrap();
     p.signal(libc::SIGTERM)?;
     assert!(p.wait_exit(Duration::from_secs(15)), "vpnd A did not stop");
-    let left = x.a.ip(&["xfrm", "state"])? + &x.a.ip(&["xfrm", "policy"])?;
+    let left = xfrm_states(&x.a, false)? + &x.a.ip(&["xfrm", "policy"])?;
     assert!(
         left.trim().is_empty(),
         "left in A's kernel:\n{left}\n{}",
@@ -550,12 +550,12 @@ fn xfrmi_tenant(vrf: bool) -> Result<()> {
     ping(&x.hb, "10.1.0.5", 3)?;
     tcp_transfer(&x.ha, &x.hb, "10.2.0.9", 5211, 1 << 20).context("TCP A -> B")?;
     tcp_transfer(&x.hb, &x.ha, "10.1.0.5", 5212, 1 << 20).context("TCP B -> A")?;
-    let states = x.a.ip(&["xfrm", "state"])?;
+    let states = xfrm_states(&x.a, false)?;
     assert!(states.contains("if_id 0x7"), "{states}");
     let pols = x.a.ip(&["xfrm", "policy"])?;
     assert!(pols.contains("if_id 0x7"), "{pols}");
     if !vrf {
-        let q = qr.ip(&["xfrm", "state"])? + &qr.ip(&["xfrm", "policy"])?;
+        let q = xfrm_states(&qr, false)? + &qr.ip(&["xfrm", "policy"])?;
         assert!(
             q.trim().is_empty(),
             "the tenant namespace has xfrm state:\n{q}"

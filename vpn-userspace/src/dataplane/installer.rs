@@ -29,7 +29,7 @@ use vpn_common::{
 };
 
 use super::{
-    Dataplane, ReplayTable,
+    Dataplane, FirstError, ReplayTable,
     sa_tables::SaTables,
     worker::{InboundState, NextHop, OutboundState, Prefix, Selector},
 };
@@ -508,25 +508,18 @@ impl Installer {
     /// entries; its slots go back to the allocator. Everything is attempted; the first error
     /// is returned.
     pub fn remove(&mut self, maps: &mut impl SaMaps, child: InstalledChild) -> Result<()> {
-        let mut first_err: Option<anyhow::Error> = None;
-        let mut note = |r: Result<()>| {
-            if let Err(e) = r
-                && first_err.is_none()
-            {
-                first_err = Some(e);
-            }
-        };
-        note(
+        let mut errs = FirstError::default();
+        errs.note(
             maps.remove_sa_in(child.spi_in)
                 .with_context(|| format!("removing SPI of child {:?}", child.name)),
         );
-        for p in &child.peer_subnets {
-            let key = (child.tenant, *p);
-            if self.policies.get(&key) == Some(&child.slot_out) {
-                note(maps.remove_policy(child.tenant, p).map(|_| ()));
-                self.policies.remove(&key);
-            }
-        }
+        self.release_policies(
+            maps,
+            child.tenant,
+            &child.peer_subnets,
+            child.slot_out,
+            &mut errs,
+        );
         self.spis_in.remove(&child.spi_in);
         self.tables.remove_inbound(child.slot_in);
         self.tables.remove_outbound(child.slot_out);
@@ -534,15 +527,12 @@ impl Installer {
             *n -= 1;
             if *n == 0 {
                 self.peers.remove(&child.peer);
-                note(maps.set_peer_flags(child.peer, self.peer_flags(child.peer, 0, 0)));
+                errs.note(maps.set_peer_flags(child.peer, self.peer_flags(child.peer, 0, 0)));
             }
         }
         self.slots.release(child.slot_in);
         self.slots.release(child.slot_out);
-        match first_err {
-            Some(e) => Err(e),
-            None => Ok(()),
-        }
+        errs.result()
     }
 
     /// The `PEER_F_*` flags of a peer with `extra_afxdp`/`extra_kernel` more children than
@@ -628,32 +618,38 @@ impl Installer {
         Ok(())
     }
 
-    /// Whether a kernel child's policies are the ones installed (no newer child took them).
-    pub fn kernel_owns_policies(&self, k: &KernelSlots) -> bool {
-        k.peer_subnets
+    /// Whether any of the policies of (tenant, subnets) still points at `slot` (no newer
+    /// child took them all over).
+    pub fn owns_policies(&self, tenant: u32, subnets: &[Prefix], slot: u32) -> bool {
+        subnets
             .iter()
-            .any(|p| self.policy_slot(k.tenant, p) == Some(k.slot_out))
+            .any(|p| self.policy_slot(tenant, p) == Some(slot))
+    }
+
+    /// Removes the policies of (tenant, subnets) that still point at `slot`.
+    fn release_policies(
+        &mut self,
+        maps: &mut impl SaMaps,
+        tenant: u32,
+        subnets: &[Prefix],
+        slot: u32,
+        errs: &mut FirstError,
+    ) {
+        for p in subnets {
+            let key = (tenant, *p);
+            if self.policies.get(&key) == Some(&slot) {
+                errs.note(maps.remove_policy(tenant, p).map(|_| ()));
+                self.policies.remove(&key);
+            }
+        }
     }
 
     /// Removes a kernel child's SPI, its policies unless a newer child took them, its peer
     /// flag; releases its slots.
     pub fn remove_kernel(&mut self, maps: &mut impl SaMaps, k: KernelSlots) -> Result<()> {
-        let mut first_err: Option<anyhow::Error> = None;
-        let mut note = |r: Result<()>| {
-            if let Err(e) = r
-                && first_err.is_none()
-            {
-                first_err = Some(e);
-            }
-        };
-        note(maps.remove_sa_in(k.spi_in));
-        for p in &k.peer_subnets {
-            let key = (k.tenant, *p);
-            if self.policies.get(&key) == Some(&k.slot_out) {
-                note(maps.remove_policy(k.tenant, p).map(|_| ()));
-                self.policies.remove(&key);
-            }
-        }
+        let mut errs = FirstError::default();
+        errs.note(maps.remove_sa_in(k.spi_in));
+        self.release_policies(maps, k.tenant, &k.peer_subnets, k.slot_out, &mut errs);
         self.spis_in.remove(&k.spi_in);
         if let Some(n) = self.kernel_peers.get_mut(&k.peer) {
             *n -= 1;
@@ -661,13 +657,10 @@ impl Installer {
                 self.kernel_peers.remove(&k.peer);
             }
         }
-        note(maps.set_peer_flags(k.peer, self.peer_flags(k.peer, 0, 0)));
+        errs.note(maps.set_peer_flags(k.peer, self.peer_flags(k.peer, 0, 0)));
         self.slots.release(k.slot_in);
         self.slots.release(k.slot_out);
-        match first_err {
-            Some(e) => Err(e),
-            None => Ok(()),
-        }
+        errs.result()
     }
 
     pub fn stats(&self, child: &InstalledChild) -> ChildStats {
@@ -886,7 +879,7 @@ mod tests {
         );
         inst.activate_kernel(&mut maps, &mut k).unwrap();
         assert_eq!(maps.policies[&(7, p2)], k.slot_out);
-        assert!(inst.kernel_owns_policies(&k));
+        assert!(inst.owns_policies(7, &k.peer_subnets, k.slot_out));
 
         // An AF_XDP child to the same peer: both flags while both exist.
         let a = inst

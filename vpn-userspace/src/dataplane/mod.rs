@@ -18,3 +18,21 @@ pub use sa_tables::SaTables;
 
 /// The XDP programs, built by `build.rs` from the `vpn-ebpf` crate.
 pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/vpn"));
+
+/// Runs every step of a teardown and keeps the first error (the rest are still attempted).
+#[derive(Default)]
+pub(crate) struct FirstError(Option<anyhow::Error>);
+
+impl FirstError {
+    pub(crate) fn note(&mut self, r: anyhow::Result<()>) {
+        if let Err(e) = r
+            && self.0.is_none()
+        {
+            self.0 = Some(e);
+        }
+    }
+
+    pub(crate) fn result(self) -> anyhow::Result<()> {
+        self.0.map_or(Ok(()), Err)
+    }
+}

@@ -227,7 +227,11 @@ impl SaSink for PlaneSink {
     fn remove(&mut self, conn: ConnId, child: ChildId) -> Result<()> {
         self.conn_of.remove(&child);
         if let Some(k) = self.kernel_children.remove(&child) {
-            let owned = self.installer.kernel_owns_policies(&k.slots);
+            let owned = self.installer.owns_policies(
+                k.slots.tenant,
+                &k.slots.peer_subnets,
+                k.slots.slot_out,
+            );
             let r1 = match self.kernel.as_mut() {
                 Some(kb) => kb.remove(k.xfrm),
                 None => Ok(()),
@@ -249,10 +253,9 @@ impl SaSink for PlaneSink {
         let Some(c) = self.children.remove(&child) else {
             return Ok(());
         };
-        let owned = c
-            .peer_subnets
-            .iter()
-            .any(|p| self.installer.policy_slot(c.tenant, p) == Some(c.slot_out));
+        let owned = self
+            .installer
+            .owns_policies(c.tenant, &c.peer_subnets, c.slot_out);
         self.installer.remove(&mut self.dp, c)?;
         if owned {
             // Another live CHILD_SA of the connection (the newest) takes the traffic back.

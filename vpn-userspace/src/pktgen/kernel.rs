@@ -440,7 +440,8 @@ pub fn run(
                 (seen, moved) = (n, Instant::now());
             } else if !stopped
                 && moved.elapsed() >= STALL
-                && s.rate.is_none_or(|r| r * STALL.as_secs() >= 2)
+                && s.rate
+                    .is_none_or(|r| r.saturating_mul(STALL.as_secs()) >= 2)
             {
                 let _ = write_cmd(
                     &dir,

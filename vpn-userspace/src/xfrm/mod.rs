@@ -29,7 +29,10 @@ use std::{
 use anyhow::{Context, Result, bail};
 pub use netlink::{Dir, Offload, PolicyInfo, PolicySpec, StateInfo, StateSpec, Xfrm};
 
-use crate::{dataplane::worker::Prefix, esp::SaKey};
+use crate::{
+    dataplane::{FirstError, worker::Prefix},
+    esp::SaKey,
+};
 
 /// Priority of our policies (lower wins); strongSwan's default for tunnel policies with /24
 /// selectors is in the 37xxxx range, so ours sit beside them.
@@ -531,30 +534,21 @@ impl KernelBackend {
     /// Step 3: both SAs, then each policy this was the last user of. Everything is
     /// attempted; the first error is returned.
     pub fn remove(&mut self, c: KernelChild) -> Result<()> {
-        let mut first: Option<anyhow::Error> = None;
-        let mut note = |r: Result<()>| {
-            if let Err(e) = r
-                && first.is_none()
-            {
-                first = Some(e);
-            }
-        };
+        let mut errs = FirstError::default();
         if c.active {
             for (l, p) in &c.selectors {
-                note(self.policy_unref(&(*l, *p, Dir::Out, c.if_id)));
+                errs.note(self.policy_unref(&(*l, *p, Dir::Out, c.if_id)));
             }
-            note(self.nl().delete_state(c.peer, c.spi_out).map(|_| ()));
+            errs.note(self.nl().delete_state(c.peer, c.spi_out).map(|_| ()));
         }
-        note(self.nl().delete_state(c.local, c.spi_in).map(|_| ()));
+        errs.note(self.nl().delete_state(c.local, c.spi_in).map(|_| ()));
         for (l, p) in &c.selectors {
             for dir in [Dir::In, Dir::Fwd] {
-                note(self.policy_unref(&(*p, *l, dir, c.if_id)));
+                errs.note(self.policy_unref(&(*p, *l, dir, c.if_id)));
             }
         }
-        match first {
-            Some(e) => Err(e.context(format!("removing kernel child {:?}", c.name))),
-            None => Ok(()),
-        }
+        errs.result()
+            .with_context(|| format!("removing kernel child {:?}", c.name))
     }
 
     /// The kernel's counters of a child.
