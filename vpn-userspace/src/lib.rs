@@ -8,5 +8,6 @@ pub mod dataplane;
 pub mod esp;
 pub mod ike;
 pub mod pktgen;
+pub mod probe;
 pub mod vpnaas;
 pub mod xfrm;
