@@ -31,6 +31,10 @@ pub enum Outcome {
     /// An outer fragment from a peer that has only kernel-backend SAs (`PEER_F_KERNEL` without
     /// `PEER_F_AFXDP`), left to the stack to reassemble.
     WirePassKernelFragment = 8,
+    /// An event beside the packet's outcome (counted in addition to it): the carrier is the
+    /// metadata area, but the wire device refused `bpf_xdp_adjust_meta` at run time, so this
+    /// frame carried the metadata as an in-packet shim instead (the worker reads either).
+    WireMetaRefusedShim = 9,
 
     /// Tenant traffic matched an outbound policy and went to AF_XDP.
     TenantRedirect = 16,
@@ -47,10 +51,12 @@ pub enum Outcome {
     /// Tenant traffic matched a policy whose SA is in the kernel (action KERNEL): passed to
     /// the stack, where xfrm encrypts it.
     TenantPassKernel = 22,
+    /// As `WireMetaRefusedShim`, on a tenant-side device.
+    TenantMetaRefusedShim = 23,
 }
 
 impl Outcome {
-    pub const ALL: [Outcome; 16] = [
+    pub const ALL: [Outcome; 18] = [
         Outcome::WireRedirectEsp,
         Outcome::WireRedirectEspUdp,
         Outcome::WireRedirectFragment,
@@ -60,6 +66,7 @@ impl Outcome {
         Outcome::WirePassUnparsed,
         Outcome::WirePassKernel,
         Outcome::WirePassKernelFragment,
+        Outcome::WireMetaRefusedShim,
         Outcome::TenantRedirect,
         Outcome::TenantPassNoTenant,
         Outcome::TenantPassNoPolicy,
@@ -67,6 +74,7 @@ impl Outcome {
         Outcome::TenantPassBypass,
         Outcome::TenantRedirectArp,
         Outcome::TenantPassKernel,
+        Outcome::TenantMetaRefusedShim,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -80,6 +88,7 @@ impl Outcome {
             Outcome::WirePassUnparsed => "pass_unparsed",
             Outcome::WirePassKernel => "pass_kernel",
             Outcome::WirePassKernelFragment => "pass_kernel_fragment",
+            Outcome::WireMetaRefusedShim => "meta_refused_shim",
             Outcome::TenantRedirect => "redirect_outbound",
             Outcome::TenantPassNoTenant => "pass_no_tenant",
             Outcome::TenantPassNoPolicy => "pass_no_policy",
@@ -87,6 +96,7 @@ impl Outcome {
             Outcome::TenantPassBypass => "pass_bypass",
             Outcome::TenantRedirectArp => "redirect_arp",
             Outcome::TenantPassKernel => "pass_kernel_policy",
+            Outcome::TenantMetaRefusedShim => "tenant_meta_refused_shim",
         }
     }
 
@@ -122,7 +132,8 @@ pub enum DropReason {
     EspRunt = 14,
     /// No AF_XDP socket bound on this rx queue.
     NoXskSocket = 15,
-    /// `bpf_xdp_adjust_meta` refused (no headroom).
+    /// Neither carrier could put the metadata in front of the frame: `bpf_xdp_adjust_meta` and
+    /// then `bpf_xdp_adjust_head` refused (no headroom).
     MetadataFailed = 16,
     /// The SA names a slot with no replay state (map contract broken).
     SaStateMissing = 17,
@@ -308,14 +319,14 @@ mod tests {
 
     #[test]
     fn indices_are_unique_and_names_too() {
-        let all: [Counter; 52] = {
-            let mut a = [Counter::Outcome(Outcome::WirePassIke); 52];
+        let all: [Counter; 54] = {
+            let mut a = [Counter::Outcome(Outcome::WirePassIke); 54];
             for (slot, c) in a.iter_mut().zip(Counter::all()) {
                 *slot = c;
             }
             a
         };
-        assert_eq!(Counter::all().count(), 52);
+        assert_eq!(Counter::all().count(), 54);
         for (i, a) in all.iter().enumerate() {
             for b in &all[i + 1..] {
                 assert_ne!(a.index(), b.index());
@@ -341,5 +352,7 @@ mod tests {
         assert_eq!(Outcome::WirePassKernelFragment as u32, 8);
         assert_eq!(Outcome::TenantRedirectArp as u32, 21);
         assert_eq!(Outcome::TenantPassKernel as u32, 22);
+        assert_eq!(Outcome::WireMetaRefusedShim as u32, 9);
+        assert_eq!(Outcome::TenantMetaRefusedShim as u32, 23);
     }
 }

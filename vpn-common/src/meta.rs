@@ -1,10 +1,33 @@
-//! The XDP metadata the programs put in front of a packet they redirect to AF_XDP.
+//! The XDP metadata the programs put in front of a packet they redirect to AF_XDP, and the two
+//! ways it travels (the *carrier*, chosen when the object is loaded: [`CARRIER_GLOBAL`]).
 //!
-//! In copy mode the kernel copies the metadata area into the UMEM right before the frame, so a
-//! worker finds it at `umem + desc.addr - XdpMeta::LEN`. The descriptor does not carry its
-//! length: this fixed size is the contract.
+//! - [`CARRIER_META`]: `bpf_xdp_adjust_meta` puts it in the XDP metadata area. In copy mode the
+//!   kernel copies that area into the UMEM right before the frame, so a worker finds it at
+//!   `umem + desc.addr - XdpMeta::LEN`. If a device refuses the helper at run time (drivers
+//!   that build their `xdp_buff` without metadata support), the program puts the same bytes in
+//!   the packet instead (as with the shim) and counts `*_meta_refused_shim`.
+//! - [`CARRIER_SHIM`]: `bpf_xdp_adjust_head` prepends it to the frame, so it is the first
+//!   `XdpMeta::LEN` bytes at `desc.addr`; the worker strips it. For kernels whose verifier
+//!   refuses `bpf_xdp_adjust_meta` to XDP programs.
+//!
+//! The descriptor does not carry the metadata length: this fixed size is the contract.
 
 use crate::pod;
+
+/// Name of the load-time constant (a `.rodata` global of the XDP object) that selects the
+/// carrier. Read-only to the programs and frozen, so the verifier knows its value and never
+/// walks the other carrier's code (a kernel that refuses `bpf_xdp_adjust_meta` never sees the
+/// call).
+pub const CARRIER_GLOBAL: &str = "CARRIER";
+/// Carrier: the XDP metadata area (`bpf_xdp_adjust_meta`), with the in-packet shim as the
+/// per-packet fallback where a device refuses the helper at run time.
+pub const CARRIER_META: u32 = 0;
+/// Carrier: an in-packet shim in front of the Ethernet header (`bpf_xdp_adjust_head`).
+pub const CARRIER_SHIM: u32 = 1;
+
+/// `XDP_PACKET_HEADROOM` (include/uapi/linux/bpf.h): where a copy-mode AF_XDP socket's frames
+/// start in their UMEM chunk (plus the UMEM's own headroom), on every kernel.
+pub const XDP_PACKET_HEADROOM: usize = 256;
 
 /// First field of every metadata block, to catch a frame that did not come through our program.
 pub const META_MAGIC: u16 = 0x5650; // "VP"

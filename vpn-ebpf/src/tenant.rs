@@ -18,7 +18,10 @@ use vpn_common::{
 
 use crate::{
     Verdict,
-    maps::{IFACES, POLICY_V4, POLICY_V6, TENANT_BY_VLAN, TENANT_BY_VNI, TENANT_XSKS, count_sa},
+    maps::{
+        IFACES, POLICY_V4, POLICY_V6, TENANT_BY_VLAN, TENANT_BY_VNI, TENANT_STATS, TENANT_XSKS,
+        count_sa,
+    },
     parse::{
         ETH_P_8021Q, ETH_P_IP, ETH_P_IPV6, IPPROTO_UDP, L3, L3Result, VXLAN_PORT, parse_ipv4,
         parse_ipv6, ptr_at, u16_at,
@@ -208,7 +211,7 @@ fn send_to_worker(
         l3_off: ETH_LEN as u16,
         esp_off: 0,
     };
-    write_meta(ctx, &meta)?;
+    write_meta(ctx, &meta, &TENANT_STATS, Outcome::TenantMetaRefusedShim)?;
     let key = xsk_base + ctx.rx_queue_index();
     TENANT_XSKS
         .redirect(key, xdp_action::XDP_ABORTED as u64)

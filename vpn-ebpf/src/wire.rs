@@ -1,6 +1,12 @@
 //! `esp_ingress`: the wire side.
 
-use aya_ebpf::{bindings::xdp_action, helpers::bpf_xdp_adjust_meta, programs::XdpContext};
+use aya_ebpf::{
+    Global,
+    bindings::xdp_action,
+    helpers::{bpf_xdp_adjust_head, bpf_xdp_adjust_meta},
+    maps::PerCpuArray,
+    programs::XdpContext,
+};
 use vpn_common::{
     DropReason, Outcome, ReplayError, XdpMeta,
     maps::{
@@ -8,13 +14,14 @@ use vpn_common::{
         WIRE_F_UNKNOWN_SPI_PASS,
     },
     meta::{
-        META_F_IPV6, META_F_UDP_ENCAP, META_KIND_ESP_IN, META_KIND_FRAGMENT, META_MAGIC, NO_SLOT,
+        CARRIER_META, META_F_IPV6, META_F_UDP_ENCAP, META_KIND_ESP_IN, META_KIND_FRAGMENT,
+        META_MAGIC, NO_SLOT,
     },
 };
 
 use crate::{
     Verdict,
-    maps::{PEERS, REPLAY, SA_IN, WIRE_CONFIG, XSKS, count_sa},
+    maps::{PEERS, REPLAY, SA_IN, WIRE_CONFIG, WIRE_STATS, XSKS, count, count_sa},
     parse::{
         ETH_P_IP, ETH_P_IPV6, IKE_PORT, IPPROTO_ESP, IPPROTO_UDP, L3, L3Result, NAT_T_PORT,
         parse_eth, parse_ipv4, parse_ipv6, ptr_at, u8_at, u16_at, u32_at,
@@ -203,24 +210,48 @@ fn fragment(ctx: &XdpContext, l3: &L3, l3_off: usize) -> Result<Verdict, DropRea
     Ok(Verdict::Redirect(Outcome::WireRedirectFragment))
 }
 
-/// Writes the metadata in front of the frame and redirects to this rx queue's AF_XDP socket.
+/// How the metadata travels (`vpn_common::meta`): set by the loader before the programs are
+/// verified. `.rodata` and frozen, so the verifier knows it and prunes the other carrier's
+/// path: a kernel that refuses `bpf_xdp_adjust_meta` never sees the call in shim mode.
+#[unsafe(no_mangle)]
+static CARRIER: Global<u32> = Global::new(CARRIER_META);
+
+/// Puts the metadata in front of the frame: in the XDP metadata area, or (shim carrier, or a
+/// device that refused the metadata helper at run time, counted as `refused`) as the frame's
+/// first `XdpMeta::LEN` bytes.
 #[inline(always)]
-pub fn write_meta(ctx: &XdpContext, meta: &XdpMeta) -> Result<(), DropReason> {
-    // SAFETY: helper call on our own context; pointers are re-read afterwards.
-    if unsafe { bpf_xdp_adjust_meta(ctx.ctx, -(XdpMeta::LEN as i32)) } != 0 {
+pub fn write_meta(
+    ctx: &XdpContext,
+    meta: &XdpMeta,
+    stats: &PerCpuArray<u64>,
+    refused: Outcome,
+) -> Result<(), DropReason> {
+    if CARRIER.load() == CARRIER_META {
+        // SAFETY: helper call on our own context; pointers are re-read afterwards.
+        if unsafe { bpf_xdp_adjust_meta(ctx.ctx, -(XdpMeta::LEN as i32)) } == 0 {
+            let m = ctx.metadata();
+            if m + XdpMeta::LEN > ctx.data() {
+                return Err(DropReason::MetadataFailed);
+            }
+            unsafe { core::ptr::write_unaligned(m as *mut XdpMeta, *meta) };
+            return Ok(());
+        }
+        // The driver built this frame without a metadata area (-EOPNOTSUPP): carry the same
+        // bytes in the packet; the worker finds no metadata in front and reads them there.
+        count(stats, refused.counter());
+    }
+    // SAFETY: as above.
+    if unsafe { bpf_xdp_adjust_head(ctx.ctx, -(XdpMeta::LEN as i32)) } != 0 {
         return Err(DropReason::MetadataFailed);
     }
-    let m = ctx.metadata();
-    if m + XdpMeta::LEN > ctx.data() {
-        return Err(DropReason::MetadataFailed);
-    }
-    unsafe { core::ptr::write_unaligned(m as *mut XdpMeta, *meta) };
+    let p = ptr_at::<[u8; XdpMeta::LEN]>(ctx, 0).ok_or(DropReason::MetadataFailed)?;
+    unsafe { core::ptr::write_unaligned(p as *mut XdpMeta, *meta) };
     Ok(())
 }
 
 #[inline(always)]
 fn redirect(ctx: &XdpContext, meta: &XdpMeta) -> Result<(), DropReason> {
-    write_meta(ctx, meta)?;
+    write_meta(ctx, meta, &WIRE_STATS, Outcome::WireMetaRefusedShim)?;
     // With no socket on this queue the helper returns the low bits of the flags (XDP_ABORTED
     // here, never XDP_REDIRECT): counted and dropped by the caller.
     XSKS.redirect(ctx.rx_queue_index(), xdp_action::XDP_ABORTED as u64)

@@ -25,7 +25,7 @@ use vpn_common::{
     },
 };
 
-use super::{EBPF_OBJECT, ReplayTable};
+use super::{CarrierChoice, Chosen, EBPF_OBJECT, ReplayTable};
 
 /// Which program's counters.
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
@@ -44,6 +44,8 @@ pub struct LoadOptions {
     pub sa_in_entries: u32,
     /// Remove the pins when the `Dataplane` is dropped (vpnd's `--keep-pinned` turns it off).
     pub unpin_on_drop: bool,
+    /// How the programs hand the metadata to the workers (default: from the kernel's probe).
+    pub carrier: CarrierChoice,
 }
 
 impl LoadOptions {
@@ -53,6 +55,7 @@ impl LoadOptions {
             sa_slots: DEFAULT_SA_SLOTS,
             sa_in_entries: DEFAULT_SA_IN_ENTRIES,
             unpin_on_drop: true,
+            carrier: CarrierChoice::Auto,
         }
     }
 }
@@ -64,6 +67,7 @@ pub struct Dataplane {
     pin_dir: PathBuf,
     unpin_on_drop: bool,
     adopted: bool,
+    carrier: Chosen,
 }
 
 fn validate_instance(name: &str) -> Result<()> {
@@ -86,15 +90,9 @@ impl Dataplane {
         if opts.sa_slots == 0 || opts.sa_in_entries == 0 {
             bail!("sa_slots and sa_in_entries must be positive");
         }
-        ensure_bpffs(Path::new(PIN_ROOT))?;
         let pin_dir = Path::new(PIN_ROOT).join(&opts.instance);
         let adopting = pin_dir.exists();
-        std::fs::create_dir_all(&pin_dir).with_context(|| {
-            format!(
-                "creating {} (is bpffs mounted at {PIN_ROOT}, and are we root?)",
-                pin_dir.display()
-            )
-        })?;
+        pin_directory(&pin_dir)?;
         let adopting = adopting && pin_dir.join(names::SA_IN).exists();
         let loaded = Self::load_pinned(opts, &pin_dir).map(|mut d| {
             d.adopted = adopting;
@@ -108,11 +106,14 @@ impl Dataplane {
     }
 
     fn load_pinned(opts: &LoadOptions, pin_dir: &Path) -> Result<Dataplane> {
+        let carrier = super::choose_carrier(opts.carrier);
+        let global = carrier.carrier.global();
         let mut ebpf = EbpfLoader::new()
             .default_map_pin_directory(pin_dir)
             .map_max_entries(names::REPLAY, opts.sa_slots)
             .map_max_entries(names::SA_STATS, opts.sa_slots)
             .map_max_entries(names::SA_IN, opts.sa_in_entries)
+            .override_global(vpn_common::meta::CARRIER_GLOBAL, &global, true)
             .load(EBPF_OBJECT)
             .context("loading the XDP object")?;
         for name in [
@@ -124,8 +125,12 @@ impl Dataplane {
                 .program_mut(name)
                 .with_context(|| format!("program {name} missing from the object"))?
                 .try_into()?;
-            prog.load()
-                .with_context(|| format!("verifier rejected {name}"))?;
+            prog.load().with_context(|| {
+                format!(
+                    "the verifier rejected {name} built for the {} carrier ({})",
+                    carrier.carrier, carrier.reason
+                )
+            })?;
         }
         let replay_map = ebpf.map(names::REPLAY).context("REPLAY map missing")?;
         let Map::Array(data) = replay_map else {
@@ -138,7 +143,13 @@ impl Dataplane {
             pin_dir: pin_dir.to_path_buf(),
             unpin_on_drop: opts.unpin_on_drop,
             adopted: false,
+            carrier,
         })
+    }
+
+    /// The metadata carrier the programs were loaded with, and why.
+    pub fn carrier(&self) -> &Chosen {
+        &self.carrier
     }
 
     pub fn pin_dir(&self) -> &Path {
@@ -480,7 +491,8 @@ impl Dataplane {
         let queues = rx_queue_count(ifname)?;
         let mut socks = Vec::with_capacity(queues as usize);
         for q in 0..queues {
-            let s = super::xsk::XskSocket::bind(ifname, q, frames)?;
+            let mut s = super::xsk::XskSocket::bind(ifname, q, frames)?;
+            s.set_carrier(self.carrier.carrier);
             match side {
                 Side::Wire => self.set_wire_xsk(q, s.fd())?,
                 Side::Tenant => self.set_tenant_xsk(xsk_base + q, s.fd())?,
@@ -600,18 +612,22 @@ pub fn read_counters(map: &Map) -> Result<Vec<(Counter, u64)>> {
         .collect()
 }
 
-const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
-
-/// Mounts bpffs at `root` unless it already is (as systemd does at boot on most nodes).
-pub fn ensure_bpffs(root: &Path) -> Result<()> {
+/// Mounts bpffs at `root` unless it already is (as systemd does at boot on most nodes, and
+/// Cilium does where it is missing), or fails naming the mount and the command that fixes it.
+/// Returns whether it mounted it.
+pub fn ensure_bpffs(root: &Path) -> Result<bool> {
+    if crate::probe::bpf::is_bpffs(root) {
+        return Ok(false);
+    }
+    let fix = format!("mount -t bpf bpf {}", root.display());
+    std::fs::create_dir_all(root).with_context(|| {
+        format!(
+            "bpffs is not mounted at {} and the directory cannot be created; mount it with              `{fix}`",
+            root.display()
+        )
+    })?;
     use std::os::unix::ffi::OsStrExt;
     let c = std::ffi::CString::new(root.as_os_str().as_bytes())?;
-    // SAFETY: statfs into a zeroed struct.
-    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
-    if unsafe { libc::statfs(c.as_ptr(), &mut st) } == 0 && st.f_type as i64 == BPF_FS_MAGIC {
-        return Ok(());
-    }
-    std::fs::create_dir_all(root).with_context(|| format!("creating {}", root.display()))?;
     let fstype = c"bpf";
     // SAFETY: mount(2) with valid C strings.
     let rc = unsafe {
@@ -624,10 +640,30 @@ pub fn ensure_bpffs(root: &Path) -> Result<()> {
         )
     };
     if rc != 0 {
-        return Err(std::io::Error::last_os_error())
-            .with_context(|| format!("mounting bpffs at {}", root.display()));
+        return Err(std::io::Error::last_os_error()).with_context(|| {
+            format!(
+                "bpffs is not mounted at {} and mounting it failed (needs root or                  CAP_SYS_ADMIN); mount it with `{fix}`, or at boot with the fstab line                  `bpf {} bpf defaults 0 0`",
+                root.display(),
+                root.display()
+            )
+        });
     }
-    Ok(())
+    tracing::info!("bpffs: mounted at {} (it was not mounted)", root.display());
+    Ok(true)
+}
+
+/// Creates a pin directory under bpffs (mounting bpffs at [`PIN_ROOT`] first if `dir` is
+/// under it and it is missing), with an error that says what is wrong.
+pub fn pin_directory(dir: &Path) -> Result<()> {
+    if dir.starts_with(PIN_ROOT) {
+        ensure_bpffs(Path::new(PIN_ROOT))?;
+    }
+    std::fs::create_dir_all(dir).with_context(|| {
+        format!(
+            "creating the pin directory {} (on bpffs at {PIN_ROOT}; needs root)",
+            dir.display()
+        )
+    })
 }
 
 /// Removes every pin of the contract under `dir`, then `dir` itself if empty.

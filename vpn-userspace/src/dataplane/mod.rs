@@ -1,6 +1,7 @@
 //! The kernel side of the data plane from user space: loading and attaching the XDP programs,
 //! writing the maps, reading the counters, and the AF_XDP sockets.
 
+mod carrier;
 pub mod installer;
 mod loader;
 pub mod neigh;
@@ -9,10 +10,13 @@ pub mod sa_tables;
 pub mod worker;
 pub mod xsk;
 
+pub use carrier::{Carrier, CarrierChoice, Chosen, choose as choose_carrier};
 pub use installer::{
     ChildSaSpec, ChildStats, InstalledChild, Installer, KernelSlots, SaMaps, SlotAllocator,
 };
-pub use loader::{Dataplane, LoadOptions, Side, remove_pins, rx_queue_count};
+pub use loader::{
+    Dataplane, LoadOptions, Side, ensure_bpffs, pin_directory, remove_pins, rx_queue_count,
+};
 pub use replay::ReplayTable;
 pub use sa_tables::SaTables;
 

@@ -1,10 +1,16 @@
 //! An AF_XDP socket with its own UMEM (xdpilone), in copy mode with need-wakeup (veth has no
-//! zero-copy). Frames arrive with our `XdpMeta` right in front of them.
+//! zero-copy). Frames arrive with our `XdpMeta` right in front of them (metadata carrier) or
+//! as their first bytes (shim carrier); see `vpn_common::meta` and [`Carrier`].
 
 use std::{ffi::CString, num::NonZeroU32, ptr::NonNull};
 
 use anyhow::{Context, Result, anyhow};
-use vpn_common::XdpMeta;
+use vpn_common::{
+    XdpMeta,
+    meta::{META_MAGIC, XDP_PACKET_HEADROOM},
+};
+
+use super::Carrier;
 use xdpilone::{DeviceQueue, IfInfo, RingRx, RingTx, Socket, SocketConfig, Umem, UmemConfig, User};
 
 pub const FRAME_SIZE: u32 = 2048;
@@ -73,7 +79,21 @@ pub struct XskSocket {
     /// Frames handed to the TX ring and not yet completed.
     in_tx: u32,
     zero_copy: bool,
+    carrier: Carrier,
+    counts: CarrierCounts,
 }
+
+/// Frames received with the metadata in front, and with it in the packet (the shim; with the
+/// metadata carrier: the device refused `bpf_xdp_adjust_meta` for them at run time).
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
+pub struct CarrierCounts {
+    pub meta: u64,
+    pub shim: u64,
+}
+
+/// Where a copy-mode socket's frames carry the metadata when the metadata carrier works: the
+/// bytes right before the frame, which always starts `XDP_PACKET_HEADROOM` into its chunk.
+const META_SLOT: usize = XDP_PACKET_HEADROOM - XdpMeta::LEN;
 
 // SAFETY: owned rings and memory; used by one thread at a time.
 unsafe impl Send for XskSocket {}
@@ -96,6 +116,22 @@ impl XskSocket {
     /// Whether the kernel accepted zero-copy for this socket.
     pub fn zero_copy(&self) -> bool {
         self.zero_copy
+    }
+
+    /// How the XDP program that redirects to this socket carries the metadata (the loaded
+    /// object's carrier; `Dataplane::bind_sockets` sets it). Default: the metadata area.
+    pub fn set_carrier(&mut self, carrier: Carrier) {
+        self.carrier = carrier;
+    }
+
+    pub fn carrier(&self) -> Carrier {
+        self.carrier
+    }
+
+    /// Frames received so far with the metadata in front of them, and as an in-packet shim.
+    /// With the metadata carrier, shim frames mean the device refused the helper at run time.
+    pub fn carrier_counts(&self) -> CarrierCounts {
+        self.counts
     }
 
     fn bind_with(ifname: &str, queue: u32, frames: u32, mode: u16) -> Result<XskSocket> {
@@ -149,6 +185,8 @@ impl XskSocket {
             tx_pending: Vec::with_capacity(ring as usize),
             in_tx: 0,
             zero_copy: mode == XDP_ZEROCOPY,
+            carrier: Carrier::Meta,
+            counts: CarrierCounts::default(),
         };
         s.refill();
         Ok(s)
@@ -170,8 +208,19 @@ impl XskSocket {
             .saturating_sub(self.in_fill)
             .min(self.free.len() as u32);
         if want > 0 {
-            let mut w = self.device.fill(want);
             let start = self.free.len() - want as usize;
+            // Clear where a copy-mode frame's metadata would be: a frame that comes back
+            // without metadata (the device refused the helper and the program used the shim)
+            // must not show an earlier frame's, or bytes a transmitted frame left there.
+            let base = self.area.ptr.as_ptr();
+            for &addr in &self.free[start..] {
+                // SAFETY: a free frame of our UMEM (nobody else uses it); the slot lies inside
+                // the frame (FRAME_SIZE > XDP_PACKET_HEADROOM).
+                unsafe {
+                    std::ptr::write_bytes(base.add(addr as usize + META_SLOT), 0, XdpMeta::LEN)
+                };
+            }
+            let mut w = self.device.fill(want);
             let n = w.insert(self.free[start..].iter().copied());
             w.commit();
             drop(w);
@@ -184,6 +233,52 @@ impl XskSocket {
         }
     }
 
+    /// The metadata of a received frame at `addr` (offset in the UMEM at `base`) of `len`
+    /// bytes, and where the packet starts. `None`: no metadata anywhere we may look (the worker
+    /// drops the frame as `metadata_failed`).
+    fn split_meta(
+        base: *const u8,
+        carrier: Carrier,
+        zero_copy: bool,
+        counts: &mut CarrierCounts,
+        addr: usize,
+        len: usize,
+    ) -> Option<(XdpMeta, usize)> {
+        let read = |at: usize| {
+            let mut b = [0u8; XdpMeta::LEN];
+            // SAFETY: `at..at + LEN` lies in our UMEM (checked below before each call).
+            unsafe { std::ptr::copy_nonoverlapping(base.add(at), b.as_mut_ptr(), b.len()) };
+            XdpMeta::from_bytes(&b)
+        };
+        let mut shim = || {
+            if len < XdpMeta::LEN {
+                return None;
+            }
+            counts.shim += 1;
+            Some((read(addr), addr + XdpMeta::LEN))
+        };
+        match carrier {
+            Carrier::Shim => shim(),
+            Carrier::Meta => {
+                if addr >= XdpMeta::LEN {
+                    let m = read(addr - XdpMeta::LEN);
+                    if m.magic == META_MAGIC {
+                        counts.meta += 1;
+                        return Some((m, addr));
+                    }
+                }
+                // No metadata in front: the program fell back to the shim. Trusted only where
+                // we cleared the slot before the kernel filled the frame (copy mode, frame at
+                // the fixed headroom); elsewhere stale bytes could pass for metadata.
+                if !zero_copy && addr % FRAME_SIZE as usize == XDP_PACKET_HEADROOM {
+                    shim()
+                } else {
+                    None
+                }
+            }
+        }
+    }
+
     /// Receives up to `max` frames, calls `f` on each, returns their frames to the fill ring.
     pub fn recv(&mut self, max: u32, mut f: impl FnMut(RxFrame<'_>)) -> usize {
         let mut n = 0;
@@ -192,22 +287,20 @@ impl XskSocket {
         while let Some(desc) = r.read() {
             let addr = desc.addr as usize;
             let len = desc.len as usize;
-            if addr >= XdpMeta::LEN && addr + len <= self.area.len {
-                let mut b = [0u8; XdpMeta::LEN];
-                // SAFETY: the descriptor lies in our UMEM and the kernel handed it to us; the
-                // metadata sits right in front of the packet in the same frame's headroom.
-                let data = unsafe {
-                    std::ptr::copy_nonoverlapping(
-                        base.add(addr - XdpMeta::LEN),
-                        b.as_mut_ptr(),
-                        b.len(),
-                    );
-                    std::slice::from_raw_parts_mut(base.add(addr), len)
-                };
-                f(RxFrame {
-                    meta: XdpMeta::from_bytes(&b),
-                    data,
-                });
+            if addr + len <= self.area.len {
+                let (meta, start) = Self::split_meta(
+                    base,
+                    self.carrier,
+                    self.zero_copy,
+                    &mut self.counts,
+                    addr,
+                    len,
+                )
+                .unwrap_or((XdpMeta::default(), addr + len));
+                // SAFETY: the descriptor lies in our UMEM and the kernel handed it to us.
+                let data =
+                    unsafe { std::slice::from_raw_parts_mut(base.add(start), addr + len - start) };
+                f(RxFrame { meta, data });
             }
             self.free
                 .push((desc.addr / FRAME_SIZE as u64) * FRAME_SIZE as u64);

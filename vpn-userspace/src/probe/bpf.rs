@@ -15,6 +15,7 @@ use std::{
 const BPF_MAP_CREATE: libc::c_int = 0;
 const BPF_PROG_LOAD: libc::c_int = 5;
 const BPF_PROG_TEST_RUN: libc::c_int = 10;
+const BPF_OBJ_GET_INFO_BY_FD: libc::c_int = 15;
 
 const BPF_PROG_TYPE_XDP: u32 = 6;
 const BPF_MAP_TYPE_ARRAY: u32 = 2;
@@ -282,6 +283,91 @@ pub fn xdp_live_frames(ifindex: u32) -> io::Result<()> {
     sys_bpf(BPF_PROG_TEST_RUN, &mut attr).map(drop)
 }
 
+#[repr(C)]
+#[derive(Default)]
+struct InfoAttr {
+    bpf_fd: u32,
+    info_len: u32,
+    info: u64,
+    _rest: [u64; 4],
+}
+
+/// The head of `struct bpf_prog_info`, up to the translated instructions.
+#[repr(C)]
+#[derive(Default)]
+struct ProgInfoHead {
+    prog_type: u32,
+    id: u32,
+    tag: [u8; 8],
+    jited_prog_len: u32,
+    xlated_prog_len: u32,
+    jited_prog_insns: u64,
+    xlated_prog_insns: u64,
+}
+
+/// The `imm` of every helper call in a loaded program's translated code (what the verifier
+/// kept: code it proved dead is gone). The kernel rewrites a helper's id into the helper's
+/// offset from `__bpf_call_base`; compare with [`helper_call_imm`].
+pub fn xlated_helper_calls(prog: std::os::fd::BorrowedFd<'_>) -> io::Result<Vec<i32>> {
+    use std::os::fd::AsRawFd;
+    let mut info = ProgInfoHead::default();
+    let mut attr = InfoAttr {
+        bpf_fd: prog.as_raw_fd() as u32,
+        info_len: std::mem::size_of::<ProgInfoHead>() as u32,
+        info: &mut info as *mut ProgInfoHead as u64,
+        ..Default::default()
+    };
+    sys_bpf(BPF_OBJ_GET_INFO_BY_FD, &mut attr)?;
+    let n = info.xlated_prog_len as usize / std::mem::size_of::<Insn>();
+    let mut insns = vec![mov64_imm(0, 0); n];
+    let mut info = ProgInfoHead {
+        xlated_prog_len: (n * std::mem::size_of::<Insn>()) as u32,
+        xlated_prog_insns: insns.as_mut_ptr() as u64,
+        ..Default::default()
+    };
+    let mut attr = InfoAttr {
+        bpf_fd: prog.as_raw_fd() as u32,
+        info_len: std::mem::size_of::<ProgInfoHead>() as u32,
+        info: &mut info as *mut ProgInfoHead as u64,
+        ..Default::default()
+    };
+    sys_bpf(BPF_OBJ_GET_INFO_BY_FD, &mut attr)?;
+    Ok(insns
+        .iter()
+        // BPF_JMP | BPF_CALL to a helper (src_reg 0; 1 is a BPF-to-BPF call, 2 a kfunc).
+        .filter(|i| i.code == 0x85 && i.regs >> 4 == 0)
+        .map(|i| i.imm)
+        .collect())
+}
+
+/// The `imm` a call to the kernel function `name` has in translated code (its address minus
+/// `__bpf_call_base`, from /proc/kallsyms; root sees the addresses).
+pub fn helper_call_imm(name: &str) -> io::Result<i32> {
+    let syms = std::fs::read_to_string("/proc/kallsyms")?;
+    let addr = |want: &str| {
+        syms.lines().find_map(|l| {
+            let mut w = l.split_whitespace();
+            let (a, _, n) = (w.next()?, w.next()?, w.next()?);
+            (n == want)
+                .then(|| u64::from_str_radix(a, 16).ok())
+                .flatten()
+        })
+    };
+    let (Some(f), Some(base)) = (addr(name), addr("__bpf_call_base")) else {
+        return Err(io::Error::new(
+            io::ErrorKind::NotFound,
+            format!("{name} or __bpf_call_base not in /proc/kallsyms"),
+        ));
+    };
+    if f == 0 || base == 0 {
+        return Err(io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            "/proc/kallsyms hides addresses (kptr_restrict; run as root)",
+        ));
+    }
+    Ok(f.wrapping_sub(base) as i32)
+}
+
 /// Whether `dir` is a bpffs mount.
 pub fn is_bpffs(dir: &Path) -> bool {
     use std::os::unix::ffi::OsStrExt;
@@ -303,6 +389,7 @@ mod tests {
         assert_eq!(std::mem::offset_of!(ProgLoadAttr, expected_attach_type), 68);
         assert_eq!(std::mem::offset_of!(MapCreateAttr, map_name), 28);
         assert_eq!(std::mem::offset_of!(TestRunAttr, batch_size), 72);
+        assert_eq!(std::mem::offset_of!(ProgInfoHead, xlated_prog_insns), 32);
         assert_eq!(std::mem::size_of::<Insn>(), 8);
     }
 }
