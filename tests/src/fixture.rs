@@ -7,7 +7,7 @@
 use anyhow::{Context, Result, bail};
 use aya::programs::{TestRun, TestRunOptions};
 use vpn_common::{Counter, XdpMeta};
-use vpn_userspace::dataplane::{Dataplane, Side};
+use vpn_userspace::dataplane::{Carrier, CarrierChoice, Dataplane, Side};
 
 pub const XDP_ABORTED: u32 = 0;
 pub const XDP_DROP: u32 = 1;
@@ -105,10 +105,56 @@ fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
+/// How many bytes of metadata area a redirected frame has with `dp`'s carrier: the whole
+/// `XdpMeta` (metadata area), or none (shim: the same bytes are the frame's first).
+pub fn meta_area_len(dp: &Dataplane) -> usize {
+    match dp.carrier().carrier {
+        Carrier::Meta => XdpMeta::LEN,
+        Carrier::Shim => 0,
+    }
+}
+
+/// Runs `f` with `carrier` where this kernel can load the programs with it. Where the verifier
+/// refuses `bpf_xdp_adjust_meta` (the metadata carrier cannot load), checks instead that
+/// forcing that carrier fails to load and names the helper, and that the probe says the same;
+/// in the kernel lane (`VPN_LANE`, Debian kernels, which all accept the helper) that is a
+/// failure.
+pub fn with_carrier(carrier: Carrier, f: impl FnOnce(Carrier) -> Result<()>) -> Result<()> {
+    if carrier == Carrier::Shim {
+        return f(carrier);
+    }
+    let Err(refusal) = vpn_userspace::probe::bpf::xdp_adjust_meta() else {
+        return f(carrier);
+    };
+    if std::env::var_os("VPN_LANE").is_some() {
+        bail!("this lane kernel refuses bpf_xdp_adjust_meta ({refusal}); Debian's accept it");
+    }
+    let mut o = vpn_userspace::dataplane::LoadOptions::new(crate::netns::unique("vpnrefuse"));
+    o.sa_slots = 16;
+    o.sa_in_entries = 16;
+    o.carrier = CarrierChoice::Forced(Carrier::Meta);
+    match Dataplane::load(&o) {
+        Ok(_) => bail!(
+            "the probe says the kernel refuses bpf_xdp_adjust_meta ({refusal}), yet the programs              loaded with the metadata carrier"
+        ),
+        Err(e) => {
+            let e = format!("{e:#}");
+            if !e.contains("bpf_xdp_adjust_meta") {
+                bail!("loading with the metadata carrier failed without naming the helper: {e}");
+            }
+            println!(
+                "this kernel refuses bpf_xdp_adjust_meta ({refusal}); checked that the metadata                  carrier fails to load with that reason. The shim carrier's run covers the                  programs."
+            );
+            Ok(())
+        }
+    }
+}
+
 /// Runs every fixture in order against `prog` and reports all failures together.
 pub fn run_table(dp: &mut Dataplane, prog: &str, side: Side, table: Vec<Fixture>) -> Result<()> {
     let mut failures = Vec::new();
     let total = table.len();
+    let meta_len = meta_area_len(dp);
     for f in table {
         if let Some(p) = &f.prepare {
             p(dp).with_context(|| format!("{}: prepare", f.name))?;
@@ -139,11 +185,12 @@ pub fn run_table(dp: &mut Dataplane, prog: &str, side: Side, table: Vec<Fixture>
                 ));
             }
             (_, Some((meta, frame))) => {
-                if r.meta_len != XdpMeta::LEN || r.out.len() < XdpMeta::LEN {
+                if r.meta_len != meta_len || r.out.len() < XdpMeta::LEN {
                     errs.push(format!(
-                        "metadata length {} want {}",
+                        "metadata area {} bytes want {meta_len} (carrier {}), {} bytes out",
                         r.meta_len,
-                        XdpMeta::LEN
+                        dp.carrier().carrier,
+                        r.out.len()
                     ));
                 } else {
                     let got = XdpMeta::from_bytes(r.out[..XdpMeta::LEN].try_into()?);
@@ -196,6 +243,9 @@ pub fn run_table(dp: &mut Dataplane, prog: &str, side: Side, table: Vec<Fixture>
             failures.join("\n  ")
         );
     }
-    println!("{prog}: {total} fixtures passed");
+    println!(
+        "{prog}: {total} fixtures passed (carrier {})",
+        dp.carrier().carrier
+    );
     Ok(())
 }

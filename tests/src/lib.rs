@@ -13,5 +13,6 @@ pub mod raw;
 pub mod results;
 pub mod routed;
 pub mod strongswan;
+pub mod tap;
 pub mod topology;
 pub mod vlanhost;

@@ -25,7 +25,7 @@ impl VlanHost {
         run("ethtool", &["-K", ifname, "txvlan", "off"])?;
         // The object's maps come along; keep them small and out of any instance's pins.
         let pins = PathBuf::from("/sys/fs/bpf").join(unique("vlanhost"));
-        std::fs::create_dir_all(&pins)?;
+        vpn_userspace::dataplane::pin_directory(&pins)?;
         let vid = vid as u32;
         let mut ebpf = EbpfLoader::new()
             .default_map_pin_directory(&pins)

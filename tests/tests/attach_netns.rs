@@ -13,11 +13,14 @@ use vpn_common::{
     meta::{META_F_FROM_VLAN, META_KIND_ESP_IN, META_KIND_OUTBOUND, META_MAGIC},
 };
 use vpn_tests::{
+    fixture::with_carrier,
     netns::{NetNs, require_root, unique},
     pkt::Packet,
     raw::RawSocket,
 };
-use vpn_userspace::dataplane::{Dataplane, LoadOptions, Side, xsk::XskSocket};
+use vpn_userspace::dataplane::{
+    Carrier, CarrierChoice, Dataplane, LoadOptions, Side, xsk::XskSocket,
+};
 
 /// Waits (bounded) for one frame on `sock`.
 fn recv_one(sock: &mut XskSocket) -> Result<(XdpMeta, Vec<u8>)> {
@@ -49,8 +52,18 @@ fn wait_counter(dp: &Dataplane, side: Side, c: Counter, want: u64) -> Result<()>
 }
 
 #[test]
-fn attached_programs_count_and_redirect_real_frames() -> Result<()> {
+fn attached_programs_count_and_redirect_real_frames_adjust_meta() -> Result<()> {
     require_root();
+    with_carrier(Carrier::Meta, attached_programs)
+}
+
+#[test]
+fn attached_programs_count_and_redirect_real_frames_shim() -> Result<()> {
+    require_root();
+    with_carrier(Carrier::Shim, attached_programs)
+}
+
+fn attached_programs(carrier: Carrier) -> Result<()> {
     let ns = NetNs::new("vpnit")?;
     {
         // No IPv6 on the new links: their neighbour discovery and MLD frames would reach the
@@ -77,11 +90,14 @@ fn attached_programs_count_and_redirect_real_frames() -> Result<()> {
     let mut opts = LoadOptions::new(unique("vpnit"));
     opts.sa_slots = 256;
     opts.sa_in_entries = 256;
+    opts.carrier = CarrierChoice::Forced(carrier);
     let mut dp = Dataplane::load(&opts)?;
     dp.attach_wire("wire1", XdpMode::Driver)?;
     dp.attach_tenant("ten1", XdpMode::Driver)?;
     let mut wire_xsk = XskSocket::bind("wire1", 0, 256)?;
     let mut ten_xsk = XskSocket::bind("ten1", 0, 256)?;
+    wire_xsk.set_carrier(carrier);
+    ten_xsk.set_carrier(carrier);
     dp.set_wire_xsk(0, wire_xsk.fd())?;
     dp.set_tenant_xsk(0, ten_xsk.fd())?;
     dp.set_iface(
@@ -133,6 +149,17 @@ fn attached_programs_count_and_redirect_real_frames() -> Result<()> {
         1
     );
     assert_eq!(dp.sa_stats(5)?.packets, 1);
+    // veth honours bpf_xdp_adjust_meta: with the metadata carrier the frame came with its
+    // metadata in front, and no fallback was counted; with the shim, inside the frame.
+    let c = wire_xsk.carrier_counts();
+    match carrier {
+        Carrier::Meta => assert_eq!((c.meta, c.shim), (1, 0)),
+        Carrier::Shim => assert_eq!((c.meta, c.shim), (0, 1)),
+    }
+    assert_eq!(
+        dp.counter(Side::Wire, Counter::Outcome(Outcome::WireMetaRefusedShim))?,
+        0
+    );
 
     // 2. The worker authenticates it and advances the shared window (no syscall): the same
     //    sequence number is now dropped in XDP, counted, and never reaches the socket.
@@ -210,4 +237,125 @@ fn attached_programs_count_and_redirect_real_frames() -> Result<()> {
     let link = ns.ip(&["-d", "link", "show", "wire1"])?;
     assert!(!link.contains("prog/xdp"), "XDP still attached: {link}");
     Ok(())
+}
+
+/// A device that refuses `bpf_xdp_adjust_meta` at run time although the verifier accepts it
+/// (a TAP device: tun builds its XDP buffers without a metadata area, at least up to the
+/// Linux 6.1 of the kernel lane). With the metadata carrier the programs fall back to the
+/// shim for such frames, count each one, and the socket still hands the worker the same
+/// metadata and frame. Where tun does honour metadata, the frame comes the ordinary way and
+/// nothing is counted; either way nothing is lost.
+#[test]
+fn a_device_refusing_metadata_at_run_time_gets_the_shim_counted() -> Result<()> {
+    require_root();
+    with_carrier(Carrier::Meta, |carrier| {
+        let ns = NetNs::new("vpntap")?;
+        let _inside = ns.enter()?;
+        let mut wire = vpn_tests::tap::Tap::create("tapw")?;
+        let mut ten = vpn_tests::tap::Tap::create("tapt")?;
+        for t in [&wire, &ten] {
+            ns.ip(&["link", "set", t.name(), "up"])?;
+        }
+        let tapt = ns.ifindex("tapt")?;
+        let mut opts = LoadOptions::new(unique("vpntap"));
+        opts.sa_slots = 64;
+        opts.sa_in_entries = 64;
+        opts.carrier = CarrierChoice::Forced(carrier);
+        let mut dp = Dataplane::load(&opts)?;
+        dp.attach_wire("tapw", XdpMode::Driver)?;
+        dp.attach_tenant("tapt", XdpMode::Driver)?;
+        let mut wire_xsk = XskSocket::bind("tapw", 0, 256)?;
+        let mut ten_xsk = XskSocket::bind("tapt", 0, 256)?;
+        wire_xsk.set_carrier(carrier);
+        ten_xsk.set_carrier(carrier);
+        dp.set_wire_xsk(0, wire_xsk.fd())?;
+        dp.set_tenant_xsk(0, ten_xsk.fd())?;
+        dp.set_iface(
+            tapt,
+            IfaceConfig {
+                default_tenant: NO_TENANT,
+                xsk_base: 0,
+            },
+        )?;
+        dp.add_sa_in(
+            0xc0de,
+            SaIn {
+                slot: 5,
+                tenant: 3,
+                flags: 0,
+                min_esp_len: SaIn::min_esp_len_for(8, 16),
+                _pad: 0,
+            },
+            ReplayWindow::new(64, false),
+        )?;
+        dp.set_vlan_tenant(100, 3)?;
+        dp.set_policy_v4(
+            3,
+            "10.2.0.0".parse()?,
+            24,
+            PolicyValue {
+                sa_slot: 6,
+                action: POLICY_PROTECT,
+            },
+        )?;
+
+        let kernel = std::env::var("VPN_LANE_KERNEL").unwrap_or_default();
+        let esp = Packet::eth()
+            .ipv4("172.24.4.233", "172.24.4.226")
+            .esp(0xc0de, 1)
+            .payload_len(64)
+            .build();
+        let tagged = Packet::eth()
+            .vlan(100)
+            .ipv4("10.1.0.5", "10.2.0.9")
+            .payload_len(100)
+            .build();
+        let untagged = Packet::eth()
+            .ipv4("10.1.0.5", "10.2.0.9")
+            .payload_len(100)
+            .build();
+        for (side, tap, xsk, input, want_frame, want_kind, refused) in [
+            (
+                Side::Wire,
+                &mut wire,
+                &mut wire_xsk,
+                &esp,
+                &esp,
+                META_KIND_ESP_IN,
+                Outcome::WireMetaRefusedShim,
+            ),
+            (
+                Side::Tenant,
+                &mut ten,
+                &mut ten_xsk,
+                &tagged,
+                &untagged,
+                META_KIND_OUTBOUND,
+                Outcome::TenantMetaRefusedShim,
+            ),
+        ] {
+            tap.inject(input)?;
+            let (meta, frame) = recv_one(xsk)?;
+            assert_eq!(meta.magic, META_MAGIC, "{side:?}");
+            assert_eq!(meta.kind, want_kind, "{side:?}");
+            assert_eq!(meta.tenant, 3, "{side:?}");
+            assert_eq!(&frame, want_frame, "{side:?}");
+            let fallbacks = dp.counter(side, Counter::Outcome(refused))?;
+            let c = xsk.carrier_counts();
+            if fallbacks == 1 {
+                assert_eq!((c.meta, c.shim), (0, 1), "{side:?}");
+                println!("{side:?}: the TAP device refused metadata at run time; shim, counted");
+            } else {
+                assert_eq!(fallbacks, 0, "{side:?}");
+                assert_eq!((c.meta, c.shim), (1, 0), "{side:?}");
+                println!("{side:?}: this kernel's tun honours XDP metadata");
+                // tun gained metadata support long after 6.1: there it must refuse.
+                assert_ne!(kernel, "6.1", "{side:?}: tun on 6.1 honoured metadata?");
+            }
+        }
+        drop((wire_xsk, ten_xsk));
+        drop(dp);
+        drop((wire, ten));
+        Ok(())
+    })
 }

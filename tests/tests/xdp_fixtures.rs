@@ -17,22 +17,27 @@ use vpn_common::{
     },
 };
 use vpn_tests::{
-    fixture::{Expect, Fixture, run_table},
+    fixture::{Expect, Fixture, meta_area_len, run_table, with_carrier},
     netns::{NetNs, require_root, unique},
     pkt::{IPPROTO_TCP, IPV6_FRAGMENT, IPV6_HOPOPTS, Packet},
 };
-use vpn_userspace::dataplane::{Dataplane, LoadOptions, Side, xsk::XskSocket};
+use vpn_userspace::dataplane::{
+    Carrier, CarrierChoice, Dataplane, LoadOptions, Side, xsk::XskSocket,
+};
 
 const SPI_A: u32 = 0x0000_1000; // slot 1, tenant 7, window 64
 const SPI_ESN: u32 = 0x0000_2000; // slot 2, ESN, window 128
 const SPI_SMALL: u32 = 0x0000_3000; // slot 3, window 32
 const SPI_KERNEL: u32 = 0x0000_4000; // slot 4, tenant 7, kernel backend (SA_F_KERNEL)
 
-fn load(prefix: &str) -> Result<Dataplane> {
+fn load(prefix: &str, carrier: Carrier) -> Result<Dataplane> {
     let mut o = LoadOptions::new(unique(prefix));
     o.sa_slots = 1024;
     o.sa_in_entries = 1024;
-    Dataplane::load(&o)
+    o.carrier = CarrierChoice::Forced(carrier);
+    let dp = Dataplane::load(&o)?;
+    assert_eq!(dp.carrier().carrier, carrier);
+    Ok(dp)
 }
 
 /// A namespace with a veth pair and an AF_XDP socket bound on `x0` queue 0.
@@ -123,10 +128,20 @@ fn esp_v4(spi: u32, seq: u32) -> Vec<u8> {
 }
 
 #[test]
-fn esp_ingress_fixtures() -> Result<()> {
+fn esp_ingress_fixtures_adjust_meta() -> Result<()> {
     require_root();
+    with_carrier(Carrier::Meta, esp_ingress_fixtures)
+}
+
+#[test]
+fn esp_ingress_fixtures_shim() -> Result<()> {
+    require_root();
+    with_carrier(Carrier::Shim, esp_ingress_fixtures)
+}
+
+fn esp_ingress_fixtures(carrier: Carrier) -> Result<()> {
     let (_ns, sock) = xsk_env()?;
-    let mut dp = load("vpnfix-wire")?;
+    let mut dp = load("vpnfix-wire", carrier)?;
     dp.set_wire_xsk(0, sock.fd())?;
     let min = SaIn::min_esp_len_for(8, 16);
     dp.add_sa_in(
@@ -841,10 +856,20 @@ fn vxlan_frame(vni: u32, dst: &str) -> Vec<u8> {
 }
 
 #[test]
-fn tenant_ingress_fixtures() -> Result<()> {
+fn tenant_ingress_fixtures_adjust_meta() -> Result<()> {
     require_root();
+    with_carrier(Carrier::Meta, tenant_ingress_fixtures)
+}
+
+#[test]
+fn tenant_ingress_fixtures_shim() -> Result<()> {
+    require_root();
+    with_carrier(Carrier::Shim, tenant_ingress_fixtures)
+}
+
+fn tenant_ingress_fixtures(carrier: Carrier) -> Result<()> {
     let (_ns, sock) = xsk_env()?;
-    let mut dp = load("vpnfix-tenant")?;
+    let mut dp = load("vpnfix-tenant", carrier)?;
     // test_run delivers on the loopback device of our namespace (ifindex 1).
     dp.set_iface(
         1,
@@ -1124,11 +1149,22 @@ fn tenant_ingress_fixtures() -> Result<()> {
 /// of pass/drop/redirect, exactly one counter moves, a passed frame is untouched and a
 /// redirected one carries our metadata.
 #[test]
-fn mutated_frames_always_get_one_counted_verdict() -> Result<()> {
-    use vpn_tests::fixture::{XDP_DROP, XDP_PASS, XDP_REDIRECT, run_once};
+fn mutated_frames_always_get_one_counted_verdict_adjust_meta() -> Result<()> {
     require_root();
+    with_carrier(Carrier::Meta, mutated_frames)
+}
+
+#[test]
+fn mutated_frames_always_get_one_counted_verdict_shim() -> Result<()> {
+    require_root();
+    with_carrier(Carrier::Shim, mutated_frames)
+}
+
+fn mutated_frames(carrier: Carrier) -> Result<()> {
+    use vpn_tests::fixture::{XDP_DROP, XDP_PASS, XDP_REDIRECT, run_once};
     let (_ns, sock) = xsk_env()?;
-    let mut dp = load("vpnfix-fuzz")?;
+    let mut dp = load("vpnfix-fuzz", carrier)?;
+    let meta_len = meta_area_len(&dp);
     dp.set_wire_xsk(0, sock.fd())?;
     dp.set_tenant_xsk(0, sock.fd())?;
     dp.add_sa_in(
@@ -1235,7 +1271,7 @@ fn mutated_frames_always_get_one_counted_verdict() -> Result<()> {
                 XDP_PASS => assert_eq!(r.out, f, "passed frame modified: {}", ctx()),
                 XDP_DROP => {}
                 XDP_REDIRECT => {
-                    assert_eq!(r.meta_len, XdpMeta::LEN, "{}", ctx());
+                    assert_eq!(r.meta_len, meta_len, "{}", ctx());
                     let m = XdpMeta::from_bytes(r.out[..XdpMeta::LEN].try_into()?);
                     assert_eq!(m.magic, META_MAGIC, "{}", ctx());
                 }
@@ -1250,4 +1286,44 @@ fn mutated_frames_always_get_one_counted_verdict() -> Result<()> {
     println!("verdicts (aborted, drop, pass, tx, redirect): {verdicts:?}");
     drop(sock);
     Ok(())
+}
+
+/// The carrier is a load-time constant the verifier knows, so it drops the other carrier's
+/// code: with the shim, the programs the kernel keeps call `bpf_xdp_adjust_meta` nowhere (a
+/// kernel that refuses the helper never sees it); with the metadata area, both call it.
+fn only_the_chosen_carrier_is_loaded(carrier: Carrier) -> Result<()> {
+    use std::os::fd::AsFd;
+    let dp = load("vpnfix-prune", carrier)?;
+    let adjust_meta = vpn_userspace::probe::bpf::helper_call_imm("bpf_xdp_adjust_meta")?;
+    let adjust_head = vpn_userspace::probe::bpf::helper_call_imm("bpf_xdp_adjust_head")?;
+    for prog in [programs::ESP_INGRESS, programs::TENANT_INGRESS] {
+        let fd = dp.program(prog)?.fd()?;
+        let calls = vpn_userspace::probe::bpf::xlated_helper_calls(fd.as_fd())?;
+        let meta = calls.contains(&adjust_meta);
+        assert_eq!(
+            meta,
+            carrier == Carrier::Meta,
+            "{prog} with the {carrier} carrier: bpf_xdp_adjust_meta {} in the loaded code",
+            if meta { "is" } else { "is not" }
+        );
+        // Both carriers prepend with adjust_head: the shim always, the metadata carrier as the
+        // run-time fallback.
+        assert!(
+            calls.contains(&adjust_head),
+            "{prog}: no bpf_xdp_adjust_head call"
+        );
+    }
+    Ok(())
+}
+
+#[test]
+fn only_the_chosen_carrier_is_loaded_adjust_meta() -> Result<()> {
+    require_root();
+    with_carrier(Carrier::Meta, only_the_chosen_carrier_is_loaded)
+}
+
+#[test]
+fn only_the_chosen_carrier_is_loaded_shim() -> Result<()> {
+    require_root();
+    with_carrier(Carrier::Shim, only_the_chosen_carrier_is_loaded)
 }
