@@ -19,7 +19,7 @@ use std::{path::PathBuf, time::Duration};
 
 use anyhow::{Context, Result, bail};
 use vpn_userspace::pktgen::{
-    Args, Engine, Mode,
+    self, Args, Engine, Mode,
     frame::Size,
     sink::{Sink, SinkCounts},
 };
@@ -206,11 +206,11 @@ replay_window = {window}
 
     /// Generator options for tenant traffic into the DUT (live frames on `tg`, one thread
     /// per queue: thread t runs on CPU t, and a veth hands XDP frames to the peer's rx queue
-    /// of the sending CPU).
+    /// of the sending CPU; AF_XDP, thread t on queue t, where the kernel refuses live frames).
     pub fn encrypt_args(&self, size: Size) -> Args {
         let mut a = Args::new("tg");
         a.netns = Some(self.tgen.name().to_string());
-        a.engine = Engine::Live;
+        a.engine = pktgen::live_or_afxdp();
         a.size = size;
         a.vlan = Some(VLAN);
         a.dst_mac = Some(GATEWAY_MAC.into());

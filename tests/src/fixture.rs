@@ -135,7 +135,8 @@ pub fn with_carrier(carrier: Carrier, f: impl FnOnce(Carrier) -> Result<()>) -> 
     o.carrier = CarrierChoice::Forced(Carrier::Meta);
     match Dataplane::load(&o) {
         Ok(_) => bail!(
-            "the probe says the kernel refuses bpf_xdp_adjust_meta ({refusal}), yet the programs              loaded with the metadata carrier"
+            "the probe says the kernel refuses bpf_xdp_adjust_meta ({refusal}), yet the programs \
+                 loaded with the metadata carrier"
         ),
         Err(e) => {
             let e = format!("{e:#}");
@@ -143,7 +144,9 @@ pub fn with_carrier(carrier: Carrier, f: impl FnOnce(Carrier) -> Result<()>) -> 
                 bail!("loading with the metadata carrier failed without naming the helper: {e}");
             }
             println!(
-                "this kernel refuses bpf_xdp_adjust_meta ({refusal}); checked that the metadata                  carrier fails to load with that reason. The shim carrier's run covers the                  programs."
+                "this kernel refuses bpf_xdp_adjust_meta ({refusal}); checked that the metadata \
+                 carrier fails to load with that reason. The shim carrier's run covers the \
+                 programs."
             );
             Ok(())
         }

@@ -70,6 +70,11 @@ pub struct Wire {
     /// "native" or "generic".
     #[serde(default)]
     pub xdp_mode: Option<String>,
+    /// How the XDP programs hand their metadata to the AF_XDP workers: "auto" (the default:
+    /// the XDP metadata area where the kernel's verifier accepts `bpf_xdp_adjust_meta`, else
+    /// an in-packet shim), "adjust_meta" or "shim".
+    #[serde(default)]
+    pub xdp_carrier: Option<String>,
     /// IP MTU of the wire (default: the interface's), at least 1280: ESP packets never
     /// exceed it.
     pub mtu: Option<u16>,
@@ -503,6 +508,10 @@ impl Config {
                     &format!("{m:?}: use native, generic or auto"),
                 ));
             }
+        }
+        if let Some(c) = &self.wire.xdp_carrier {
+            c.parse::<crate::dataplane::CarrierChoice>()
+                .map_err(|m| e("wire", "xdp_carrier", &m))?;
         }
         if let Some(m) = self.wire.mtu
             && m < 1280
@@ -952,6 +961,14 @@ key_out = "2222222222222222222222222222222222222222"
                 ),
                 "wire",
                 "xdp_mode",
+            ),
+            (
+                with(
+                    "interface = \"wire0\"",
+                    "interface = \"wire0\"\nxdp_carrier = \"headroom\"",
+                ),
+                "wire",
+                "xdp_carrier",
             ),
             (
                 with("interface = \"wire0\"", "interface = \"wire0\"\nmtu = 1000"),

@@ -93,7 +93,7 @@ fn measure(d: &Dut, dir: Dir, size: Size, secs: f64) -> Result<(f64, f64)> {
         Dir::Encrypt => d.encrypt_args(size),
         Dir::Decrypt => {
             let mut a = d.decrypt_args(size);
-            a.engine = Engine::Live;
+            a.engine = pktgen::live_or_afxdp();
             a
         }
     };
@@ -126,7 +126,7 @@ fn generator_alone(secs: f64) -> Result<(f64, f64)> {
     };
     let mut a = pktgen::Args::new("ga0");
     a.netns = Some(ns.name().into());
-    a.engine = Engine::Live;
+    a.engine = pktgen::live_or_afxdp();
     a.duration = Some(secs);
     a.quiet = true;
     let before = sink.counts()?.udp;

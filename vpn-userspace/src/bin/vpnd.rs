@@ -27,7 +27,7 @@ use vpn_userspace::{
     config::{Config, parse_mac},
     control,
     dataplane::{
-        ChildSaSpec, Dataplane, Installer, LoadOptions, Side,
+        Carrier, CarrierChoice, ChildSaSpec, Dataplane, Installer, LoadOptions, Side,
         neigh::{iface_info, resolve_neighbour},
         worker::{NextHop, Tenant, TenantLink, Worker},
     },
@@ -70,6 +70,9 @@ struct Args {
     /// Directory of the state file and control socket (`DIR/INSTANCE/`).
     #[arg(long, default_value = "/run/vpnd")]
     run_dir: PathBuf,
+    /// XDP metadata carrier, overriding `[wire] xdp_carrier`: auto, adjust_meta or shim.
+    #[arg(long)]
+    xdp_carrier: Option<String>,
     /// Log level or filter (error, warn, info, debug, trace; or tracing's `target=level`
     /// syntax). The environment variable VPND_LOG, if set, wins.
     #[arg(long, default_value = "info")]
@@ -113,6 +116,68 @@ async fn refresh_neighbours(
     }
 }
 
+/// Watches the pinned counters for frames whose device refused `bpf_xdp_adjust_meta` at run
+/// time (the programs then carried the metadata as the shim, per packet) and says so once per
+/// device: nothing is lost, but the operator should know, and may pin the carrier.
+struct CarrierWatch {
+    pins: Option<vpn_userspace::ctl::pins::Pins>,
+    /// (counter map, the device, the counter, already reported)
+    sides: Vec<(&'static str, String, vpn_common::Outcome, bool)>,
+}
+
+impl CarrierWatch {
+    fn new(carrier: Carrier, pin_dir: &std::path::Path, wire: &str, tenant: &str) -> Self {
+        use vpn_common::{Outcome, maps::names};
+        let pins = (carrier == Carrier::Meta).then(|| vpn_userspace::ctl::pins::Pins {
+            instance: String::new(),
+            dir: pin_dir.to_path_buf(),
+        });
+        CarrierWatch {
+            pins,
+            sides: vec![
+                (
+                    names::WIRE_STATS,
+                    wire.to_string(),
+                    Outcome::WireMetaRefusedShim,
+                    false,
+                ),
+                (
+                    names::TENANT_STATS,
+                    tenant.to_string(),
+                    Outcome::TenantMetaRefusedShim,
+                    false,
+                ),
+            ],
+        }
+    }
+
+    fn check(&mut self) {
+        let Some(pins) = &self.pins else { return };
+        for (map, dev, outcome, reported) in &mut self.sides {
+            if *reported {
+                continue;
+            }
+            let Ok(counters) = pins.counters(map) else {
+                continue;
+            };
+            let c = vpn_common::Counter::Outcome(*outcome);
+            let n = counters
+                .iter()
+                .find(|(k, _)| *k == c)
+                .map_or(0, |(_, v)| *v);
+            if n > 0 {
+                tracing::warn!(
+                    "vpnd: XDP metadata: {dev} refused bpf_xdp_adjust_meta at run time ({n} \
+                     frames so far, counter {}): its frames carry the in-packet shim instead, \
+                     nothing is lost; `[wire] xdp_carrier = \"shim\"` saves the failing call",
+                    c.name()
+                );
+                *reported = true;
+            }
+        }
+    }
+}
+
 fn main() -> std::process::ExitCode {
     match run() {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -150,6 +215,15 @@ fn run() -> Result<()> {
     if let Some(w) = &args.wire {
         cfg.wire.interface = w.clone();
     }
+    if let Some(c) = &args.xdp_carrier {
+        cfg.wire.xdp_carrier = Some(c.clone());
+    }
+    let carrier: CarrierChoice = match &cfg.wire.xdp_carrier {
+        None => CarrierChoice::Auto,
+        Some(c) => c
+            .parse()
+            .map_err(|m: String| anyhow::anyhow!("xdp_carrier: {m}"))?,
+    };
     if let Some(t) = &args.tenant_if {
         for ten in &mut cfg.tenants {
             ten.interface = t.clone();
@@ -186,7 +260,10 @@ fn run() -> Result<()> {
 
     let mut load_opts = LoadOptions::new(&cfg.instance);
     load_opts.unpin_on_drop = !args.keep_pinned;
+    load_opts.carrier = carrier;
     let mut dp = Dataplane::load(&load_opts)?;
+    // One line per choice made from what the kernel said (see `vpnctl probe`).
+    tracing::info!("vpnd: {}", dp.carrier());
     if dp.adopted() {
         let n = dp.clear_sa_state()?;
         tracing::info!(
@@ -368,6 +445,13 @@ fn run() -> Result<()> {
     }
 
     let wire_if = cfg.wire.interface.clone();
+    let xdp_carrier = dp.carrier().carrier.name();
+    let mut carrier_watch = CarrierWatch::new(
+        dp.carrier().carrier,
+        dp.pin_dir(),
+        &cfg.wire.interface,
+        tenant_if,
+    );
     let stop = Arc::new(AtomicBool::new(false));
     // One worker thread per queue pair (see Worker::split).
     let workers = worker.split();
@@ -534,6 +618,7 @@ fn run() -> Result<()> {
             wire: wire_if.clone(),
             tenant_interfaces: vec![tenant_if_name.clone()],
             xdp_mode: if native { "native" } else { "generic" }.into(),
+            xdp_carrier: xdp_carrier.into(),
             workers: n_workers,
         };
         let config_path = args.config.clone();
@@ -577,7 +662,10 @@ fn run() -> Result<()> {
                         tracing::info!("vpnd: SIGUSR2: rekeying every IKE_SA");
                         let _ = cmd_tx.send(Command::RekeyAllIke).await;
                     }
-                    _ = tick.tick() => refresh_neighbours(&neighbours, &wire_if).await,
+                    _ = tick.tick() => {
+                        refresh_neighbours(&neighbours, &wire_if).await;
+                        carrier_watch.check();
+                    }
                 }
             }
             let _ = stop_tx.send(true);

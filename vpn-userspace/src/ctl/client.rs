@@ -151,6 +151,7 @@ pub struct Status {
     pub wire: Option<String>,
     pub tenant_interfaces: Vec<String>,
     pub xdp_mode: Option<String>,
+    pub xdp_carrier: Option<String>,
     pub workers: Option<u32>,
     pub connections: Option<u32>,
     pub active: Option<u32>,

@@ -158,7 +158,12 @@ pub fn render_status(
             t.row(["uptime".to_string(), opt(s.uptime_secs.map(duration))]);
             t.row([
                 "wire".to_string(),
-                format!("{} (xdp {})", opt(s.wire.clone()), opt(s.xdp_mode.clone())),
+                format!(
+                    "{} (xdp {}, metadata carrier {})",
+                    opt(s.wire.clone()),
+                    opt(s.xdp_mode.clone()),
+                    opt(s.xdp_carrier.clone())
+                ),
             ]);
             t.row([
                 "tenant interfaces".to_string(),

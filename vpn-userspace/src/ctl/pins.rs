@@ -19,8 +19,6 @@ use vpn_common::{
     },
 };
 
-const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
-
 /// An instance's pin directory.
 #[derive(Clone, Debug)]
 pub struct Pins {
@@ -28,16 +26,7 @@ pub struct Pins {
     pub dir: PathBuf,
 }
 
-/// Whether `root` is a mounted bpffs.
-pub fn is_bpffs(root: &Path) -> bool {
-    use std::os::unix::ffi::OsStrExt;
-    let Ok(c) = std::ffi::CString::new(root.as_os_str().as_bytes()) else {
-        return false;
-    };
-    // SAFETY: statfs into a zeroed struct with a valid C string.
-    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
-    unsafe { libc::statfs(c.as_ptr(), &mut st) == 0 && st.f_type as i64 == BPF_FS_MAGIC }
-}
+pub use crate::probe::bpf::is_bpffs;
 
 /// Instances with maps pinned under `root`: directories holding an `SA_IN` pin.
 pub fn pinned_instances(root: &Path) -> Vec<String> {

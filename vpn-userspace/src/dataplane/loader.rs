@@ -25,7 +25,7 @@ use vpn_common::{
     },
 };
 
-use super::{CarrierChoice, Chosen, EBPF_OBJECT, ReplayTable};
+use super::{Carrier, CarrierChoice, Chosen, EBPF_OBJECT, ReplayTable};
 
 /// Which program's counters.
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
@@ -107,6 +107,18 @@ impl Dataplane {
 
     fn load_pinned(opts: &LoadOptions, pin_dir: &Path) -> Result<Dataplane> {
         let carrier = super::choose_carrier(opts.carrier);
+        if carrier.carrier == Carrier::Meta
+            && let Err(r) = crate::probe::bpf::xdp_adjust_meta()
+            && crate::probe::bpf::emulated_refusal("adjust_meta")
+        {
+            // What the verifier of such a kernel answers (see `EMULATE_REFUSE_ENV`).
+            bail!(
+                "the verifier rejected {} built for the {} carrier ({}): {r}",
+                programs::ESP_INGRESS,
+                carrier.carrier,
+                carrier.reason
+            );
+        }
         let global = carrier.carrier.global();
         let mut ebpf = EbpfLoader::new()
             .default_map_pin_directory(pin_dir)
@@ -622,7 +634,8 @@ pub fn ensure_bpffs(root: &Path) -> Result<bool> {
     let fix = format!("mount -t bpf bpf {}", root.display());
     std::fs::create_dir_all(root).with_context(|| {
         format!(
-            "bpffs is not mounted at {} and the directory cannot be created; mount it with              `{fix}`",
+            "bpffs is not mounted at {} and the directory cannot be created; mount it with \
+             `{fix}`",
             root.display()
         )
     })?;
@@ -642,7 +655,9 @@ pub fn ensure_bpffs(root: &Path) -> Result<bool> {
     if rc != 0 {
         return Err(std::io::Error::last_os_error()).with_context(|| {
             format!(
-                "bpffs is not mounted at {} and mounting it failed (needs root or                  CAP_SYS_ADMIN); mount it with `{fix}`, or at boot with the fstab line                  `bpf {} bpf defaults 0 0`",
+                "bpffs is not mounted at {} and mounting it failed (needs root or \
+                 CAP_SYS_ADMIN); mount it with `{fix}`, or at boot with the fstab line \
+                 `bpf {} bpf defaults 0 0`",
                 root.display(),
                 root.display()
             )

@@ -76,6 +76,8 @@ pub struct DaemonInfo {
     pub wire: String,
     pub tenant_interfaces: Vec<String>,
     pub xdp_mode: String,
+    /// The XDP metadata carrier: "adjust_meta" or "shim".
+    pub xdp_carrier: String,
     pub workers: usize,
 }
 
@@ -497,6 +499,7 @@ impl<S: SaSink> Shell<S> {
                     "wire": self.daemon.wire,
                     "tenant_interfaces": self.daemon.tenant_interfaces,
                     "xdp_mode": self.daemon.xdp_mode,
+                    "xdp_carrier": self.daemon.xdp_carrier,
                     "workers": self.daemon.workers,
                     "connections": live.len(),
                     "active": active,

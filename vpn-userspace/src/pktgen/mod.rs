@@ -83,7 +83,7 @@ pub enum Engine {
 }
 
 impl Engine {
-    fn name(self) -> &'static str {
+    pub fn name(self) -> &'static str {
         match self {
             Engine::Auto => "auto",
             Engine::Kernel => "kernel-pktgen",
@@ -567,25 +567,48 @@ fn resolve(args: &Args) -> Result<Plan> {
         Mode::Plain if args.sas > 1 => bail!("--sas is for ESP mode"),
         _ => {}
     }
+    let live = live_frames_available;
     let engine = match (args.engine, args.mode) {
         (Engine::Auto, Mode::Esp) | (Engine::Afxdp, _) => Engine::Afxdp,
-        (Engine::Live, Mode::Esp) => Engine::Live,
+        (Engine::Live, _) => {
+            live().map_err(|why| {
+                anyhow::anyhow!(
+                    "XDP live frames: not available on this kernel ({why}); use --engine afxdp{}",
+                    if args.mode == Mode::Plain {
+                        " or --engine kernel"
+                    } else {
+                        ""
+                    }
+                )
+            })?;
+            Engine::Live
+        }
         (Engine::Kernel, Mode::Esp) => {
             bail!("kernel pktgen cannot build ESP: use --engine afxdp (or live)")
         }
         (Engine::Auto, Mode::Plain) => {
-            match kernel::available() {
-                Ok(()) if args.tenants == 1 => Engine::Kernel,
-                Ok(()) => {
-                    notes.push("kernel pktgen sends one VLAN per device: using XDP live frames for --tenants".into());
-                    Engine::Live
-                }
-                Err(why) => {
-                    notes.push(format!(
-                        "kernel pktgen: not available on this kernel ({why}); using XDP live frames"
-                    ));
-                    Engine::Live
-                }
+            let not_kernel = match kernel::available() {
+                Ok(()) if args.tenants == 1 => None,
+                Ok(()) => Some("kernel pktgen sends one VLAN per device (--tenants)".to_string()),
+                Err(why) => Some(format!(
+                    "kernel pktgen: not available on this kernel ({why})"
+                )),
+            };
+            match not_kernel {
+                None => Engine::Kernel,
+                Some(why) => match live() {
+                    Ok(()) => {
+                        notes.push(format!("{why}; using XDP live frames"));
+                        Engine::Live
+                    }
+                    Err(live_why) => {
+                        notes.push(format!(
+                            "{why}; XDP live frames: not available on this kernel ({live_why}); \
+                             using AF_XDP"
+                        ));
+                        Engine::Afxdp
+                    }
+                },
             }
         }
         (Engine::Kernel, Mode::Plain) => {
@@ -597,7 +620,6 @@ fn resolve(args: &Args) -> Result<Plan> {
             }
             Engine::Kernel
         }
-        (Engine::Live, Mode::Plain) => Engine::Live,
     };
     let ncpu = std::thread::available_parallelism().map_or(1, |n| n.get()) as u32;
     if engine == Engine::Kernel && args.threads > ncpu {
@@ -689,6 +711,22 @@ fn resolve(args: &Args) -> Result<Plan> {
         notes,
         mtu: info.mtu,
     })
+}
+
+/// Whether this kernel runs XDP live frames (`BPF_F_TEST_XDP_LIVE_FRAMES`): asked of it, never
+/// assumed (some kernels refuse the flag with EPERM, even to root). The reason when not.
+pub fn live_frames_available() -> Result<(), String> {
+    crate::probe::bpf::xdp_live_frames(1)
+        .map_err(|e| format!("BPF_F_TEST_XDP_LIVE_FRAMES refused: {e}"))
+}
+
+/// The engine for plain tenant frames at a given rate when kernel pktgen is not wanted: XDP
+/// live frames where the kernel runs them, else AF_XDP.
+pub fn live_or_afxdp() -> Engine {
+    match live_frames_available() {
+        Ok(()) => Engine::Live,
+        Err(_) => Engine::Afxdp,
+    }
 }
 
 /// The ESP side of a plan.

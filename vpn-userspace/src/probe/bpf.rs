@@ -214,9 +214,31 @@ fn xdp_helper_accepted(helper: i32, name: &str) -> Result<(), Refusal> {
     load_xdp(&prog, name).map(drop)
 }
 
+/// Environment variable that makes this process behave as on a kernel that refuses some
+/// features, on a kernel that has them: a comma-separated list of `adjust_meta` (the verifier
+/// refuses `bpf_xdp_adjust_meta` to XDP programs; the loader then refuses the metadata
+/// carrier the same way) and `live_frames` (`BPF_F_TEST_XDP_LIVE_FRAMES` gets EPERM). For
+/// testing the fallback paths on machines whose kernel has everything; never set in
+/// production.
+pub const EMULATE_REFUSE_ENV: &str = "VPN_EMULATE_REFUSE";
+
+/// Whether [`EMULATE_REFUSE_ENV`] names `feature`.
+pub fn emulated_refusal(feature: &str) -> bool {
+    std::env::var(EMULATE_REFUSE_ENV).is_ok_and(|v| v.split(',').any(|f| f.trim() == feature))
+}
+
 /// `bpf_xdp_adjust_meta` in XDP programs: refused by some kernels (seen: 6.18.44-fc-v1300,
 /// "program of this type cannot use helper bpf_xdp_adjust_meta#54").
 pub fn xdp_adjust_meta() -> Result<(), Refusal> {
+    if emulated_refusal("adjust_meta") {
+        return Err(Refusal {
+            error: io::Error::from_raw_os_error(libc::EINVAL),
+            verifier: Some(format!(
+                "program of this type cannot use helper bpf_xdp_adjust_meta#54 (emulated: \
+                 {EMULATE_REFUSE_ENV})"
+            )),
+        });
+    }
     xdp_helper_accepted(HELPER_XDP_ADJUST_META, "probe_meta")
 }
 
@@ -264,6 +286,12 @@ pub fn mmapable_array() -> io::Result<()> {
 /// loopback). Nothing leaves: the program drops the frame. Seen refused with EPERM on
 /// 6.18.44-fc-v1300 even as root.
 pub fn xdp_live_frames(ifindex: u32) -> io::Result<()> {
+    if emulated_refusal("live_frames") {
+        return Err(io::Error::other(format!(
+            "{} (emulated: {EMULATE_REFUSE_ENV})",
+            io::Error::from_raw_os_error(libc::EPERM)
+        )));
+    }
     let prog = [mov64_imm(0, XDP_DROP), exit()];
     let fd = load_xdp(&prog, "probe_live").map_err(|r| r.error)?;
     let frame = [0u8; 64];
