@@ -46,6 +46,8 @@ pub struct DutOptions {
     pub replay_window: u32,
     /// vpnd's UMEM frames per socket.
     pub xsk_frames: u32,
+    /// vpnd's `xdp_carrier` ("auto", "adjust_meta", "shim"); `None`: not set (auto).
+    pub carrier: Option<&'static str>,
 }
 
 impl Default for DutOptions {
@@ -54,6 +56,7 @@ impl Default for DutOptions {
             queues: 1,
             replay_window: 1024,
             xsk_frames: 4096,
+            carrier: None,
         }
     }
 }
@@ -145,6 +148,7 @@ impl Dut {
 xsk_frames = {frames}
 [wire]
 interface = "wire"
+{carrier}
 [[tenant]]
 id = 1
 interface = "ten"
@@ -170,8 +174,13 @@ replay_window = {window}
             instance = dut.name(),
             frames = opts.xsk_frames,
             window = opts.replay_window,
+            carrier = opts
+                .carrier
+                .map(|c| format!("xdp_carrier = \"{c}\""))
+                .unwrap_or_default(),
         );
         let (vpnd, log) = start_vpnd(&dut, &config, &dir)?;
+
         let want = format!("vpnd: {} worker thread(s)", opts.queues);
         log.wait_for(Duration::from_secs(5), |l| l.contains(&want))
             .with_context(|| {

@@ -119,6 +119,26 @@ const TARGETS: &[Target] = &[
         rule: Rule::RatioAtLeast(1.8),
     },
     Target {
+        what: "in-packet shim within 5% of bpf_xdp_adjust_meta: esp_ingress redirect path",
+        record: "esp_ingress_redirect_esp_shim",
+        rule: Rule::RatioAtMost(1.05),
+    },
+    Target {
+        what: "in-packet shim within 5% of bpf_xdp_adjust_meta: tenant_ingress redirect path",
+        record: "tenant_ingress_redirect_vlan_shim",
+        rule: Rule::RatioAtMost(1.05),
+    },
+    Target {
+        what: "in-packet shim within 5% of bpf_xdp_adjust_meta: data plane encrypt, 64 B",
+        record: "dataplane_encrypt_64B_1worker_shim_pps",
+        rule: Rule::RatioAtLeast(0.95),
+    },
+    Target {
+        what: "in-packet shim within 5% of bpf_xdp_adjust_meta: data plane decrypt, 64 B",
+        record: "dataplane_decrypt_64B_1worker_shim_pps",
+        rule: Rule::RatioAtLeast(0.95),
+    },
+    Target {
         what: "zero packets lost during CHILD_SA and IKE_SA rekeys (UDP 20 kpps)",
         record: "ike_rekey_udp_20kpps_10s_lost",
         rule: Rule::Zero,
@@ -243,6 +263,7 @@ fn main() -> Result<()> {
         );
     }
 
+    carrier_section(&mut md, &by_name);
     backend_section(&mut md, &by_name);
 
     let plots = write_plots(&args, &by_name)?;
@@ -295,6 +316,64 @@ fn main() -> Result<()> {
     std::fs::write(&out, md).with_context(|| format!("writing {}", out.display()))?;
     println!("wrote {} and {} plot(s)", out.display(), plots.len());
     Ok(())
+}
+
+/// The two XDP metadata carriers side by side (the metadata area, `bpf_xdp_adjust_meta`, and
+/// the in-packet shim): the fast path's redirect path in ns/packet and the data plane's
+/// packets/s with one worker; nothing if neither was measured.
+fn carrier_section(md: &mut String, by_name: &BTreeMap<&str, &Record>) {
+    let mut rows = Vec::new();
+    for (what, prefix, suffix) in [
+        ("esp_ingress redirect, ESP", "esp_ingress_redirect_esp", ""),
+        (
+            "tenant_ingress redirect, VLAN",
+            "tenant_ingress_redirect_vlan",
+            "",
+        ),
+    ]
+    .into_iter()
+    .map(|(w, p, s)| (w.to_string(), p.to_string(), s.to_string()))
+    .chain(["encrypt", "decrypt"].into_iter().flat_map(|dir| {
+        ["64B", "imix", "1400B"].map(|size| {
+            (
+                format!("data plane {dir} {size}, 1 worker"),
+                format!("dataplane_{dir}_{size}_1worker"),
+                "_pps".to_string(),
+            )
+        })
+    })) {
+        let meta = by_name.get(format!("{prefix}_adjust_meta{suffix}").as_str());
+        let shim = by_name.get(format!("{prefix}_shim{suffix}").as_str());
+        if meta.is_none() && shim.is_none() {
+            continue;
+        }
+        let unit = meta.or(shim).map(|r| r.unit.clone()).unwrap_or_default();
+        let ratio = match (meta, shim) {
+            (Some(m), Some(s)) if m.value > 0.0 => format!("{:.3}", s.value / m.value),
+            _ => "-".into(),
+        };
+        rows.push(format!(
+            "| {what} | {} | {} | {unit} | {ratio} |",
+            meta.map_or("not loadable here".into(), |r| num(r.value)),
+            shim.map_or("-".into(), |r| num(r.value)),
+        ));
+    }
+    if rows.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        md,
+        "\n## XDP metadata carriers side by side\n\n\
+         The metadata area (`bpf_xdp_adjust_meta`) and the in-packet shim (`bpf_xdp_adjust_head`, \
+         stripped by the worker), measured in the same run, alternating. Fast path: one \
+         BPF_PROG_TEST_RUN repetition per call (a fresh frame each time), mean over the calls, \
+         median of the rounds (ns/packet: lower is better). Data plane: packets/s out of one \
+         vpnd worker (higher is better). The target: the shim within 5% of the metadata area.\n\n\
+         | path | adjust_meta | shim | unit | shim / adjust_meta |\n| --- | ---: | ---: | --- | ---: |"
+    );
+    for r in rows {
+        let _ = writeln!(md, "{r}");
+    }
 }
 
 /// The kernel backend against the AF_XDP backend (`cargo xtask bench --only backend-bench`: a

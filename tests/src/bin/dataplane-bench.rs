@@ -18,6 +18,12 @@
 //! between rounds) and the medians are kept. Also measured: the generator alone into a sink
 //! (live frames, and AF_XDP ESP), to show what it can offer.
 //!
+//! One worker runs with each XDP metadata carrier the kernel can load (the metadata area,
+//! `bpf_xdp_adjust_meta`, and the in-packet shim): `..._1worker_adjust_meta_pps` and
+//! `..._1worker_shim_pps`, the shim's ratio against the metadata area of the same round set.
+//! `..._1worker_pps` is the figure of the carrier vpnd chooses by itself (the same
+//! measurement under the name the targets use), and 2 workers run with that carrier.
+//!
 //! Everything — generator, the DUT's XDP programs (which run in the softirq of the CPU that
 //! sent the frame) and its workers — shares this machine's CPUs: on a 2-CPU machine the
 //! second worker competes with the generator. Read the figures as what this machine did.
@@ -31,7 +37,10 @@ use vpn_tests::{
     netns::{NetNs, require_root},
     results::{self, Record, machine, today},
 };
-use vpn_userspace::pktgen::{self, Engine, frame::Size, sink::Sink};
+use vpn_userspace::{
+    dataplane::{Carrier, CarrierChoice, choose_carrier},
+    pktgen::{self, Engine, frame::Size, sink::Sink},
+};
 
 #[derive(Parser)]
 struct Args {
@@ -78,11 +87,15 @@ fn workers_label(w: u32) -> String {
     }
 }
 
-fn record_name(dir: Dir, size: &str, workers: u32) -> String {
+/// `carrier`: `None` for the carrier vpnd chooses by itself (the targets' records).
+fn record_name(dir: Dir, size: &str, workers: u32, carrier: Option<Carrier>) -> String {
     format!(
-        "dataplane_{}_{size}_{}_pps",
+        "dataplane_{}_{size}_{}{}_pps",
         dir.name(),
-        workers_label(workers)
+        workers_label(workers),
+        carrier
+            .map(|c| format!("_{}", c.name()))
+            .unwrap_or_default()
     )
 }
 
@@ -113,8 +126,9 @@ fn measure(d: &Dut, dir: Dir, size: Size, secs: f64) -> Result<(f64, f64)> {
     Ok((got as f64 / s.duration_s, s.pps))
 }
 
-/// The generator alone into a sink on a bare veth: (live frames 64 B, AF_XDP ESP 64 B) pps.
-fn generator_alone(secs: f64) -> Result<(f64, f64)> {
+/// The generator alone into a sink on a bare veth: (plain 64 B record name and pps (live
+/// frames, or AF_XDP where the kernel refuses them), AF_XDP ESP 64 B pps).
+fn generator_alone(secs: f64) -> Result<(&'static str, f64, f64)> {
     let ns = NetNs::new("vpnGa")?;
     ns.exec(&["sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1"])?;
     ns.ip(&["link", "add", "ga0", "type", "veth", "peer", "name", "ga1"])?;
@@ -131,7 +145,11 @@ fn generator_alone(secs: f64) -> Result<(f64, f64)> {
     a.quiet = true;
     let before = sink.counts()?.udp;
     let s = pktgen::run(&a, &AtomicBool::new(false))?;
-    let live = (dut::settle(|| sink.counts())?.udp - before) as f64 / s.duration_s;
+    let plain = (dut::settle(|| sink.counts())?.udp - before) as f64 / s.duration_s;
+    let plain_name = match a.engine {
+        Engine::Live => "pktgen_live_64B_pps",
+        _ => "pktgen_afxdp_plain_64B_pps",
+    };
     let mut e = a.clone();
     e.mode = pktgen::Mode::Esp;
     e.engine = Engine::Afxdp;
@@ -139,7 +157,7 @@ fn generator_alone(secs: f64) -> Result<(f64, f64)> {
     let before = sink.counts()?.esp;
     let s = pktgen::run(&e, &AtomicBool::new(false))?;
     let esp = (dut::settle(|| sink.counts())?.esp - before) as f64 / s.duration_s;
-    Ok((live, esp))
+    Ok((plain_name, plain, esp))
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -155,13 +173,38 @@ fn main() -> Result<()> {
     let secs = args.secs.unwrap_or(if args.quick { 1.0 } else { 3.0 });
     let mut runs: BTreeMap<String, Vec<f64>> = BTreeMap::new();
     let mut offered: BTreeMap<String, Vec<f64>> = BTreeMap::new();
+    // The carriers this kernel can load; vpnd's own choice first.
+    let auto = choose_carrier(CarrierChoice::Auto);
+    eprintln!("{auto}");
+    let carriers: Vec<Carrier> = std::iter::once(auto.carrier)
+        .chain(Carrier::ALL.into_iter().filter(|c| {
+            *c != auto.carrier
+                && (*c == Carrier::Shim || vpn_userspace::probe::bpf::xdp_adjust_meta().is_ok())
+        }))
+        .collect();
+    if carriers.len() < 2 {
+        eprintln!(
+            "only the {} carrier loads on this kernel: no side-by-side carrier records",
+            auto.carrier
+        );
+    }
     for round in 0..rounds {
-        let order: [u32; 2] = if round % 2 == 0 { [1, 2] } else { [2, 1] };
-        for w in order {
-            eprintln!("round {}/{rounds}: {w} worker(s)", round + 1);
+        // (workers, carrier): one worker with each carrier, two with vpnd's choice; the
+        // order alternates between rounds.
+        let mut configs: Vec<(u32, Carrier)> = carriers.iter().map(|c| (1, *c)).collect();
+        configs.push((2, auto.carrier));
+        if round % 2 == 1 {
+            configs.reverse();
+        }
+        for (w, carrier) in configs {
+            eprintln!(
+                "round {}/{rounds}: {w} worker(s), carrier {carrier}",
+                round + 1
+            );
             let mut d = Dut::start(DutOptions {
                 queues: w,
                 replay_window: 0,
+                carrier: Some(carrier.name()),
                 ..Default::default()
             })?;
             let dirs = if round % 2 == 0 {
@@ -172,20 +215,31 @@ fn main() -> Result<()> {
             for dir in dirs {
                 for (label, size) in SIZES {
                     let (pps, gen_pps) = measure(&d, dir, size, secs)?;
-                    let name = record_name(dir, label, w);
-                    eprintln!("  {name:<40} {pps:>12.0} packets/s out ({gen_pps:.0} offered)");
-                    runs.entry(name.clone()).or_default().push(pps);
-                    offered.entry(name).or_default().push(gen_pps);
+                    // The carrier's own record (one worker), and vpnd's choice under the
+                    // targets' name.
+                    let mut names = Vec::new();
+                    if w == 1 && carriers.len() > 1 {
+                        names.push(record_name(dir, label, w, Some(carrier)));
+                    }
+                    if carrier == auto.carrier {
+                        names.push(record_name(dir, label, w, None));
+                    }
+                    eprintln!(
+                        "  {:<48} {pps:>12.0} packets/s out ({gen_pps:.0} offered)",
+                        names.join(" = ")
+                    );
+                    for name in names {
+                        runs.entry(name.clone()).or_default().push(pps);
+                        offered.entry(name).or_default().push(gen_pps);
+                    }
                 }
             }
             let last = d.stop();
             eprintln!("  vpnd: drops {}", dut::drops(&last));
         }
-        let (live, esp) = generator_alone(secs)?;
-        eprintln!("  generator alone: live frames 64B {live:.0} pps, AF_XDP ESP 64B {esp:.0} pps");
-        runs.entry("pktgen_live_64B_pps".into())
-            .or_default()
-            .push(live);
+        let (plain_name, plain, esp) = generator_alone(secs)?;
+        eprintln!("  generator alone: {plain_name} {plain:.0}, AF_XDP ESP 64B {esp:.0} pps");
+        runs.entry(plain_name.into()).or_default().push(plain);
         runs.entry("pktgen_afxdp_esp_64B_pps".into())
             .or_default()
             .push(esp);
@@ -197,10 +251,15 @@ fn main() -> Result<()> {
     let mut new = Vec::new();
     for (name, v) in &runs {
         let value = median(v.clone()).round();
-        // 2-worker figures against the 1-worker one of the same direction and size.
-        let baseline = name
-            .contains("_2workers_")
-            .then(|| name.replace("_2workers_", "_1worker_"));
+        // 2-worker figures against the 1-worker one of the same direction and size; the
+        // shim against the metadata area.
+        let baseline = if name.contains("_2workers_") {
+            Some(name.replace("_2workers_", "_1worker_"))
+        } else if name.ends_with("_shim_pps") {
+            Some(name.replace("_shim_pps", "_adjust_meta_pps"))
+        } else {
+            None
+        };
         let base_value = baseline.as_deref().and_then(median_of).map(f64::round);
         new.push(Record {
             name: name.clone(),

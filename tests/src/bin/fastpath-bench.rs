@@ -5,8 +5,11 @@
 //! What is measured: everything the programs do up to the verdict (parsing, tenant and SPI
 //! lookups, LPM, replay check, counters), on paths that leave the frame as it was.
 //! BPF_PROG_TEST_RUN reuses one frame across repetitions, so the redirect path (metadata
-//! write, head adjustment, XSKMAP redirect) would see its own output again; it is measured
-//! with live frames by the traffic-generation benchmark instead.
+//! write, head adjustment, XSKMAP redirect) would see its own output again. That path is
+//! measured with one repetition per BPF_PROG_TEST_RUN call instead (a fresh frame every time),
+//! averaged over many calls, once per XDP metadata carrier the kernel loads (the metadata
+//! area and the in-packet shim), beside the no-op program measured the same way: the
+//! kernel's timer is then read around every single run, which adds the same few ns to each.
 
 use std::path::PathBuf;
 
@@ -15,14 +18,17 @@ use aya::programs::{TestRun, TestRunOptions};
 use clap::Parser;
 use vpn_common::{
     Counter, DropReason, Outcome, ReplayWindow,
-    maps::{POLICY_BYPASS, PolicyValue, SaIn, programs},
+    maps::{POLICY_BYPASS, POLICY_PROTECT, PolicyValue, SaIn, programs},
 };
+use vpn_tests::netns::NetNs;
 use vpn_tests::{
     netns::unique,
     pkt::Packet,
     results::{self, Record, machine, today},
 };
-use vpn_userspace::dataplane::{Dataplane, LoadOptions, Side};
+use vpn_userspace::dataplane::{
+    Carrier, CarrierChoice, Dataplane, LoadOptions, Side, xsk::XskSocket,
+};
 
 #[derive(Parser)]
 struct Args {
@@ -35,6 +41,9 @@ struct Args {
     /// BPF_PROG_TEST_RUN repetitions per measurement.
     #[arg(long, default_value_t = 1_000_000)]
     repeat: u32,
+    /// BPF_PROG_TEST_RUN calls (one repetition each) per redirect-path measurement.
+    #[arg(long, default_value_t = 100_000)]
+    calls: u32,
 }
 
 fn input_ctx(len: usize) -> [u8; 24] {
@@ -77,6 +86,92 @@ fn ns_per_packet(
         }
     }
     Ok(r.duration.as_nanos() as f64)
+}
+
+/// Mean ns of one run of `prog` on `frame` over `calls` calls of one repetition each (a fresh
+/// frame every time), checking every verdict; `expect` moved by `calls`.
+fn ns_per_single_run(
+    dp: &Dataplane,
+    prog: &str,
+    frame: &[u8],
+    calls: u32,
+    verdict: u32,
+    expect: Option<(Side, Counter)>,
+) -> Result<f64> {
+    let before = match expect {
+        Some((side, c)) => dp.counter(side, c)?,
+        None => 0,
+    };
+    let ctx = input_ctx(frame.len());
+    let p = dp.program(prog)?;
+    let mut total = 0u128;
+    for _ in 0..calls {
+        let r = p
+            .test_run(TestRunOptions {
+                data_in: Some(frame),
+                ctx_in: Some(&ctx),
+                repeat: 1,
+                ..Default::default()
+            })
+            .with_context(|| format!("test_run {prog}"))?;
+        if r.return_value != verdict {
+            bail!("{prog}: verdict {} want {verdict}", r.return_value);
+        }
+        total += r.duration.as_nanos();
+    }
+    if let Some((side, c)) = expect {
+        let after = dp.counter(side, c)?;
+        if after - before != calls as u64 {
+            bail!(
+                "{prog}: counter {} moved by {} in {calls} runs: not the path meant",
+                c.name(),
+                after - before
+            );
+        }
+    }
+    Ok(total as f64 / calls as f64)
+}
+
+/// A data plane loaded with `carrier` whose ESP (SPI, sequence 2) and VLAN 100 frames to
+/// 10.2.0.9 take the redirect path to an AF_XDP socket bound in a namespace of their own.
+fn load_redirect(carrier: Carrier) -> Result<(NetNs, XskSocket, Dataplane)> {
+    let ns = NetNs::new("vpnbr")?;
+    ns.ip(&["link", "add", "x0", "type", "veth", "peer", "name", "x1"])?;
+    ns.ip(&["link", "set", "x0", "up"])?;
+    ns.ip(&["link", "set", "x1", "up"])?;
+    let sock = {
+        let _in = ns.enter()?;
+        XskSocket::bind("x0", 0, 256)?
+    };
+    let mut o = LoadOptions::new(unique("vpnbench"));
+    o.sa_slots = 32;
+    o.sa_in_entries = 32;
+    o.carrier = CarrierChoice::Forced(carrier);
+    let mut dp = Dataplane::load(&o)?;
+    dp.set_wire_xsk(0, sock.fd())?;
+    dp.set_tenant_xsk(0, sock.fd())?;
+    dp.add_sa_in(
+        SPI,
+        SaIn {
+            slot: 1,
+            tenant: 1,
+            flags: 0,
+            min_esp_len: SaIn::min_esp_len_for(8, 16),
+            _pad: 0,
+        },
+        ReplayWindow::new(1024, false),
+    )?;
+    dp.set_vlan_tenant(100, 1)?;
+    dp.set_policy_v4(
+        1,
+        "10.2.0.0".parse()?,
+        24,
+        PolicyValue {
+            sa_slot: 2,
+            action: POLICY_PROTECT,
+        },
+    )?;
+    Ok((ns, sock, dp))
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -148,8 +243,70 @@ fn main() -> Result<()> {
     let mut esp_udp_pre = vec![];
     let mut ten = vec![];
     let mut esp_many = vec![];
+    // The redirect path, per carrier this kernel loads (the metadata area only where the
+    // verifier accepts bpf_xdp_adjust_meta).
+    let carriers: Vec<Carrier> = Carrier::ALL
+        .into_iter()
+        .filter(|c| *c == Carrier::Shim || vpn_userspace::probe::bpf::xdp_adjust_meta().is_ok())
+        .collect();
+    eprintln!(
+        "redirect path with the carriers: {}",
+        carriers
+            .iter()
+            .map(|c| c.name())
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    let redirect_dps = carriers
+        .iter()
+        .map(|c| load_redirect(*c).map(|d| (*c, d)))
+        .collect::<Result<Vec<_>>>()?;
+    let calls = if args.quick {
+        args.calls.min(20_000)
+    } else {
+        args.calls
+    };
+    let mut noop_single = vec![];
+    let mut redirect: std::collections::BTreeMap<(Carrier, &str), Vec<f64>> = Default::default();
     for r in 0..rounds {
         eprintln!("round {}/{rounds}", r + 1);
+        noop_single.push(ns_per_single_run(
+            &one,
+            programs::NOOP,
+            &esp,
+            calls,
+            2,
+            None,
+        )?);
+        let order: Vec<&(Carrier, (NetNs, XskSocket, Dataplane))> = if r % 2 == 0 {
+            redirect_dps.iter().collect()
+        } else {
+            redirect_dps.iter().rev().collect()
+        };
+        for (c, (_, _, dp)) in order {
+            redirect
+                .entry((*c, "esp"))
+                .or_default()
+                .push(ns_per_single_run(
+                    dp,
+                    programs::ESP_INGRESS,
+                    &esp,
+                    calls,
+                    4,
+                    Some((Side::Wire, Counter::Outcome(Outcome::WireRedirectEsp))),
+                )?);
+            redirect
+                .entry((*c, "vlan"))
+                .or_default()
+                .push(ns_per_single_run(
+                    dp,
+                    programs::TENANT_INGRESS,
+                    &tenant,
+                    calls,
+                    4,
+                    Some((Side::Tenant, Counter::Outcome(Outcome::TenantRedirect))),
+                )?);
+        }
         noop.push(ns_per_packet(
             &one,
             programs::NOOP,
@@ -206,7 +363,8 @@ fn main() -> Result<()> {
         machine: machine.clone(),
         date: date.clone(),
     };
-    let new = vec![
+    let noop_single = median(noop_single);
+    let mut new = vec![
         rec("xdp_noop", noop, None),
         rec(
             "esp_ingress_precheck_esp_1sa",
@@ -228,7 +386,28 @@ fn main() -> Result<()> {
             esp_many,
             Some(("esp_ingress_precheck_esp_1sa", esp_pre)),
         ),
+        rec("xdp_noop_single_run", noop_single, None),
     ];
+    // Per carrier: the metadata area against the no-op (same single-run method), the shim
+    // against the metadata area (or the no-op where the metadata area does not load).
+    for (path, prog) in [
+        ("esp", "esp_ingress_redirect_esp"),
+        ("vlan", "tenant_ingress_redirect_vlan"),
+    ] {
+        let meta = redirect
+            .get(&(Carrier::Meta, path))
+            .map(|v| median(v.clone()));
+        for c in &carriers {
+            let v = median(redirect[&(*c, path)].clone());
+            let name = format!("{prog}_{}", c.name());
+            let meta_name = format!("{prog}_{}", Carrier::Meta.name());
+            let base = match (c, meta) {
+                (Carrier::Shim, Some(m)) => (meta_name.as_str(), m),
+                _ => ("xdp_noop_single_run", noop_single),
+            };
+            new.push(rec(&name, v, Some(base)));
+        }
+    }
 
     println!(
         "{:<40} {:>10} {:>10}  baseline",

@@ -8,7 +8,7 @@ use vpn_common::meta::{CARRIER_META, CARRIER_SHIM};
 use crate::probe;
 
 /// How the XDP programs hand `XdpMeta` to the AF_XDP workers.
-#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
+#[derive(Copy, Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Carrier {
     /// The XDP metadata area (`bpf_xdp_adjust_meta`); per packet, the in-packet shim where a
     /// device refuses the helper at run time.

@@ -127,7 +127,9 @@ impl Dataplane {
             .map_max_entries(names::SA_IN, opts.sa_in_entries)
             .override_global(vpn_common::meta::CARRIER_GLOBAL, &global, true)
             .load(EBPF_OBJECT)
-            .context("loading the XDP object")?;
+            .map_err(|e| {
+                anyhow::Error::new(e).context(format!("loading the XDP object{}", kernel_hints()))
+            })?;
         for name in [
             programs::ESP_INGRESS,
             programs::TENANT_INGRESS,
@@ -139,8 +141,10 @@ impl Dataplane {
                 .try_into()?;
             prog.load().with_context(|| {
                 format!(
-                    "the verifier rejected {name} built for the {} carrier ({})",
-                    carrier.carrier, carrier.reason
+                    "the verifier rejected {name} built for the {} carrier ({}){}",
+                    carrier.carrier,
+                    carrier.reason,
+                    kernel_hints()
                 )
             })?;
         }
@@ -622,6 +626,32 @@ pub fn read_counters(map: &Map) -> Result<Vec<(Counter, u64)>> {
             Ok((c, v.iter().sum()))
         })
         .collect()
+}
+
+/// What this kernel lacks of what the programs and maps need, as a sentence to append to a
+/// load error ("" when the probes find nothing missing): the error then says why, not only
+/// that, the kernel said no.
+fn kernel_hints() -> String {
+    let mut missing = Vec::new();
+    if let Err(e) = crate::probe::bpf::mmapable_array() {
+        missing.push(format!(
+            "BPF_F_MMAPABLE array maps (Linux 5.5+; the replay windows are shared with the \
+             workers through them): {e}"
+        ));
+    }
+    if let Err(r) = crate::probe::bpf::xdp_adjust_head() {
+        missing.push(format!(
+            "bpf_xdp_adjust_head in XDP programs (tag popping and the in-packet shim): {r}"
+        ));
+    }
+    if missing.is_empty() {
+        String::new()
+    } else {
+        format!(
+            "; this kernel lacks {} (`vpnctl probe` shows every feature)",
+            missing.join("; ")
+        )
+    }
 }
 
 /// Mounts bpffs at `root` unless it already is (as systemd does at boot on most nodes, and

@@ -99,7 +99,17 @@ const META_SLOT: usize = XDP_PACKET_HEADROOM - XdpMeta::LEN;
 unsafe impl Send for XskSocket {}
 
 fn errno(what: &str, e: xdpilone::Errno) -> anyhow::Error {
-    anyhow!("{what}: {e}")
+    let hint = match e.get_raw() {
+        libc::EAFNOSUPPORT => {
+            "; this kernel has no AF_XDP sockets (CONFIG_XDP_SOCKETS, Linux 4.18+)"
+        }
+        libc::EPERM => "; AF_XDP needs root (CAP_NET_RAW and CAP_NET_ADMIN)",
+        libc::ENOMEM => {
+            "; the UMEM could not be locked in memory (raise `ulimit -l` or run as root)"
+        }
+        _ => "",
+    };
+    anyhow!("{what}: {e}{hint}")
 }
 
 impl XskSocket {
