@@ -264,6 +264,16 @@ impl IkeSa {
     fn encap(&self) -> bool {
         self.nat_local || self.nat_peer
     }
+
+    /// Our Delete of this IKE SA is queued or in flight: it still answers and retransmits
+    /// until the peer confirms, but carries nothing new.
+    fn closing(&self) -> bool {
+        self.queue.iter().any(|p| matches!(p, Pending::DeleteIke))
+            || self
+                .inflight
+                .as_ref()
+                .is_some_and(|i| matches!(i.kind, Pending::DeleteIke))
+    }
 }
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
@@ -615,7 +625,7 @@ impl Endpoint {
         if self
             .sas
             .values()
-            .any(|s| s.conn == conn && s.state != IkeState::Closing)
+            .any(|s| s.conn == conn && s.state != IkeState::Closing && !s.closing())
         {
             return;
         }
@@ -838,7 +848,7 @@ impl Endpoint {
     fn established_sa(&self, conn: ConnId) -> Option<u64> {
         self.sas
             .iter()
-            .find(|(_, s)| s.conn == conn && s.state == IkeState::Established)
+            .find(|(_, s)| s.conn == conn && s.state == IkeState::Established && !s.closing())
             .map(|(k, _)| *k)
     }
 
@@ -1094,11 +1104,12 @@ impl Endpoint {
             self.events.push_back(Event::Remove { conn, child: k });
         }
         let Some(reason) = reason else { return };
-        // Another IKE SA of the connection may still carry it (after a rekey).
+        // Another IKE SA of the connection may still carry it (after a rekey, or a new one
+        // brought up while this one was being deleted).
         if self
             .sas
             .values()
-            .any(|s| s.conn == conn && s.state == IkeState::Established)
+            .any(|s| s.conn == conn && s.state == IkeState::Established && !s.closing())
         {
             return;
         }

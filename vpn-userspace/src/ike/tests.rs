@@ -829,6 +829,39 @@ fn terminate_deletes_on_both_sides() {
     assert!(down_reason(&n.b.plane).contains("deleted the IKE_SA"));
 }
 
+/// `vpnctl conn down` then `conn up` before the peer has answered the Delete: the dying IKE
+/// SA must not be mistaken for a live one (a CHILD_SA queued behind its Delete died with it,
+/// and the connection stayed CONNECTING for good). A new IKE SA comes up instead.
+#[test]
+fn admin_up_right_after_down_brings_a_new_ike_sa() {
+    let mut n = Net::new(
+        ConnOpts::default(),
+        ConnOpts {
+            initiator: Initiator::ResponseOnly,
+            ..Default::default()
+        },
+    );
+    n.start();
+    assert!(n.tunnel_up());
+    n.check_invariant = false;
+    // Down and up again in the same instant: nothing from B in between.
+    n.a.ep.set_admin_up(0, false, n.now);
+    n.a.ep.set_admin_up(0, true, n.now);
+    n.run(Duration::from_secs(5));
+    assert_eq!(
+        n.a.plane.last_status().map(|s| s.0),
+        Some(ConnStatus::Active),
+        "{:?}",
+        n.a.plane.last_status()
+    );
+    assert!(n.tunnel_up(), "a CHILD_SA each way after down/up");
+    assert_eq!(
+        n.a.ep.ike_sa_count().0,
+        1,
+        "the old IKE SA is gone, a new one is up"
+    );
+}
+
 #[test]
 fn half_open_sas_time_out() {
     let mut n = Net::new(
