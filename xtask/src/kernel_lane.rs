@@ -1277,6 +1277,25 @@ fn sh_quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', r"'\''"))
 }
 
+/// Started in the background by lane.sh (SECS replaced): after SECS s in the guest, every
+/// user process's threads with their kernel stacks to `watchdog-stacks.log`, the blocked tasks
+/// (sysrq w) into the kernel log, and dmesg.
+const WATCHDOG: &str = r#"( sleep SECS
+  echo "lane: watchdog: still running after SECS s; task stacks and dmesg to /host/out"
+  for p in /proc/[0-9]*; do
+    c=$(tr '\0' ' ' < $p/cmdline 2>/dev/null)
+    [ -n "$c" ] || continue
+    echo "== ${p#/proc/}: $c"
+    for t in $p/task/*; do
+      echo "-- ${t##*/} $(cat $t/comm) $(cat $t/wchan 2>/dev/null)"
+      cat $t/stack 2>/dev/null
+    done
+  done > /host/out/watchdog-stacks.log 2>&1
+  echo w > /proc/sysrq-trigger
+  dmesg > /host/out/dmesg.log
+  sync ) &
+"#;
+
 /// Tests counted from what a guest wrote back (zero where it wrote nothing).
 #[derive(Default)]
 struct Tally {
@@ -1351,6 +1370,13 @@ export VPN_LANE=1
     for (k, v) in env {
         script.push_str(&format!("export {k}={}\n", sh_quote(v)));
     }
+    // Shortly before the host kills QEMU: what every process waits in, and the blocked tasks
+    // (sysrq w) with dmesg, so that a hang says where it hangs.
+    let watchdog = timeout
+        .as_secs()
+        .saturating_sub(60)
+        .max(timeout.as_secs() / 2);
+    script.push_str(&WATCHDOG.replace("SECS", &watchdog.to_string()));
     for r in runs {
         let mut args = vec!["--test-threads=1".to_string()];
         args.extend(r.args.iter().cloned());
@@ -1467,9 +1493,14 @@ export VPN_LANE=1
             serial_log.display()
         )),
         End::TimedOut => problems.push(format!(
-            "the guest did not power off within {} s: QEMU killed (serial console in {})",
+            "the guest did not power off within {} s: QEMU killed (serial console in {}{})",
             timeout.as_secs(),
-            serial_log.display()
+            serial_log.display(),
+            if out.join("watchdog-stacks.log").exists() {
+                "; task stacks in watchdog-stacks.log, blocked tasks in dmesg.log"
+            } else {
+                ""
+            }
         )),
         End::Interrupted => problems.push("interrupted: QEMU killed".to_string()),
     }
@@ -1503,13 +1534,7 @@ export VPN_LANE=1
             println!("    {name:<14} not run");
             continue;
         };
-        let (mut p, mut f) = (0, 0);
-        for l in log.lines() {
-            if let Some(rest) = l.strip_prefix("test result: ") {
-                p += count_before(rest, " passed");
-                f += count_before(rest, " failed");
-            }
-        }
+        let (p, f, running) = count_tests(&log);
         tally.passed += p;
         tally.failed += f;
         let secs = fs::read_to_string(out.join(format!("{name}.time")))
@@ -1531,10 +1556,10 @@ export VPN_LANE=1
         if rc != "0" {
             problems.push(format!(
                 "{name} {} (output in {})",
-                if rc.is_empty() {
-                    "did not finish".to_string()
-                } else {
-                    format!("exited with {rc}")
+                match (rc, &running) {
+                    ("", Some(t)) => format!("did not finish: stuck in {t}"),
+                    ("", None) => "did not finish".to_string(),
+                    (rc, _) => format!("exited with {rc}"),
                 },
                 logs.join(format!("{name}.log")).display()
             ));
@@ -1550,6 +1575,39 @@ export VPN_LANE=1
     Ok(())
 }
 
+/// (passed, failed, the test still running) of a test executable's output: from libtest's
+/// `test result:` line, or where it never got there, its `test NAME ... ok|FAILED` lines and
+/// the `test NAME ... ` it ends with.
+fn count_tests(log: &str) -> (u64, u64, Option<String>) {
+    let (mut p, mut f, mut summary) = (0, 0, false);
+    let (mut tp, mut tf) = (0, 0);
+    for l in log.lines() {
+        if let Some(rest) = l.strip_prefix("test result: ") {
+            p += count_before(rest, " passed");
+            f += count_before(rest, " failed");
+            summary = true;
+        } else if let Some((_, status)) =
+            l.strip_prefix("test ").and_then(|r| r.split_once(" ... "))
+        {
+            match status.trim() {
+                "ok" => tp += 1,
+                "FAILED" => tf += 1,
+                _ => {}
+            }
+        }
+    }
+    if summary {
+        return (p, f, None);
+    }
+    let running = log
+        .lines()
+        .last()
+        .and_then(|l| l.strip_prefix("test "))
+        .and_then(|r| r.strip_suffix(" ... ").or_else(|| r.strip_suffix(" ...")))
+        .map(str::to_string);
+    (tp, tf, running)
+}
+
 /// In "ok. 3 passed; 0 failed; ...", the number before `what`.
 fn count_before(s: &str, what: &str) -> u64 {
     s.find(what)
@@ -1561,6 +1619,15 @@ fn count_before(s: &str, what: &str) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn counts_a_finished_and_an_unfinished_run() {
+        let done = "running 2 tests\ntest a ... ok\ntest b ... FAILED\n\n\
+                    test result: FAILED. 1 passed; 1 failed; 0 ignored\n";
+        assert_eq!(count_tests(done), (1, 1, None));
+        let hung = "running 3 tests\ntest a ... ok\ntest b ... ok\ntest c_hangs ... ";
+        assert_eq!(count_tests(hung), (2, 0, Some("c_hangs".to_string())));
+    }
 
     #[test]
     fn compressed_module_names_become_plain() {
