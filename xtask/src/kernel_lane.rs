@@ -424,7 +424,7 @@ fn summarise(rows: &[Row]) -> Result<()> {
             r.secs,
             match &r.result {
                 Ok(()) => "ok".to_string(),
-                Err(e) => format!("FAILED: {}", first_line(&format!("{e:#}"), 110)),
+                Err(e) => format!("FAILED: {}", brief(&format!("{e:#}"), 100)),
             }
         ));
     }
@@ -442,12 +442,24 @@ fn summarise(rows: &[Row]) -> Result<()> {
     Ok(())
 }
 
-fn first_line(s: &str, max: usize) -> String {
-    let l = s.lines().next().unwrap_or_default();
-    if l.chars().count() > max {
-        format!("{}...", l.chars().take(max).collect::<String>())
+/// An error for the table: its first line without the parenthesised details (paths of the
+/// logs, which the full message below the table names), cut at `max` characters.
+fn brief(s: &str, max: usize) -> String {
+    let mut out = String::new();
+    let mut depth = 0u32;
+    for c in s.lines().next().unwrap_or_default().chars() {
+        match c {
+            '(' => depth += 1,
+            ')' if depth > 0 => depth -= 1,
+            _ if depth == 0 => out.push(c),
+            _ => {}
+        }
+    }
+    let out = out.replace("  ", " ").replace(" ;", ";").trim().to_string();
+    if out.chars().count() > max {
+        format!("{}...", out.chars().take(max).collect::<String>())
     } else {
-        l.to_string()
+        out
     }
 }
 
@@ -1627,6 +1639,16 @@ mod tests {
         assert_eq!(count_tests(done), (1, 1, None));
         let hung = "running 3 tests\ntest a ... ok\ntest b ... ok\ntest c_hangs ... ";
         assert_eq!(count_tests(hung), (2, 0, Some("c_hangs".to_string())));
+    }
+
+    #[test]
+    fn table_errors_leave_out_the_details() {
+        let e = "the guest did not power off within 12 s: QEMU killed (serial console in \
+                 /x/serial.log); kernel_backend did not finish (output in /x/k.log)";
+        assert_eq!(
+            brief(e, 100),
+            "the guest did not power off within 12 s: QEMU killed; kernel_backend did not finish"
+        );
     }
 
     #[test]
