@@ -47,20 +47,23 @@ pub(crate) fn run(out: &Path, quick: bool) -> Result<()> {
         env.push(("VPN_BENCH_QUICK", "1".to_string()));
     }
     let args = ["--ignored".to_string(), "--nocapture".to_string()];
-    kernel_lane::run_lane_of(
+    let logs = kernel_lane::run_lane_of(
+        &kernel_lane::kernel_6_1(),
         &[(TEST, &[])],
         &args,
         &env,
         Duration::from_secs(TIMEOUT_SECS),
     )?;
-    let report = kernel_lane::logs_dir().join(OUT);
+    let logs = logs
+        .into_iter()
+        .next()
+        .context("the kernel lane booted no kernel for backend-bench")?;
+    let report = logs.join(OUT);
     let text = fs::read_to_string(&report).with_context(|| {
         format!(
             "the guest wrote no {} (its output: {})",
             report.display(),
-            kernel_lane::logs_dir()
-                .join(format!("{TEST}.log"))
-                .display()
+            logs.join(format!("{TEST}.log")).display()
         )
     })?;
     let new: Report = serde_json::from_str(&text)

@@ -1,25 +1,35 @@
-//! The second-kernel test lane: root-only tests run as root on Debian's 6.1 kernel booted
-//! under QEMU (TCG: KVM does not work on these machines). See `../shared/notes/second-kernel.md`.
-//! [`LANE_TESTS`] names the test executables and, for each, the tests it runs there.
+//! The kernel lane: root-only tests run as root on Debian kernels booted under QEMU (TCG: KVM
+//! does not work on these machines), one guest per kernel, one after the other: bookworm's 6.1,
+//! trixie's 6.12 and the newest trixie-backports kernel (`--kernel 6.1|6.12|latest|all`). See
+//! `../shared/notes/second-kernel.md` and `../shared/notes/kernels.md`. [`LANE_TESTS`] names the
+//! test executables and, for each, the tests it runs there.
 //!
-//! 1. Installs what is missing (`qemu-system-x86`, `linux-image-amd64`, `busybox-static`,
-//!    `kmod` for `modprobe -S`).
-//! 2. Builds on the host what the guest runs: vpn-userspace's binaries (`vpnd`, `vpnctl`,
+//! 1. Installs what is missing on the host (`qemu-system-x86`, `busybox-static`, `kmod` for
+//!    `depmod -b` and `modprobe -d -S`, `xz-utils` and `zstd` for compressed modules). No
+//!    kernel is installed on the host: [`kernels`] fetches each one with a private apt state
+//!    into `target/kernel-lane/kernels/<kver>/` (and re-uses it on later runs).
+//! 2. Resolves each kernel's modules from [`MODULES`] with `modprobe -d <root> -S <kver>
+//!    --show-depends`, following each entry's rule for kernels that build it in, do not build
+//!    it, or call it otherwise (see [`Need`]).
+//! 3. Builds on the host what the guest runs: vpn-userspace's binaries (`vpnd`, `vpnctl`,
 //!    `vpn-pktgen`) with the same `cargo build --release --bins` as `cargo xtask test`, and the
 //!    test executables (`cargo test --no-run`, same package selection as the host `cargo test`
 //!    step), so nothing is rebuilt after `cargo xtask test`'s own steps. Each executable's
 //!    tests are listed on the host (`--list`) to pick what the guest runs.
-//! 3. Writes `target/kernel-lane/initramfs.cpio.gz`: static busybox, the host's real `ip`,
-//!    `ethtool`, `ping`, `nsenter` (and `sysctl`, `iperf3` where the host has them) with the
-//!    shared libraries `ldd` names (the test executables and binaries need the same loader and
-//!    libc), the 6.1 modules in the order `modprobe --show-depends` gives, and an `/init` that
-//!    mounts proc, sys, devtmpfs, bpffs and the 9p share, loads the modules, brings up lo, runs
-//!    the share's `lane.sh` and powers off.
-//! 4. Shares a temporary directory over 9p (the test executables and the binaries side by
-//!    side, as in `target/release/`, so the tests' `current_exe().parent()` lookups find
-//!    `vpnd` and `vpn-pktgen`; and `lane.sh`; the guest writes each test's output, exit status
-//!    and time back), boots the kernel, streams the serial console, and kills QEMU (by its PID)
-//!    if it has not powered off within the timeout.
+//! 4. Per kernel, writes `target/kernel-lane/initramfs-<series>.cpio.gz`: static busybox, the
+//!    host's real `ip`, `ethtool`, `ping`, `nsenter` (and `sysctl`, `iperf3` where the host has
+//!    them) with the shared libraries `ldd` names (the test executables and binaries need the
+//!    same loader and libc), the kernel's modules in the order `modprobe --show-depends` gives
+//!    (`.ko.xz`/`.ko.zst` decompressed, and modules.dep renamed to match, so that busybox's
+//!    insmod and modprobe take them), and an `/init` that mounts proc, sys, devtmpfs, bpffs and
+//!    the 9p share, loads the modules, brings up lo, runs the share's `lane.sh` and powers off.
+//! 5. Per kernel, shares a temporary directory over 9p (the test executables and the binaries
+//!    side by side, as in `target/release/`, so the tests' `current_exe().parent()` lookups
+//!    find `vpnd` and `vpn-pktgen`; and `lane.sh`; the guest writes each test's output, exit
+//!    status and time back), boots the kernel, streams the serial console, and kills QEMU (by
+//!    its PID) if it has not powered off within the timeout. Logs stay in
+//!    `target/kernel-lane/logs/<kver>/`. A failing kernel does not stop the next one; a table
+//!    at the end sums up every kernel, and the lane fails if any kernel did.
 //!
 //! The cpio archive is written here (newc is a 110-byte text header per entry) rather than
 //! with the `cpio` tool: the archive needs a `/dev/console` device node, which `cpio -o` could
@@ -34,7 +44,7 @@ use std::{
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     sync::{
-        Arc,
+        Arc, OnceLock,
         atomic::{AtomicBool, Ordering},
     },
     time::{Duration, Instant},
@@ -42,15 +52,21 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 
-use super::{HOST_EXCLUDE, cargo, cmd, deb_installed, header, is_root, item, run, workspace_root};
+use super::{HOST_EXCLUDE, cargo, cmd, deb_installed, header, is_root, item, run};
+
+mod kernels;
 
 /// Debian packages of the lane (on top of `DEB_PACKAGES`, which brings iproute2 and ethtool).
+/// No kernel package: the kernels come from Debian's archive into the lane's own cache
+/// ([`kernels`]).
 const LANE_PACKAGES: &[&str] = &[
     "qemu-system-x86",
-    "linux-image-amd64",
     "busybox-static",
-    // modprobe -S <kver> --show-depends (linux-image depends on it too).
+    // depmod -b and modprobe -d -S --show-depends on the unpacked kernels.
     "kmod",
+    // 6.12's and 7.x's modules are .ko.xz; .ko.zst taken too.
+    "xz-utils",
+    "zstd",
 ];
 
 /// The test executables of `vpn-tests` the lane runs, in this order, each with the name
@@ -97,53 +113,101 @@ const REAL_TOOLS: &[(&str, &[&str], bool)] = &[
     ("iperf3", &["/usr/bin/iperf3"], false),
 ];
 
+/// One module the guest needs, with its rule for kernels that differ. `names` are tried in
+/// order (the current name first, then what newer kernels call it) and the first one
+/// `modprobe -S <kver> --show-depends` resolves, as a module or as built in (`builtin`), is
+/// taken; none resolving fails that kernel, naming the module. `only_if`: the kernel option
+/// that builds it; where the kernel's config does not set it (`# ... is not set`, or the option
+/// no longer exists), the kernel has no such code and the guest goes without (printed, per
+/// kernel). Entries without `only_if` must resolve on every kernel.
+struct Need {
+    names: &'static [&'static str],
+    only_if: Option<&'static str>,
+}
+
+const fn need(names: &'static [&'static str]) -> Need {
+    Need {
+        names,
+        only_if: None,
+    }
+}
+
+const fn need_if(names: &'static [&'static str], option: &'static str) -> Need {
+    Need {
+        names,
+        only_if: Some(option),
+    }
+}
+
+/// The kernel's default RNG (`stdrng`): DRBG, seeded by jitterentropy_rng (which hashes with
+/// SHA-3); the HMAC DRBGs use SHA-512.
+const DRBG: &str = "CONFIG_CRYPTO_DRBG";
+
 /// Modules loaded in the guest (each after its dependencies), in this order. virtio_pci,
 /// 9pnet_virtio and 9p carry the share. The crypto modules come before the RNG ones: drbg
-/// self-tests its CTR variants on load and fails them without `ctr`. The RNG modules let ESP
-/// SAs initialise their crypto (second-kernel.md); the GCM pieces are what
+/// self-tests its CTR variants on load and fails them without `ctr`. The GCM pieces are what
 /// `rfc4106(gcm(aes))` SAs ask for.
-const MODULES: &[&str] = &[
-    "virtio_pci",
-    "9pnet_virtio",
-    "9p",
-    "veth",
-    "xfrm_user",
-    "aesni_intel",
-    "ctr",
-    "gcm",
-    "ghash_clmulni_intel",
-    "seqiv",
-    "echainiv",
-    "sha3_generic",
-    "sha512_generic",
-    "jitterentropy_rng",
-    "drbg",
-    "esp4",
-    "esp6",
-    "8021q",
-    "pktgen",
-    "vxlan",
+///
+/// What differs between the lane's kernels (Debian's configs; checked in the guests):
+/// - 6.1: everything below is a module except af_packet.
+/// - 6.12: virtio_pci, ctr and the whole RNG chain (drbg, jitterentropy_rng, sha3_generic,
+///   sha512_generic) are built in; .ko.xz modules.
+/// - 7.3: virtio_pci built in; no `ghash_clmulni_intel` (GHASH is library code built into the
+///   kernel, CONFIG_CRYPTO_LIB_GF128HASH_ARCH=y; the option is gone); no DRBG at all
+///   (`# CONFIG_CRYPTO_DRBG is not set`, no CONFIG_CRYPTO_RNG_DEFAULT) and ESP SAs initialise
+///   without any RNG module (the kernel_backend tests create them), so the RNG chain is left
+///   out by its rule; SHA-512 and SHA-3 are `sha512` (built in) and `sha3` there; .ko.xz.
+const MODULES: &[Need] = &[
+    need(&["virtio_pci"]),
+    need(&["9pnet_virtio"]),
+    need(&["9p"]),
+    need(&["veth"]),
+    need(&["xfrm_user"]),
+    need(&["aesni_intel"]),
+    need(&["ctr"]),
+    need(&["gcm"]),
+    need_if(
+        &["ghash_clmulni_intel"],
+        "CONFIG_CRYPTO_GHASH_CLMUL_NI_INTEL",
+    ),
+    need(&["seqiv"]),
+    need(&["echainiv"]),
+    // ESP SAs fail with "Kernel was unable to initialize cryptographic operations" on 6.1
+    // until these are loaded (second-kernel.md).
+    need_if(&["sha3_generic", "sha3"], DRBG),
+    need_if(&["sha512_generic", "sha512"], DRBG),
+    need_if(&["jitterentropy_rng"], DRBG),
+    need_if(&["drbg"], DRBG),
+    need(&["esp4"]),
+    need(&["esp6"]),
+    need(&["8021q"]),
+    need(&["pktgen"]),
+    need(&["vxlan"]),
     // The two-site topology: a bridge joins the nodes' wires; the East tenant host's VLAN
     // helper is a TC program (clsact qdisc and the bpf classifier).
-    "bridge",
-    "sch_ingress",
-    "cls_bpf",
-    // Route-based IPsec (xfrm interfaces; brings tunnel4, tunnel6, xfrm6_tunnel). AF_PACKET is
-    // built into Debian's 6.1 (`builtin`). Not here: netdevsim (Debian does not build it),
-    // xfrm4_tunnel (IP-in-IP xfrm, which nothing uses).
-    "xfrm_interface",
+    need(&["bridge"]),
+    need(&["sch_ingress"]),
+    need(&["cls_bpf"]),
+    // Route-based IPsec (xfrm interfaces; brings tunnel4, tunnel6, xfrm6_tunnel). Not here:
+    // netdevsim (Debian does not build it), xfrm4_tunnel (IP-in-IP xfrm, which nothing uses).
+    need(&["xfrm_interface"]),
     // A tenant's VRF (the kernel backend's per-tenant routing context, beside namespaces).
-    "vrf",
-    "af_packet",
+    need(&["vrf"]),
+    // Built into every Debian kernel here (`builtin`).
+    need(&["af_packet"]),
 ];
 
-/// How long the guest may take from QEMU's start to power-off before it is killed. Boot, the
+/// How long one guest may take from QEMU's start to power-off before it is killed. Boot, the
 /// lane's tests and power-off took about 75 s on a busy 2-core machine (TCG); this is generous.
 pub(crate) const DEFAULT_TIMEOUT_SECS: u64 = 600;
 
 #[derive(clap::Args)]
 pub(crate) struct Args {
-    /// Kill QEMU if the guest has not powered off after this many seconds.
+    /// The kernel to boot: 6.1 (bookworm), 6.12 (trixie), latest (the newest in
+    /// trixie-backports), or all three, one guest after the other.
+    #[arg(long, default_value = "all", value_parser = ["6.1", "6.12", "latest", "all"])]
+    kernel: String,
+    /// Kill a guest's QEMU if it has not powered off after this many seconds.
     #[arg(long, default_value_t = DEFAULT_TIMEOUT_SECS)]
     timeout: u64,
     /// Extra arguments for the test executables in the guest (after `--`), e.g. a test name
@@ -152,11 +216,33 @@ pub(crate) struct Args {
     args: Vec<String>,
 }
 
+/// The kernels `--kernel NAME` selects.
+fn series_named(name: &str) -> Vec<&'static kernels::Series> {
+    kernels::ALL
+        .into_iter()
+        .filter(|s| name == "all" || s.name == name)
+        .collect()
+}
+
+/// Every kernel of the matrix (the lane step of `cargo xtask test`).
+pub(crate) fn all_kernels() -> Vec<&'static kernels::Series> {
+    series_named("all")
+}
+
+/// Debian's 6.1 alone (`backend-bench`).
+pub(crate) fn kernel_6_1() -> Vec<&'static kernels::Series> {
+    vec![&kernels::V6_1]
+}
+
 /// `cargo xtask test-kernel`.
 pub(crate) fn test_kernel(a: &Args) -> Result<()> {
     super::ensure_toolchain()?;
     let start = Instant::now();
-    let r = run_lane(&a.args, Duration::from_secs(a.timeout));
+    let r = run_lane(
+        &series_named(&a.kernel),
+        &a.args,
+        Duration::from_secs(a.timeout),
+    );
     println!(
         "==> kernel lane: {} after {:.1} s",
         if r.is_ok() { "ok" } else { "FAILED" },
@@ -180,35 +266,67 @@ pub(crate) fn filter_from_cargo_args(extra: &[String]) -> Vec<String> {
     }
 }
 
-/// Installs, builds, boots the 6.1 kernel with the tests, and fails if any test failed or the
-/// guest did not report within `timeout`. `guest_args` are the lane's extra arguments for the
-/// test executables (see [`plan_runs`]).
-pub(crate) fn run_lane(guest_args: &[String], timeout: Duration) -> Result<()> {
-    run_lane_of(LANE_TESTS, guest_args, &[], timeout)
+/// Installs, fetches the kernels, builds, boots each kernel with the tests, and fails if any
+/// test failed, a kernel could not be had, or a guest did not report within `timeout`.
+/// `guest_args` are the lane's extra arguments for the test executables (see [`plan_runs`]).
+pub(crate) fn run_lane(
+    kernels: &[&'static kernels::Series],
+    guest_args: &[String],
+    timeout: Duration,
+) -> Result<()> {
+    run_lane_of(kernels, LANE_TESTS, guest_args, &[], timeout).map(|_| ())
 }
 
-/// Where the guest's `/host/out/*` lands after a lane run (emptied when the next one boots).
-pub(crate) fn logs_dir() -> PathBuf {
-    workspace_root().join("target/kernel-lane/logs")
+/// Where the guests' `/host/out/*` land: `<this>/<kver>/` (emptied when that kernel boots
+/// again), and `summary.txt`.
+pub(crate) fn logs_root() -> PathBuf {
+    kernels::cache_dir().join("logs")
 }
 
 /// [`run_lane`] with other test executables and filters than [`LANE_TESTS`] (same shape), and
 /// extra environment variables exported in the guest before the tests run (e.g. the path of a
-/// benchmark's output under `/host/out/`).
+/// benchmark's output under `/host/out/`). Returns each kernel's logs directory, in order.
 pub(crate) fn run_lane_of(
+    kernels: &[&'static kernels::Series],
     lane_tests: &[(&str, &[&str])],
     guest_args: &[String],
     env: &[(&str, String)],
     timeout: Duration,
-) -> Result<()> {
+) -> Result<Vec<PathBuf>> {
     ensure_lane_packages()?;
-    let mut kernel = find_kernel()?;
-    kernel.kos = resolve_modules(&kernel)?;
+    let t = Instant::now();
+    header(&format!(
+        "kernel lane: kernels {}",
+        kernels
+            .iter()
+            .map(|s| format!("{} ({})", s.name, s.suite))
+            .collect::<Vec<_>>()
+            .join(", ")
+    ));
+    // Each kernel and its modules, or why not; one kernel's trouble does not stop the others.
+    let prepared: Vec<Result<(kernels::Kernel, Vec<Ko>)>> = kernels::acquire(kernels)
+        .into_iter()
+        .zip(kernels)
+        .map(|(k, s)| {
+            k.and_then(|k| {
+                let kos = resolve_modules(&k)?;
+                Ok((k, kos))
+            })
+            .with_context(|| format!("kernel {} ({})", s.name, s.suite))
+        })
+        .collect();
     println!(
-        "kernel lane: kernel {} ({})",
-        kernel.kver,
-        kernel.vmlinuz.display()
+        "kernel lane: kernels ready in {:.1} s",
+        t.elapsed().as_secs_f64()
     );
+    if prepared.iter().all(|p| p.is_err()) {
+        let why: Vec<String> = prepared
+            .iter()
+            .filter_map(|p| p.as_ref().err())
+            .map(|e| format!("{e:#}"))
+            .collect();
+        bail!("kernel lane: no kernel to boot: {}", why.join("; "));
+    }
 
     let bins = build_lane_bins()?;
     let tests = build_tests(lane_tests)?;
@@ -218,29 +336,183 @@ pub(crate) fn run_lane_of(
             "==> kernel lane: no lane test matches `{}`; not booting",
             guest_args.join(" ")
         );
-        return Ok(());
+        return Ok(Vec::new());
     }
-    let dir = workspace_root().join("target/kernel-lane");
+    let dir = kernels::cache_dir();
     fs::create_dir_all(&dir)?;
+    let base = base_tree(&tests, &bins)?;
+    let interrupted = interrupt_flag()?;
 
-    let initramfs = dir.join("initramfs.cpio.gz");
+    let mut rows = Vec::new();
+    let mut logs = Vec::new();
+    for (s, p) in kernels.iter().zip(prepared) {
+        let start = Instant::now();
+        let mut source = None;
+        let (kver, tally, result) = match p {
+            Err(e) => (None, Tally::default(), Err(e)),
+            Ok((k, _)) if interrupted.load(Ordering::Relaxed) => (
+                Some(k.kver),
+                Tally::default(),
+                Err(anyhow::anyhow!("not run: interrupted")),
+            ),
+            Ok((k, kos)) => {
+                source = Some(k.source());
+                let l = logs_root().join(&k.kver);
+                let (tally, r) = run_kernel(&k, &kos, &base, &runs, &bins, env, timeout, &l);
+                logs.push(l);
+                (Some(k.kver.clone()), tally, r)
+            }
+        };
+        if let Err(e) = &result {
+            println!("==> kernel lane {}: FAILED: {e:#}", s.name);
+        }
+        rows.push(Row {
+            series: s.name,
+            kver,
+            source,
+            tally,
+            secs: start.elapsed().as_secs_f64(),
+            result,
+        });
+    }
+    summarise(&rows)?;
+    let failed: Vec<String> = rows
+        .iter()
+        .filter_map(|r| {
+            let e = r.result.as_ref().err()?;
+            Some(format!(
+                "{} ({}): {e:#}",
+                r.series,
+                r.kver.as_deref().unwrap_or("no kernel")
+            ))
+        })
+        .collect();
+    if !failed.is_empty() {
+        bail!("kernel lane failed on {}", failed.join("; "));
+    }
+    Ok(logs)
+}
+
+/// One kernel's line of the summary.
+struct Row {
+    series: &'static str,
+    kver: Option<String>,
+    /// Its packages, for the table's notes.
+    source: Option<String>,
+    tally: Tally,
+    /// Wall time for this kernel: its initramfs, the guest, the checks.
+    secs: f64,
+    result: Result<()>,
+}
+
+/// Prints the table and writes it to `logs/summary.txt`.
+fn summarise(rows: &[Row]) -> Result<()> {
+    let mut t = format!(
+        "{:<8} {:<24} {:>6} {:>6} {:>8} {:>8}  result\n",
+        "kernel", "version", "passed", "failed", "guest s", "wall s"
+    );
+    for r in rows {
+        t.push_str(&format!(
+            "{:<8} {:<24} {:>6} {:>6} {:>8} {:>8.0}  {}\n",
+            r.series,
+            r.kver.as_deref().unwrap_or("-"),
+            r.tally.passed,
+            r.tally.failed,
+            r.tally
+                .guest_secs
+                .map_or("-".to_string(), |s| format!("{s:.0}")),
+            r.secs,
+            match &r.result {
+                Ok(()) => "ok".to_string(),
+                Err(e) => format!("FAILED: {}", brief(&format!("{e:#}"), 100)),
+            }
+        ));
+    }
+    for r in rows {
+        if let Some(src) = &r.source {
+            t.push_str(&format!("{}: {src}\n", r.series));
+        }
+    }
+    header("kernel lane summary");
+    for l in t.lines() {
+        println!("    {l}");
+    }
+    fs::create_dir_all(logs_root())?;
+    fs::write(logs_root().join("summary.txt"), t)?;
+    Ok(())
+}
+
+/// An error for the table: its first line without the parenthesised details (paths of the
+/// logs, which the full message below the table names), cut at `max` characters.
+fn brief(s: &str, max: usize) -> String {
+    let mut out = String::new();
+    let mut depth = 0u32;
+    for c in s.lines().next().unwrap_or_default().chars() {
+        match c {
+            '(' => depth += 1,
+            ')' if depth > 0 => depth -= 1,
+            _ if depth == 0 => out.push(c),
+            _ => {}
+        }
+    }
+    let out = out.replace("  ", " ").replace(" ;", ";").trim().to_string();
+    if out.chars().count() > max {
+        format!("{}...", out.chars().take(max).collect::<String>())
+    } else {
+        out
+    }
+}
+
+/// Set by SIGINT or SIGTERM once the lane boots guests (registered once): stops QEMU and the
+/// kernels after it instead of dying with QEMU running.
+fn interrupt_flag() -> Result<Arc<AtomicBool>> {
+    static FLAG: OnceLock<Arc<AtomicBool>> = OnceLock::new();
+    if let Some(f) = FLAG.get() {
+        return Ok(Arc::clone(f));
+    }
+    let f = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(sig, Arc::clone(&f))?;
+    }
+    Ok(Arc::clone(FLAG.get_or_init(|| f)))
+}
+
+/// Writes the kernel's initramfs, boots it with the tests and checks what came back.
+#[allow(clippy::too_many_arguments)]
+fn run_kernel(
+    k: &kernels::Kernel,
+    kos: &[Ko],
+    base: &Tree,
+    runs: &[Run],
+    bins: &[(String, PathBuf)],
+    env: &[(&str, String)],
+    timeout: Duration,
+    logs: &Path,
+) -> (Tally, Result<()>) {
+    let dir = kernels::cache_dir();
+    let initramfs = dir.join(format!("initramfs-{}.cpio.gz", k.series.name));
     let t = Instant::now();
-    let (size, modules) = build_initramfs(&kernel, &tests, &bins, &initramfs)?;
-    println!(
-        "kernel lane: {} ({} modules, {:.1} MiB, {:.1} s)",
-        initramfs.display(),
-        modules,
-        size as f64 / (1 << 20) as f64,
-        t.elapsed().as_secs_f64()
-    );
-
-    let share = TempDir::new(dir.join(format!("share-{}", std::process::id())))?;
-    let logs = logs_dir();
-    let r = boot_and_collect(
-        &kernel, &initramfs, &runs, &bins, env, timeout, &share.0, &logs,
-    );
-    drop(share);
-    r
+    match build_initramfs(base, k, kos, &initramfs) {
+        Ok(size) => println!(
+            "kernel lane: {} ({} modules, {:.1} MiB, {:.1} s)",
+            initramfs.display(),
+            kos.len(),
+            size as f64 / (1 << 20) as f64,
+            t.elapsed().as_secs_f64()
+        ),
+        Err(e) => return (Tally::default(), Err(e.context("writing the initramfs"))),
+    }
+    let share = match TempDir::new(dir.join(format!("share-{}", std::process::id()))) {
+        Ok(s) => s,
+        Err(e) => return (Tally::default(), Err(e)),
+    };
+    // The kernel's `major.minor` and the matrix's name for it, for tests that differ by kernel.
+    let mut env: Vec<(&str, String)> = env.to_vec();
+    env.push(("VPN_LANE_KERNEL", k.major_minor()));
+    env.push(("VPN_LANE_KERNEL_SERIES", k.series.name.to_string()));
+    boot_and_collect(
+        k, kos, &initramfs, runs, bins, &env, timeout, &share.0, logs,
+    )
 }
 
 fn ensure_lane_packages() -> Result<()> {
@@ -264,8 +536,8 @@ fn ensure_lane_packages() -> Result<()> {
         );
     }
     println!(
-        "setup: installing {} with apt-get (the kernel only puts files into /boot and \
-         /lib/modules; the running kernel is not touched)",
+        "setup: installing {} with apt-get (tools only: the lane's kernels are fetched into \
+         its own cache, not installed)",
         missing.join(" ")
     );
     let fail = |e: anyhow::Error| {
@@ -287,46 +559,6 @@ fn ensure_lane_packages() -> Result<()> {
         item(&format!("debian package {pkg}"), "installed");
     }
     Ok(())
-}
-
-struct Kernel {
-    kver: String,
-    vmlinuz: PathBuf,
-    modules: PathBuf,
-    /// The .ko files the guest loads, in load order.
-    kos: Vec<PathBuf>,
-}
-
-/// The newest `/boot/vmlinuz-6.1.*` that has its modules under `/lib/modules/<kver>`.
-fn find_kernel() -> Result<Kernel> {
-    let mut found: Vec<(Vec<u64>, String)> = Vec::new();
-    for e in fs::read_dir("/boot").context("reading /boot")? {
-        let name = e?.file_name().to_string_lossy().into_owned();
-        let Some(kver) = name.strip_prefix("vmlinuz-") else {
-            continue;
-        };
-        if !kver.starts_with("6.1.") || !Path::new("/lib/modules").join(kver).is_dir() {
-            continue;
-        }
-        let key = kver
-            .split(|c: char| !c.is_ascii_digit())
-            .filter_map(|n| n.parse().ok())
-            .collect();
-        found.push((key, kver.to_string()));
-    }
-    found.sort();
-    let Some((_, kver)) = found.pop() else {
-        bail!(
-            "no Debian 6.1 kernel: no /boot/vmlinuz-6.1.* with modules in /lib/modules \
-             (is linux-image-amd64 installed? `apt-get install linux-image-amd64`)"
-        );
-    };
-    Ok(Kernel {
-        vmlinuz: PathBuf::from(format!("/boot/vmlinuz-{kver}")),
-        modules: PathBuf::from(format!("/lib/modules/{kver}")),
-        kver,
-        kos: Vec::new(),
-    })
 }
 
 /// The executables a cargo invocation with `--message-format=json-render-diagnostics` built,
@@ -562,13 +794,10 @@ fi
 poweroff -f
 "#;
 
-/// Writes the initramfs; returns its size and the number of modules in it.
-fn build_initramfs(
-    kernel: &Kernel,
-    tests: &[(String, PathBuf)],
-    bins: &[(String, PathBuf)],
-    out: &Path,
-) -> Result<(u64, usize)> {
+/// What every kernel's initramfs holds: the directories, /init, static busybox with its applet
+/// links, the host's real tools and the shared libraries they, the test executables and the
+/// binaries load (the executables and binaries themselves go over the 9p share).
+fn base_tree(tests: &[(String, PathBuf)], bins: &[(String, PathBuf)]) -> Result<Tree> {
     let mut fsys = Tree::default();
     for d in [
         "proc", "sys", "dev", "tmp", "run", "host", "etc", "root", "bin",
@@ -620,8 +849,6 @@ fn build_initramfs(
         }
     }
 
-    // The real tools and every shared library they, the test executables and the binaries
-    // load (the executables and binaries themselves go over the 9p share).
     let mut libs = BTreeSet::new();
     for (name, path) in &real_tools {
         fsys.file(&format!("bin/{name}"), 0o755, fs::read(path)?);
@@ -634,20 +861,34 @@ fn build_initramfs(
         let data = fs::read(lib).with_context(|| format!("reading {}", lib.display()))?;
         fsys.file(rel(lib)?, 0o755, data);
     }
+    Ok(fsys)
+}
 
-    // Modules, in load order.
+/// Writes a kernel's initramfs (the base and its modules); returns its size.
+fn build_initramfs(base: &Tree, kernel: &kernels::Kernel, kos: &[Ko], out: &Path) -> Result<u64> {
+    let mut fsys = base.clone();
+    // Modules, in load order, uncompressed (busybox's insmod and modprobe take plain .ko
+    // files; the kernel's own decompression is not in every config).
+    let moddir = format!("lib/modules/{}", kernel.kver);
     let mut order = String::new();
-    for ko in &kernel.kos {
-        let data = fs::read(ko).with_context(|| format!("reading {}", ko.display()))?;
-        fsys.file(rel(ko)?, 0o644, data);
-        order.push_str(&format!("{}\n", ko.display()));
+    for ko in kos {
+        let path = format!("{moddir}/{}", ko.rel);
+        fsys.file(&path, 0o644, ko.contents()?);
+        order.push_str(&format!("/{path}\n"));
     }
     fsys.file("etc/lane-modules", 0o644, order.into_bytes());
-    // Enough for busybox modprobe (the kernel's on-demand loads) to find what is included.
+    // Enough for busybox modprobe (the kernel's on-demand loads) to find what is included;
+    // modules.dep names the files as they are here.
     for f in ["modules.dep", "modules.alias", "modules.builtin"] {
         let p = kernel.modules.join(f);
         if p.is_file() {
-            fsys.file(rel(&p)?, 0o644, fs::read(&p)?);
+            let text =
+                fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))?;
+            fsys.file(
+                &format!("{moddir}/{f}"),
+                0o644,
+                uncompressed_names(&text).into_bytes(),
+            );
         }
     }
 
@@ -675,39 +916,184 @@ fn build_initramfs(
     let tmp = out.with_extension("tmp");
     fs::write(&tmp, &compressed)?;
     fs::rename(&tmp, out)?;
-    Ok((compressed.len() as u64, kernel.kos.len()))
+    Ok(compressed.len() as u64)
 }
 
-/// The .ko files of [`MODULES`] and their dependencies, dependencies first, each once
-/// (`modprobe -S <kver> --show-depends`; modules built into the kernel print `builtin`).
-fn resolve_modules(kernel: &Kernel) -> Result<Vec<PathBuf>> {
-    let mut kos: Vec<PathBuf> = Vec::new();
-    for m in MODULES {
-        let out = cmd("modprobe")
-            .args(["-S", &kernel.kver, "--show-depends", m])
+/// The compressions Debian's module packages use: (suffix after `.ko`, tool, package).
+const KO_COMPRESSIONS: [(&str, &str, &str); 3] = [
+    (".xz", "xz", "xz-utils"),
+    (".zst", "zstd", "zstd"),
+    (".gz", "gzip", "gzip"),
+];
+
+/// modules.dep (or alias, builtin) with `.ko.xz`/`.ko.zst`/`.ko.gz` names as `.ko`.
+fn uncompressed_names(text: &str) -> String {
+    KO_COMPRESSIONS
+        .iter()
+        .fold(text.to_string(), |t, (suffix, _, _)| {
+            t.replace(&format!(".ko{suffix}"), ".ko")
+        })
+}
+
+/// A module file of a kernel.
+struct Ko {
+    /// In the unpacked kernel.
+    src: PathBuf,
+    /// Its path under `lib/modules/<kver>/` in the guest, always `.ko`.
+    rel: String,
+    /// What /proc/modules calls it: "aesni-intel.ko.xz" is "aesni_intel".
+    name: String,
+}
+
+impl Ko {
+    fn new(src: PathBuf, moddir: &Path) -> Result<Ko> {
+        let rel = src
+            .strip_prefix(moddir)
+            .ok()
+            .and_then(|r| r.to_str())
+            .with_context(|| {
+                format!("module {} is not under {}", src.display(), moddir.display())
+            })?;
+        let rel = uncompressed_names(rel);
+        let Some(stem) = rel.strip_suffix(".ko") else {
+            bail!(
+                "module file {} is neither .ko nor .ko.xz/.ko.zst/.ko.gz",
+                src.display()
+            );
+        };
+        let name = stem.rsplit('/').next().unwrap_or(stem).replace('-', "_");
+        Ok(Ko { src, rel, name })
+    }
+
+    /// The plain ELF object.
+    fn contents(&self) -> Result<Vec<u8>> {
+        let s = self.src.to_string_lossy();
+        let Some((_, tool, package)) = KO_COMPRESSIONS
+            .iter()
+            .find(|(suffix, _, _)| s.ends_with(&format!(".ko{suffix}")))
+        else {
+            return fs::read(&self.src).with_context(|| format!("reading {s}"));
+        };
+        let out = cmd(tool)
+            .arg("-dc")
+            .arg(&self.src)
             .output()
-            .context("failed to run `modprobe` (package kmod)")?;
+            .with_context(|| {
+                format!("failed to run `{tool}` to decompress module {s} (package {package})")
+            })?;
         if !out.status.success() {
             bail!(
-                "module {m} not found for {}: {}",
-                kernel.kver,
+                "`{tool} -dc {s}` failed ({}): {}",
+                out.status,
                 String::from_utf8_lossy(&out.stderr).trim()
             );
         }
-        for l in String::from_utf8_lossy(&out.stdout).lines() {
+        Ok(out.stdout)
+    }
+}
+
+/// A kernel's config: `CONFIG_X=value` as (X, Some(value)), `# CONFIG_X is not set` as
+/// (X, None); options the kernel does not have are absent.
+fn kernel_config(k: &kernels::Kernel) -> Result<BTreeMap<String, Option<String>>> {
+    let text =
+        fs::read_to_string(&k.config).with_context(|| format!("reading {}", k.config.display()))?;
+    Ok(text
+        .lines()
+        .filter_map(|l| {
+            if let Some(opt) = l
+                .strip_prefix("# ")
+                .and_then(|r| r.strip_suffix(" is not set"))
+            {
+                return Some((opt.to_string(), None));
+            }
+            let (k, v) = l.split_once('=')?;
+            k.starts_with("CONFIG_")
+                .then(|| (k.to_string(), Some(v.to_string())))
+        })
+        .collect())
+}
+
+/// The module files of [`MODULES`] and their dependencies for `kernel`, dependencies first,
+/// each once (`modprobe -d <root> -S <kver> --show-depends`; modules built into the kernel
+/// print `builtin`), following each entry's rule (see [`Need`]).
+fn resolve_modules(kernel: &kernels::Kernel) -> Result<Vec<Ko>> {
+    let config = kernel_config(kernel)?;
+    let mut kos: Vec<Ko> = Vec::new();
+    let (mut builtin, mut absent) = (Vec::new(), Vec::new());
+    for need in MODULES {
+        if let Some(opt) = need.only_if {
+            let why = match config.get(opt) {
+                Some(Some(v)) if v == "y" || v == "m" => None,
+                Some(Some(v)) => Some(format!("{opt}={v}")),
+                Some(None) => Some(format!("{opt} is not set")),
+                None => Some(format!("{opt} does not exist in this kernel")),
+            };
+            if let Some(why) = why {
+                absent.push(format!("{} ({why})", need.names.join("/")));
+                continue;
+            }
+        }
+        let mut tried = Vec::new();
+        let mut lines = None;
+        for m in need.names {
+            let out = cmd("modprobe")
+                .arg("-d")
+                .arg(&kernel.root)
+                .args(["-S", &kernel.kver, "--show-depends", m])
+                .output()
+                .context("failed to run `modprobe` (package kmod)")?;
+            if out.status.success() {
+                lines = Some((*m, String::from_utf8_lossy(&out.stdout).into_owned()));
+                break;
+            }
+            tried.push(format!(
+                "{m}: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            ));
+        }
+        let Some((m, lines)) = lines else {
+            bail!(
+                "module {} not found for {} (neither a module nor built in): {}; if the kernel \
+                 renamed or dropped it, give it the new name or an `only_if` rule in MODULES \
+                 (xtask/src/kernel_lane.rs)",
+                need.names.join("/"),
+                kernel.kver,
+                tried.join("; ")
+            );
+        };
+        for l in lines.lines() {
             let mut w = l.split_whitespace();
             match (w.next(), w.next()) {
                 (Some("insmod"), Some(path)) => {
-                    let p = PathBuf::from(path);
-                    if !kos.contains(&p) {
-                        kos.push(p);
+                    let ko = Ko::new(PathBuf::from(path), &kernel.modules)?;
+                    if !kos.iter().any(|k| k.rel == ko.rel) {
+                        kos.push(ko);
                     }
+                }
+                (Some("builtin"), Some(b)) if b == m || b == m.replace('-', "_") => {
+                    builtin.push(m);
                 }
                 (Some("builtin"), _) => {}
                 _ => bail!("unexpected `modprobe --show-depends {m}` line: {l}"),
             }
         }
     }
+    println!(
+        "kernel lane: {} ({}): {} module files; built in: {}; left out by rule: {}",
+        kernel.kver,
+        kernel.series.name,
+        kos.len(),
+        if builtin.is_empty() {
+            "-".to_string()
+        } else {
+            builtin.join(" ")
+        },
+        if absent.is_empty() {
+            "-".to_string()
+        } else {
+            absent.join(", ")
+        }
+    );
     Ok(kos)
 }
 
@@ -762,6 +1148,7 @@ fn rel(p: &Path) -> Result<&str> {
         .with_context(|| format!("{} is not an absolute UTF-8 path", p.display()))
 }
 
+#[derive(Clone)]
 enum Node {
     Dir,
     File { mode: u32, data: Vec<u8> },
@@ -771,7 +1158,7 @@ enum Node {
 
 /// The archive's tree, by path; parents are added with their children. Written in path order,
 /// so every directory comes before what it holds (the kernel does not create parents).
-#[derive(Default)]
+#[derive(Default, Clone)]
 struct Tree(BTreeMap<String, Node>);
 
 impl Tree {
@@ -902,9 +1289,67 @@ fn sh_quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', r"'\''"))
 }
 
+/// Started in the background by lane.sh (SECS replaced): after SECS s in the guest, every
+/// user process's threads with their kernel stacks to `watchdog-stacks.log`, the blocked tasks
+/// (sysrq w) into the kernel log, and dmesg.
+const WATCHDOG: &str = r#"( sleep SECS
+  echo "lane: watchdog: still running after SECS s; task stacks and dmesg to /host/out"
+  for p in /proc/[0-9]*; do
+    c=$(tr '\0' ' ' < $p/cmdline 2>/dev/null)
+    [ -n "$c" ] || continue
+    echo "== ${p#/proc/}: $c"
+    for t in $p/task/*; do
+      echo "-- ${t##*/} $(cat $t/comm) $(cat $t/wchan 2>/dev/null)"
+      cat $t/stack 2>/dev/null
+    done
+  done > /host/out/watchdog-stacks.log 2>&1
+  echo w > /proc/sysrq-trigger
+  dmesg > /host/out/dmesg.log
+  sync ) &
+"#;
+
+/// Tests counted from what a guest wrote back (zero where it wrote nothing).
+#[derive(Default)]
+struct Tally {
+    passed: u64,
+    failed: u64,
+    /// From QEMU's start to its exit.
+    guest_secs: Option<f64>,
+}
+
+/// How QEMU ended.
+enum End {
+    Exited(std::process::ExitStatus),
+    TimedOut,
+    Interrupted,
+}
+
+/// Boots the kernel with the tests, copies back what the guest wrote (also after a timeout),
+/// counts the tests and checks the modules; the result says what went wrong, if anything.
 #[allow(clippy::too_many_arguments)]
 fn boot_and_collect(
-    kernel: &Kernel,
+    kernel: &kernels::Kernel,
+    kos: &[Ko],
+    initramfs: &Path,
+    runs: &[Run],
+    bins: &[(String, PathBuf)],
+    env: &[(&str, String)],
+    timeout: Duration,
+    share: &Path,
+    logs: &Path,
+) -> (Tally, Result<()>) {
+    let mut tally = Tally::default();
+    let r = boot_and_collect_into(
+        &mut tally, kernel, kos, initramfs, runs, bins, env, timeout, share, logs,
+    );
+    (tally, r)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn boot_and_collect_into(
+    tally: &mut Tally,
+    kernel: &kernels::Kernel,
+    kos: &[Ko],
     initramfs: &Path,
     runs: &[Run],
     bins: &[(String, PathBuf)],
@@ -937,6 +1382,13 @@ export VPN_LANE=1
     for (k, v) in env {
         script.push_str(&format!("export {k}={}\n", sh_quote(v)));
     }
+    // Shortly before the host kills QEMU: what every process waits in, and the blocked tasks
+    // (sysrq w) with dmesg, so that a hang says where it hangs.
+    let watchdog = timeout
+        .as_secs()
+        .saturating_sub(60)
+        .max(timeout.as_secs() / 2);
+    script.push_str(&WATCHDOG.replace("SECS", &watchdog.to_string()));
     for r in runs {
         let mut args = vec!["--test-threads=1".to_string()];
         args.extend(r.args.iter().cloned());
@@ -987,15 +1439,19 @@ export VPN_LANE=1
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit());
     header(&format!(
-        "kernel lane: booting {} under QEMU (TCG), timeout {} s",
+        "kernel lane: booting {} ({}) under QEMU (TCG), timeout {} s",
         kernel.kver,
+        kernel.series.name,
         timeout.as_secs()
     ));
-    // Ctrl-C or a SIGTERM to us alone: stop QEMU and clean up instead of dying with it running.
-    let interrupted = Arc::new(AtomicBool::new(false));
-    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-        signal_hook::flag::register(sig, Arc::clone(&interrupted))?;
+    if logs.exists() {
+        fs::remove_dir_all(logs)?;
     }
+    fs::create_dir_all(logs)?;
+    let serial_log = logs.join("serial.log");
+    let mut serial = fs::File::create(&serial_log)?;
+    // Ctrl-C or a SIGTERM to us alone: stop QEMU and clean up instead of dying with it running.
+    let interrupted = interrupt_flag()?;
     let start = Instant::now();
     let mut qemu = Qemu(c.spawn().context(
         "failed to start qemu-system-x86_64 (package qemu-system-x86; `apt-get install \
@@ -1003,12 +1459,6 @@ export VPN_LANE=1
     )?);
     println!("kernel lane: qemu pid {}", qemu.0.id());
     let console = qemu.0.stdout.take().context("qemu stdout")?;
-    if logs.exists() {
-        fs::remove_dir_all(logs)?;
-    }
-    fs::create_dir_all(logs)?;
-    let serial_log = logs.join("serial.log");
-    let mut serial = fs::File::create(&serial_log)?;
     // The serial console, line by line, to our stdout and serial.log; ends when QEMU exits
     // (or is killed) and the pipe closes.
     let reader = std::thread::spawn(move || {
@@ -1022,47 +1472,51 @@ export VPN_LANE=1
             buf.clear();
         }
     });
-    let status = loop {
+    let end = loop {
         if let Some(st) = qemu.0.try_wait()? {
-            break Some(st);
+            break End::Exited(st);
         }
         if interrupted.load(Ordering::Relaxed) {
-            break None;
+            break End::Interrupted;
         }
         if start.elapsed() > timeout {
-            let _ = qemu.0.kill();
-            let _ = qemu.0.wait();
-            let _ = reader.join();
-            bail!(
-                "the guest did not power off within {} s: QEMU killed (serial console in {})",
-                timeout.as_secs(),
-                serial_log.display()
-            );
+            break End::TimedOut;
         }
         std::thread::sleep(Duration::from_millis(200));
     };
+    // Kills and reaps QEMU if it still runs.
     drop(qemu);
     let _ = reader.join();
-    let Some(status) = status else {
-        bail!("interrupted: QEMU killed");
-    };
     let elapsed = start.elapsed().as_secs_f64();
+    tally.guest_secs = Some(elapsed);
 
-    // What came back.
+    // What came back, whatever the end.
     let out = share.join("out");
     for e in fs::read_dir(&out)? {
         let e = e?;
         fs::copy(e.path(), logs.join(e.file_name()))?;
     }
-    let failed_mods = fs::read_to_string(out.join("insmod-failed")).unwrap_or_default();
-    if !out.join("finished").exists() {
-        bail!(
-            "the guest powered off ({status}) after {elapsed:.0} s without finishing the tests \
+    let mut problems = Vec::new();
+    match end {
+        End::Exited(_) if out.join("finished").exists() => {}
+        End::Exited(st) => problems.push(format!(
+            "the guest powered off ({st}) after {elapsed:.0} s without finishing the tests \
              (serial console in {})",
             serial_log.display()
-        );
+        )),
+        End::TimedOut => problems.push(format!(
+            "the guest did not power off within {} s: QEMU killed (serial console in {}{})",
+            timeout.as_secs(),
+            serial_log.display(),
+            if out.join("watchdog-stacks.log").exists() {
+                "; task stacks in watchdog-stacks.log, blocked tasks in dmesg.log"
+            } else {
+                ""
+            }
+        )),
+        End::Interrupted => problems.push("interrupted: QEMU killed".to_string()),
     }
-    let mut problems = Vec::new();
+    let failed_mods = fs::read_to_string(out.join("insmod-failed")).unwrap_or_default();
     if !failed_mods.trim().is_empty() {
         let log = fs::read_to_string(out.join("insmod.log")).unwrap_or_default();
         problems.push(format!(
@@ -1071,35 +1525,30 @@ export VPN_LANE=1
             log.trim()
         ));
     }
-    let loaded = fs::read_to_string(out.join("modules.loaded")).unwrap_or_default();
-    let loaded: BTreeSet<&str> = loaded.split_whitespace().collect();
-    let missing: Vec<String> = kernel
-        .kos
-        .iter()
-        .map(|ko| module_name(ko))
-        .filter(|m| !loaded.contains(m.as_str()))
-        .collect();
-    if !missing.is_empty() {
-        problems.push(format!(
-            "modules not loaded in the guest: {}",
-            missing.join(" ")
-        ));
+    if out.join("finished").exists() {
+        let loaded = fs::read_to_string(out.join("modules.loaded")).unwrap_or_default();
+        let loaded: BTreeSet<&str> = loaded.split_whitespace().collect();
+        let missing: Vec<&str> = kos
+            .iter()
+            .map(|ko| ko.name.as_str())
+            .filter(|m| !loaded.contains(m))
+            .collect();
+        if !missing.is_empty() {
+            problems.push(format!(
+                "modules not loaded in the guest: {}",
+                missing.join(" ")
+            ));
+        }
     }
-    let (mut passed, mut failed) = (0u64, 0u64);
     for r in runs {
         let name = &r.name;
-        let rc = fs::read_to_string(out.join(format!("{name}.rc")))
-            .with_context(|| format!("the guest wrote no exit status for {name}"))?;
-        let log = fs::read_to_string(out.join(format!("{name}.log"))).unwrap_or_default();
-        let (mut p, mut f) = (0, 0);
-        for l in log.lines() {
-            if let Some(rest) = l.strip_prefix("test result: ") {
-                p += count_before(rest, " passed");
-                f += count_before(rest, " failed");
-            }
-        }
-        passed += p;
-        failed += f;
+        let Ok(log) = fs::read_to_string(out.join(format!("{name}.log"))) else {
+            println!("    {name:<14} not run");
+            continue;
+        };
+        let (p, f, running) = count_tests(&log);
+        tally.passed += p;
+        tally.failed += f;
         let secs = fs::read_to_string(out.join(format!("{name}.time")))
             .ok()
             .and_then(|t| {
@@ -1114,30 +1563,61 @@ export VPN_LANE=1
             r.selected,
             secs.map_or("no time".into(), |s| format!("{s:.1} s in the guest"))
         );
+        let rc = fs::read_to_string(out.join(format!("{name}.rc"))).unwrap_or_default();
         let rc = rc.trim();
         if rc != "0" {
             problems.push(format!(
-                "{name} exited with {rc} on {} (output in {})",
-                kernel.kver,
+                "{name} {} (output in {})",
+                match (rc, &running) {
+                    ("", Some(t)) => format!("did not finish: stuck in {t}"),
+                    ("", None) => "did not finish".to_string(),
+                    (rc, _) => format!("exited with {rc}"),
+                },
                 logs.join(format!("{name}.log")).display()
             ));
         }
     }
     println!(
-        "==> kernel lane {}: {passed} tests passed, {failed} failed (guest ran {elapsed:.0} s)",
-        kernel.kver
+        "==> kernel lane {} ({}): {} tests passed, {} failed (guest ran {elapsed:.0} s)",
+        kernel.kver, kernel.series.name, tally.passed, tally.failed
     );
     if !problems.is_empty() {
-        bail!("kernel lane: {}", problems.join("; "));
+        bail!("{}", problems.join("; "));
     }
     Ok(())
 }
 
-/// The name /proc/modules shows for a .ko file: "aesni-intel.ko" is "aesni_intel".
-fn module_name(ko: &Path) -> String {
-    ko.file_stem()
-        .map(|s| s.to_string_lossy().replace('-', "_"))
-        .unwrap_or_default()
+/// (passed, failed, the test still running) of a test executable's output: from libtest's
+/// `test result:` line, or where it never got there, its `test NAME ... ok|FAILED` lines and
+/// the `test NAME ... ` it ends with.
+fn count_tests(log: &str) -> (u64, u64, Option<String>) {
+    let (mut p, mut f, mut summary) = (0, 0, false);
+    let (mut tp, mut tf) = (0, 0);
+    for l in log.lines() {
+        if let Some(rest) = l.strip_prefix("test result: ") {
+            p += count_before(rest, " passed");
+            f += count_before(rest, " failed");
+            summary = true;
+        } else if let Some((_, status)) =
+            l.strip_prefix("test ").and_then(|r| r.split_once(" ... "))
+        {
+            match status.trim() {
+                "ok" => tp += 1,
+                "FAILED" => tf += 1,
+                _ => {}
+            }
+        }
+    }
+    if summary {
+        return (p, f, None);
+    }
+    let running = log
+        .lines()
+        .last()
+        .and_then(|l| l.strip_prefix("test "))
+        .and_then(|r| r.strip_suffix(" ... ").or_else(|| r.strip_suffix(" ...")))
+        .map(str::to_string);
+    (tp, tf, running)
 }
 
 /// In "ok. 3 passed; 0 failed; ...", the number before `what`.
@@ -1146,4 +1626,45 @@ fn count_before(s: &str, what: &str) -> u64 {
         .and_then(|i| s[..i].rsplit([' ', '.']).next())
         .and_then(|n| n.parse().ok())
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_a_finished_and_an_unfinished_run() {
+        let done = "running 2 tests\ntest a ... ok\ntest b ... FAILED\n\n\
+                    test result: FAILED. 1 passed; 1 failed; 0 ignored\n";
+        assert_eq!(count_tests(done), (1, 1, None));
+        let hung = "running 3 tests\ntest a ... ok\ntest b ... ok\ntest c_hangs ... ";
+        assert_eq!(count_tests(hung), (2, 0, Some("c_hangs".to_string())));
+    }
+
+    #[test]
+    fn table_errors_leave_out_the_details() {
+        let e = "the guest did not power off within 12 s: QEMU killed (serial console in \
+                 /x/serial.log); kernel_backend did not finish (output in /x/k.log)";
+        assert_eq!(
+            brief(e, 100),
+            "the guest did not power off within 12 s: QEMU killed; kernel_backend did not finish"
+        );
+    }
+
+    #[test]
+    fn compressed_module_names_become_plain() {
+        let dep = "kernel/net/ipv4/esp4.ko.xz: kernel/net/xfrm/xfrm_algo.ko.xz\n\
+                   kernel/a.ko.zst:\n";
+        assert_eq!(
+            uncompressed_names(dep),
+            "kernel/net/ipv4/esp4.ko: kernel/net/xfrm/xfrm_algo.ko\nkernel/a.ko:\n"
+        );
+        let ko = Ko::new(
+            PathBuf::from("/r/lib/modules/7.3/kernel/arch/x86/crypto/aesni-intel.ko.xz"),
+            Path::new("/r/lib/modules/7.3"),
+        )
+        .unwrap();
+        assert_eq!(ko.rel, "kernel/arch/x86/crypto/aesni-intel.ko");
+        assert_eq!(ko.name, "aesni_intel");
+    }
 }

@@ -79,7 +79,8 @@ enum Cmd {
     /// Build all binaries in release mode (the eBPF object is built by vpn-userspace/build.rs).
     Build,
     /// cargo fmt --check, cargo clippy -D warnings, cargo test (root-only tests need root),
-    /// then the kernel lane (the XDP tests on Debian's 6.1 under QEMU, see test-kernel).
+    /// then the kernel lane (the root-only tests on Debian's 6.1, 6.12 and newest backports
+    /// kernel under QEMU, see test-kernel).
     Test {
         /// Extra arguments for `cargo test` (after `--`), e.g. a test name filter.
         #[arg(last = true)]
@@ -113,8 +114,9 @@ enum Cmd {
     /// Stop what `load` started and remove everything it installed; leaves nothing behind.
     Unload(node::UnloadArgs),
     /// The lane's root-only tests (XDP fixtures and attach, kernel pktgen, the xfrm backend,
-    /// a two-site vpnd ping) on Debian's 6.1 kernel under QEMU (TCG); installs QEMU, the kernel
-    /// and busybox if missing. Also a step of `test`.
+    /// a two-site vpnd ping) on Debian kernels under QEMU (TCG): bookworm's 6.1, trixie's 6.12
+    /// and the newest trixie-backports kernel, fetched into target/kernel-lane/ (not installed);
+    /// installs QEMU, busybox and kmod if missing. Also a step of `test`.
     TestKernel(kernel_lane::Args),
     /// Traffic generator (vpn-pktgen): plain tenant UDP through kernel pktgen where the kernel
     /// has it, else XDP live frames; valid ESP toward an SA over AF_XDP. Builds it first; the
@@ -246,12 +248,14 @@ fn test(extra: &[String]) -> Result<()> {
         }
     }
 
-    // The second kernel: the XDP tests again on Debian's 6.1 under QEMU.
+    // The kernel lane: the root-only tests again on Debian's 6.1, 6.12 and newest backports
+    // kernel under QEMU.
     if result.is_ok() {
-        let name = "kernel lane (6.1, QEMU)";
+        let name = "kernel lane (QEMU)";
         header(name);
         let start = Instant::now();
         result = kernel_lane::run_lane(
+            &kernel_lane::all_kernels(),
             &kernel_lane::filter_from_cargo_args(extra),
             Duration::from_secs(kernel_lane::DEFAULT_TIMEOUT_SECS),
         );

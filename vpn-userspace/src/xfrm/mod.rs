@@ -289,7 +289,11 @@ impl KernelBackend {
                 ifindex,
                 packet: false,
             });
-            match self.nl().add_state(&s) {
+            // Not `match self.nl().add_state(..)`: the lock guard would live through the
+            // match, and the Ok arm's `self.nl()` would wait on it forever (a kernel that adds
+            // the SA without the offload, as 7.3 does for a veth, took that arm).
+            let added = self.nl().add_state(&s);
+            match added {
                 Ok(()) => {
                     // A device without xfrm offload operations is skipped silently by the
                     // kernel (the SA is added, not offloaded): believe only what it reports.
