@@ -74,11 +74,14 @@ const LANE_PACKAGES: &[&str] = &[
 /// runs in the guest; none: all of its tests. Extra arguments of the lane narrow this further
 /// (see [`plan_runs`]).
 const LANE_TESTS: &[(&str, &[&str])] = &[
+    // Every fixture table, the mutation test and the pruning check, once per metadata carrier.
     ("xdp_fixtures", &[]),
+    // Real frames to AF_XDP per carrier, and a TAP device that refuses metadata at run time.
     ("attach_netns", &[]),
-    // Kernel pktgen exists here (the host kernel has no module), so vpn-pktgen's kernel engine
-    // runs against the real thing only in the lane: by name, and as `auto`'s choice.
-    ("pktgen", &["kernel_pktgen", "vpn_pktgen_json_summary"]),
+    // Every generator test: kernel pktgen exists here (the host kernel has no module), so
+    // vpn-pktgen's kernel engine runs against the real thing only in the lane, by name and as
+    // `auto`'s choice; live frames, the flow rewrite, and vpnd fed by the generator.
+    ("pktgen", &[]),
     // The xfrm backend, and the cross-implementation run (kernel ESP vs our AF_XDP workers).
     ("kernel_backend", &[]),
     // The AF_XDP data plane on 6.1: two vpnds (manual SAs, copy-mode AF_XDP on veths) carry
@@ -195,6 +198,8 @@ const MODULES: &[Need] = &[
     need(&["vrf"]),
     // Built into every Debian kernel here (`builtin`).
     need(&["af_packet"]),
+    // TAP devices: a driver that refuses bpf_xdp_adjust_meta at run time (attach_netns).
+    need(&["tun"]),
 ];
 
 /// How long one guest may take from QEMU's start to power-off before it is killed. Boot, the

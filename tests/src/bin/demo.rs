@@ -186,8 +186,14 @@ fn exercise(args: &Args, stop: &AtomicBool, site: &TwoSite) -> Result<()> {
         }
     }
     for (name, log) in [("east", &site.east_log), ("west", &site.west_log)] {
-        if let Some(l) = log.lines().iter().rfind(|l| l.contains(": ACTIVE")) {
-            println!("demo:       {name}: {}", l.trim());
+        let lines = log.lines();
+        // What vpnd chose from what this kernel said (see `vpnctl probe`), then the tunnel.
+        for what in ["vpnd: XDP metadata:", "bpffs: mounted", ": ACTIVE"] {
+            if let Some(l) = lines.iter().rfind(|l| l.contains(what)) {
+                let l = l.trim();
+                let l = l.find("vpnd: ").or_else(|| l.find("bpffs:")).map_or(l, |i| &l[i..]);
+                println!("demo:       {name}: {l}");
+            }
         }
     }
     done(t);
