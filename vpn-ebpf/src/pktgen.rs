@@ -121,10 +121,16 @@ fn get(stats: &PerCpuArray<u64>, idx: u32) -> u64 {
 #[inline(always)]
 fn copy_ring(ctx: &XdpContext, cfg: &PktgenConfig, n: u64) -> Option<()> {
     let f = PKTGEN_RING.get((n % cfg.ring_len as u64) as u32)?;
-    let len = f.len as usize;
-    if len == 0 || len > RING_FRAME_MAX {
+    // bpf_xdp_store_bytes takes no zero size, and Linux 6.1's verifier must see the size
+    // register itself bounded below by 1: it does not carry a bound learnt on one register
+    // to a copy offset by a constant, which is what LLVM makes of `len == 0 || len > MAX`
+    // (6.18's does). So the bound is put on `len - 1`, read back through the stack where
+    // LLVM cannot see it is `len - 1` and fold the `+ 1` away.
+    let m1 = opaque(f.len.wrapping_sub(1));
+    if m1 >= RING_FRAME_MAX as u32 {
         return None;
     }
+    let len = m1 as usize + 1;
     let cur = ctx.data_end() - ctx.data();
     if len > cur {
         return None;
@@ -137,6 +143,17 @@ fn copy_ring(ctx: &XdpContext, cfg: &PktgenConfig, n: u64) -> Option<()> {
     // whose length the helper checks.
     let r = unsafe { bpf_xdp_store_bytes(ctx.ctx, 0, f.data.as_ptr() as *mut c_void, len as u32) };
     (r == 0).then_some(())
+}
+
+/// `v`, through a volatile stack slot: the compiler knows nothing of the value it reads back.
+#[inline(always)]
+fn opaque(v: u32) -> u32 {
+    let mut slot = v;
+    // SAFETY: a local, written and read here only.
+    unsafe {
+        core::ptr::write_volatile(&mut slot, v);
+        core::ptr::read_volatile(&slot)
+    }
 }
 
 /// Whether a frame is due (and if so, books its slot): one per `interval_ns`, catching up at

@@ -191,7 +191,10 @@ fn exercise(args: &Args, stop: &AtomicBool, site: &TwoSite) -> Result<()> {
         for what in ["vpnd: XDP metadata:", "bpffs: mounted", ": ACTIVE"] {
             if let Some(l) = lines.iter().rfind(|l| l.contains(what)) {
                 let l = l.trim();
-                let l = l.find("vpnd: ").or_else(|| l.find("bpffs:")).map_or(l, |i| &l[i..]);
+                let l = l
+                    .find("vpnd: ")
+                    .or_else(|| l.find("bpffs:"))
+                    .map_or(l, |i| &l[i..]);
                 println!("demo:       {name}: {l}");
             }
         }
