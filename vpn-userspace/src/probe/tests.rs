@@ -155,6 +155,24 @@ fn stable_ids() {
             "esp_hw_offload",
         ]
     );
+    // The README documents every id and choice.
+    let readme = include_str!("../../../README.md");
+    for id in kernel.iter().chain(device.iter()).chain(
+        [
+            ids::CHOICE_CARRIER,
+            ids::CHOICE_PKTGEN_ENGINE,
+            ids::CHOICE_KERNEL_BACKEND,
+            ids::CHOICE_XDP_MODE,
+            ids::CHOICE_AF_XDP_MODE,
+            ids::CHOICE_BACKEND_AUTO,
+        ]
+        .iter(),
+    ) {
+        assert!(
+            readme.contains(&format!("`{id}`")),
+            "README.md does not document `{id}`"
+        );
+    }
 }
 
 #[test]
