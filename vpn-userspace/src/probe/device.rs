@@ -490,6 +490,13 @@ pub fn meta_runtime(
     } else {
         "; counted over all of the instance's tenant devices"
     };
+    let frames = |n: u64| {
+        if n == 1 {
+            "1 frame".to_string()
+        } else {
+            format!("{n} frames")
+        }
+    };
     if redirects == 0 && refused == 0 {
         s.unknown(
             format!("instance {inst}: not seen yet (no frame redirected){note}"),
@@ -497,8 +504,8 @@ pub fn meta_runtime(
         )
     } else if refused == 0 {
         s.available(format!(
-            "instance {inst}: honoured ({redirects} frames redirected with the metadata \
-             area){note}"
+            "instance {inst}: honoured ({} redirected with the metadata area){note}",
+            frames(redirects)
         ))
     } else {
         let fix = Some(
@@ -507,8 +514,10 @@ pub fn meta_runtime(
                 .to_string(),
         );
         let detail = format!(
-            "instance {inst}: refused at run time ({refused} frames carried the shim, {side}; \
-             {redirects} redirected){note}"
+            "instance {inst}: refused at run time ({} carried the shim, {side}; {} \
+             redirected){note}",
+            frames(refused),
+            frames(redirects)
         );
         if refused >= redirects {
             s.row(Verdict::Unavailable, detail, fix)
