@@ -509,8 +509,9 @@ pub fn meta_runtime(
         ))
     } else {
         let fix = Some(
-            "none needed: the programs fall back to the shim per packet. The metadata area \
-             comes back with a driver that builds its XDP buffers with metadata support"
+            "none needed: the programs fall back to the shim per packet ([wire] \
+             xdp_carrier = \"shim\" skips the refused call). The metadata area comes back \
+             with a driver that builds its XDP buffers with metadata support"
                 .to_string(),
         );
         let detail = format!(

@@ -755,7 +755,13 @@ fn carrier_choice(env: &Env<'_>, features: &[Feature]) -> Choice {
         )
     } else {
         let c = dataplane::choose_carrier(CarrierChoice::Auto);
-        (c.carrier.name().to_string(), c.reason)
+        (
+            c.carrier.name().to_string(),
+            format!(
+                "{} ([wire] xdp_carrier = \"auto\", the default; it can force either)",
+                c.reason
+            ),
+        )
     };
     Choice {
         id: ids::CHOICE_CARRIER,
