@@ -2,7 +2,8 @@
 //! (root only). What it says must match what the product and the kernel do when asked
 //! another way:
 //! - xdp_adjust_meta: whether the XDP object loads with the metadata carrier forced;
-//! - bpffs: statfs(2) of /sys/fs/bpf; xdp_live_frames: the raw live-frames probe;
+//! - bpffs: statfs(2) of /sys/fs/bpf; xdp_live_frames: the raw live-frames probe; bpf_jit
+//!   known inside a namespace, where the JIT switch is not visible;
 //! - the kernel ESP rows: whether the kernel backend's own check (an rfc4106(gcm(aes)) SA in
 //!   this test's namespace) passes, for IPv4 and IPv6 peers;
 //! - the veth: driver veth, AF_XDP copy mode with need_wakeup available, no zero-copy;
@@ -169,6 +170,8 @@ fn probe_matches_what_the_kernel_and_the_product_do() -> Result<()> {
         forced.as_ref().err()
     );
     drop(forced);
+    // As root the JIT is known in any namespace (from a loaded program's native code).
+    assert_ne!(verdict(f, "bpf_jit")?, "unknown", "{}", row(f, "bpf_jit")?);
     assert_eq!(verdict(f, "xdp_adjust_head")?, "available");
     assert_eq!(verdict(f, "mmapable_array")?, "available");
     assert_eq!(verdict(f, "af_xdp")?, "available");

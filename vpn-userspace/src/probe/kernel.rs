@@ -230,11 +230,22 @@ pub enum Jit {
 
 pub fn jit(cfg: Option<&Config>) -> Jit {
     let always = opt(cfg, "CONFIG_BPF_JIT_ALWAYS_ON") == Opt::BuiltIn;
-    match std::fs::read_to_string("/proc/sys/net/core/bpf_jit_enable") {
+    match read_jit_sysctl() {
         Ok(v) => parse_jit(&v, always),
         Err(_) if always => Jit::On { always },
-        Err(e) => Jit::Unknown(format!("/proc/sys/net/core/bpf_jit_enable: {e}")),
+        Err(e) => Jit::Unknown(format!(
+            "net.core.bpf_jit_enable: {}",
+            super::errno_text(&e)
+        )),
     }
+}
+
+const JIT_SYSCTL: &str = "/proc/sys/net/core/bpf_jit_enable";
+
+/// `net.core.bpf_jit_enable`. It exists only in the initial network namespace's
+/// /proc/sys/net; elsewhere [`super::bpf::jited`] answers (root).
+fn read_jit_sysctl() -> std::io::Result<String> {
+    std::fs::read_to_string(JIT_SYSCTL)
 }
 
 pub fn parse_jit(v: &str, always: bool) -> Jit {
@@ -330,6 +341,19 @@ mod tests {
         assert!(h.contains("install this kernel's modules"), "{h}");
         let h = enable_hint(None, &mods, "CONFIG_NET_PKTGEN", "pktgen");
         assert!(h.contains("modprobe pktgen"), "{h}");
+    }
+
+    /// A loaded program comes back JIT-compiled exactly when the switch says so (root: the
+    /// program load needs it).
+    #[test]
+    fn jit_switch_and_loaded_code_agree() {
+        let Ok(v) = read_jit_sysctl() else {
+            return; // not the initial network namespace: nothing to compare with
+        };
+        match super::super::bpf::jited() {
+            Ok(n) => assert_eq!(n > 0, v.trim() != "0", "jited {n} bytes, sysctl {v:?}"),
+            Err(r) => assert!(!privileged(), "root could not load a program: {r}"),
+        }
     }
 
     #[test]

@@ -579,17 +579,34 @@ impl Env<'_> {
 
 fn jit_row(env: &Env<'_>) -> Feature {
     let s = spec_of(ids::BPF_JIT);
-    match kernel::jit(env.cfg) {
-        kernel::Jit::On { always: true } => {
-            s.available("on (CONFIG_BPF_JIT_ALWAYS_ON: the interpreter is not built)")
-        }
-        kernel::Jit::On { always: false } => s.available("on (net.core.bpf_jit_enable = 1)"),
-        kernel::Jit::Off => s.unavailable(
-            "off (net.core.bpf_jit_enable = 0)",
-            "sysctl -w net.core.bpf_jit_enable=1 (and net.core.bpf_jit_enable = 1 in \
-             /etc/sysctl.d/ to keep it)",
+    let off_fix = "sysctl -w net.core.bpf_jit_enable=1 (and net.core.bpf_jit_enable = 1 in \
+                   /etc/sysctl.d/ to keep it)";
+    let switch = kernel::jit(env.cfg);
+    // The loaded code answers in any namespace; the switch is only visible in the initial one.
+    match bpf::jited() {
+        Ok(0) => s.unavailable(
+            "a test program was left to the interpreter (no native code)",
+            off_fix,
         ),
-        kernel::Jit::Unknown(why) => s.unknown(why, None),
+        Ok(n) => s.available(format!(
+            "a test program came back JIT-compiled ({n} bytes of native code){}",
+            match switch {
+                kernel::Jit::On { always: true } => "; CONFIG_BPF_JIT_ALWAYS_ON",
+                kernel::Jit::On { always: false } => "; net.core.bpf_jit_enable = 1",
+                _ => "",
+            }
+        )),
+        Err(_) => match switch {
+            kernel::Jit::On { always: true } => {
+                s.available("on (CONFIG_BPF_JIT_ALWAYS_ON: the interpreter is not built)")
+            }
+            kernel::Jit::On { always: false } => s.available("on (net.core.bpf_jit_enable = 1)"),
+            kernel::Jit::Off => s.unavailable("off (net.core.bpf_jit_enable = 0)", off_fix),
+            kernel::Jit::Unknown(why) if !env.privileged => s.needs_root(&format!(
+                "{why} (the switch is visible only in the initial network namespace)"
+            )),
+            kernel::Jit::Unknown(why) => s.unknown(why, None),
+        },
     }
 }
 
