@@ -78,6 +78,9 @@ const LANE_TESTS: &[(&str, &[&str])] = &[
     ("xdp_fixtures", &[]),
     // Real frames to AF_XDP per carrier, and a TAP device that refuses metadata at run time.
     ("attach_netns", &[]),
+    // vpnctl probe against each kernel: Debian's have adjust_meta, ESP and rfc4106(gcm(aes)),
+    // which the test requires when VPN_LANE_KERNEL is set.
+    ("probe", &[]),
     // Every generator test: kernel pktgen exists here (the host kernel has no module), so
     // vpn-pktgen's kernel engine runs against the real thing only in the lane, by name and as
     // `auto`'s choice; live frames, the flow rewrite, and vpnd fed by the generator.

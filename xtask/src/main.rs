@@ -274,10 +274,11 @@ fn test(extra: &[String]) -> Result<()> {
 const EMULATE_REFUSE_ENV: &str = "VPN_EMULATE_REFUSE";
 /// The test executables `test` runs a second time under [`EMULATE_REFUSE_ENV`]: everything
 /// whose path depends on the metadata carrier or on live frames.
-const EMULATED_TESTS: [&str; 5] = [
+const EMULATED_TESTS: [&str; 6] = [
     "xdp_fixtures",
     "attach_netns",
     "pktgen",
+    "probe",
     "two_site_vpnd",
     "demo",
 ];

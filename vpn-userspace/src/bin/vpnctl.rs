@@ -80,6 +80,19 @@ enum Cmd {
     },
     /// Ask vpnd to reload its configuration.
     Reload,
+    /// What this kernel and each device offer (XDP metadata, native XDP, AF_XDP zero-copy,
+    /// live frames, kernel ESP and its AEADs, bpffs, ...) and what vpnd and vpn-pktgen choose
+    /// from it. Works without vpnd and without bpffs; changes nothing.
+    Probe {
+        /// A device to probe (repeatable). Default: every device with esp_ingress or
+        /// tenant_ingress attached.
+        #[arg(long = "dev", value_name = "IFACE")]
+        dev: Vec<String>,
+        /// Probe the devices of this network namespace (`ip netns` name; keeps the host's
+        /// bpffs, unlike `ip netns exec`).
+        #[arg(long, value_name = "NAME")]
+        netns: Option<String>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -147,6 +160,7 @@ fn main() -> ExitCode {
             cmd: MapsCmd::Dump { name, all },
         } => ctl::maps_dump(&ctx, &name, all, &mut out),
         Cmd::Maps { cmd: MapsCmd::List } => ctl::maps_list(&ctx, &mut out),
+        Cmd::Probe { dev, netns } => ctl::probe(&ctx, dev, netns, &mut out),
     };
     let _ = out.flush();
     match r {

@@ -658,6 +658,28 @@ pub fn stats(
     Ok(())
 }
 
+// ---------------------------------------------------------------- probe
+
+/// `vpnctl probe`: what this kernel and the devices offer and what the product chooses from
+/// it (see [`crate::probe`]). Needs neither vpnd nor bpffs, and changes nothing.
+pub fn probe(
+    ctx: &Ctx,
+    devices: Vec<String>,
+    netns: Option<String>,
+    out: &mut dyn Write,
+) -> Result<()> {
+    let report = crate::probe::run(&crate::probe::Options {
+        devices,
+        netns,
+        pin_root: ctx.pin_root.clone(),
+    })?;
+    if ctx.json {
+        return print_json(out, &report);
+    }
+    write!(out, "{}", crate::probe::render::render(&report))?;
+    Ok(())
+}
+
 // ---------------------------------------------------------------- maps dump
 
 /// The maps of the contract, pinned or not, with their shapes.

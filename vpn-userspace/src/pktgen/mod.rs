@@ -83,6 +83,7 @@ pub enum Engine {
 }
 
 impl Engine {
+    /// Stable name (the summary's `engine`, `vpnctl probe`).
     pub fn name(self) -> &'static str {
         match self {
             Engine::Auto => "auto",
@@ -90,6 +91,31 @@ impl Engine {
             Engine::Live => "xdp-live-frames",
             Engine::Afxdp => "af-xdp",
         }
+    }
+}
+
+/// `--engine auto` for plain traffic: kernel pktgen where the kernel has it (`kernel`; it
+/// sends one VLAN per device, so not for several `tenants`), else XDP live frames where
+/// `BPF_PROG_RUN` takes them (`live`, asked only then), else AF_XDP. With a note saying why
+/// when it is not kernel pktgen. `vpnctl probe` shows the same choice.
+pub fn auto_engine(
+    tenants: u32,
+    kernel: Result<(), String>,
+    live: impl FnOnce() -> Result<(), String>,
+) -> (Engine, Option<String>) {
+    let why = match kernel {
+        Ok(()) if tenants <= 1 => return (Engine::Kernel, None),
+        Ok(()) => "kernel pktgen sends one VLAN per device (--tenants)".to_string(),
+        Err(why) => format!("kernel pktgen: not available on this kernel ({why})"),
+    };
+    match live() {
+        Ok(()) => (Engine::Live, Some(format!("{why}; using XDP live frames"))),
+        Err(live_why) => (
+            Engine::Afxdp,
+            Some(format!(
+                "{why}; XDP live frames: not available on this kernel ({live_why}); using AF_XDP"
+            )),
+        ),
     }
 }
 
@@ -587,29 +613,9 @@ fn resolve(args: &Args) -> Result<Plan> {
             bail!("kernel pktgen cannot build ESP: use --engine afxdp (or live)")
         }
         (Engine::Auto, Mode::Plain) => {
-            let not_kernel = match kernel::available() {
-                Ok(()) if args.tenants == 1 => None,
-                Ok(()) => Some("kernel pktgen sends one VLAN per device (--tenants)".to_string()),
-                Err(why) => Some(format!(
-                    "kernel pktgen: not available on this kernel ({why})"
-                )),
-            };
-            match not_kernel {
-                None => Engine::Kernel,
-                Some(why) => match live() {
-                    Ok(()) => {
-                        notes.push(format!("{why}; using XDP live frames"));
-                        Engine::Live
-                    }
-                    Err(live_why) => {
-                        notes.push(format!(
-                            "{why}; XDP live frames: not available on this kernel ({live_why}); \
-                             using AF_XDP"
-                        ));
-                        Engine::Afxdp
-                    }
-                },
-            }
+            let (engine, note) = auto_engine(args.tenants, kernel::available(), live);
+            notes.extend(note);
+            engine
         }
         (Engine::Kernel, Mode::Plain) => {
             kernel::available().map_err(|why| {
@@ -1003,6 +1009,31 @@ fn wait_threads<'s>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn auto_engine_prefers_kernel_then_live_then_afxdp() {
+        let live_not_asked = || -> Result<(), String> { panic!("live frames asked needlessly") };
+        assert_eq!(
+            auto_engine(1, Ok(()), live_not_asked),
+            (Engine::Kernel, None)
+        );
+        let (e, note) = auto_engine(1, Err("no /proc/net/pktgen".into()), || Ok(()));
+        assert_eq!(e, Engine::Live);
+        assert_eq!(
+            note.unwrap(),
+            "kernel pktgen: not available on this kernel (no /proc/net/pktgen); using XDP live \
+             frames"
+        );
+        let (e, note) = auto_engine(3, Ok(()), || Ok(()));
+        assert_eq!(e, Engine::Live);
+        assert!(note.unwrap().contains("one VLAN per device (--tenants)"));
+        let (e, note) = auto_engine(1, Err("none".into()), || Err("EPERM".into()));
+        assert_eq!(e, Engine::Afxdp);
+        assert!(
+            note.unwrap()
+                .ends_with("; XDP live frames: not available on this kernel (EPERM); using AF_XDP")
+        );
+    }
 
     #[test]
     fn net_dev_counters() {

@@ -227,6 +227,26 @@ pub fn emulated_refusal(feature: &str) -> bool {
     std::env::var(EMULATE_REFUSE_ENV).is_ok_and(|v| v.split(',').any(|f| f.trim() == feature))
 }
 
+/// The size of the native code of a trivial XDP program (`r0 = XDP_PASS; exit`): 0 when the
+/// kernel runs programs in its interpreter (the JIT is off), more when it compiled it. The
+/// definitive answer in any network namespace (the `net.core.bpf_jit_enable` switch is visible
+/// only in the initial one).
+pub fn jited() -> Result<u32, Refusal> {
+    let fd = load_xdp(&[mov64_imm(0, XDP_PASS), exit()], "probe_jit")?;
+    let mut info = ProgInfoHead::default();
+    let mut attr = InfoAttr {
+        bpf_fd: std::os::fd::AsRawFd::as_raw_fd(&fd) as u32,
+        info_len: std::mem::size_of::<ProgInfoHead>() as u32,
+        info: &mut info as *mut ProgInfoHead as u64,
+        ..Default::default()
+    };
+    sys_bpf(BPF_OBJ_GET_INFO_BY_FD, &mut attr).map_err(|error| Refusal {
+        error,
+        verifier: None,
+    })?;
+    Ok(info.jited_prog_len)
+}
+
 /// `bpf_xdp_adjust_meta` in XDP programs: refused by some kernels (seen: 6.18.44-fc-v1300,
 /// "program of this type cannot use helper bpf_xdp_adjust_meta#54").
 pub fn xdp_adjust_meta() -> Result<(), Refusal> {

@@ -8,6 +8,7 @@ use std::{io, os::fd::AsRawFd};
 use anyhow::{Context, Result, bail};
 
 const SIOCETHTOOL: libc::c_ulong = 0x8946;
+const ETHTOOL_GDRVINFO: u32 = 0x03;
 const ETHTOOL_GSTRINGS: u32 = 0x1b;
 const ETHTOOL_GSSET_INFO: u32 = 0x37;
 const ETHTOOL_GFEATURES: u32 = 0x3a;
@@ -81,6 +82,21 @@ pub fn features(ifname: &str) -> Result<Vec<(String, bool)>> {
         .collect())
 }
 
+/// The device's driver as `ethtool -i` names it (`ETHTOOL_GDRVINFO`): `veth`, `ice`,
+/// `mlx5_core`, ...
+pub fn driver(ifname: &str) -> Result<String> {
+    // struct ethtool_drvinfo { u32 cmd; char driver[32], version[32], fw_version[32],
+    // bus_info[32], erom_version[32], reserved2[12]; u32 n_priv_flags, n_stats, testinfo_len,
+    // eedump_len, regdump_len; }: 196 bytes, u32-aligned.
+    let mut info = [0u32; 49];
+    info[0] = ETHTOOL_GDRVINFO;
+    ioctl(ifname, info.as_mut_ptr() as *mut libc::c_void)
+        .with_context(|| format!("{ifname}: ethtool driver info"))?;
+    let bytes: Vec<u8> = info[1..9].iter().flat_map(|w| w.to_ne_bytes()).collect();
+    let end = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
+    Ok(String::from_utf8_lossy(&bytes[..end]).into_owned())
+}
+
 /// Whether the device has ESP crypto offload switched on (`esp-hw-offload: on`).
 pub fn esp_offload(ifname: &str) -> Result<bool> {
     Ok(features(ifname)?
@@ -101,5 +117,9 @@ mod tests {
         assert!(f.iter().any(|(n, on)| n == "tx-checksum-ip-generic" && *on));
         assert!(!esp_offload("lo").unwrap());
         assert!(features("no-such-if0").is_err());
+        // Loopback has no driver (EOPNOTSUPP); a missing device is an error that names it.
+        assert!(driver("lo").is_err());
+        let e = format!("{:#}", driver("no-such-if0").unwrap_err());
+        assert!(e.contains("no-such-if0"), "{e}");
     }
 }

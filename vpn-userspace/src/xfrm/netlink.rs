@@ -257,7 +257,12 @@ impl Xfrm {
     }
 
     /// Sends one request; returns the messages of the answer (none for a plain ACK).
-    fn request(&mut self, msg: XfrmMessage, dump: bool, what: &str) -> Result<Vec<XfrmMessage>> {
+    pub(crate) fn request(
+        &mut self,
+        msg: XfrmMessage,
+        dump: bool,
+        what: &str,
+    ) -> Result<Vec<XfrmMessage>> {
         let mut nl = NetlinkMessage::new(NetlinkHeader::default(), NetlinkPayload::from(msg));
         nl.header.flags = NLM_F_REQUEST | if dump { NLM_F_DUMP } else { NLM_F_ACK };
         self.seq = self.seq.wrapping_add(1);
@@ -327,8 +332,14 @@ impl Xfrm {
         }
     }
 
-    /// Adds an SA (`XFRM_MSG_NEWSA`); fails if it exists.
+    /// Adds an SA (`XFRM_MSG_NEWSA`) with `rfc4106(gcm(aes))`; fails if it exists.
     pub fn add_state(&mut self, s: &StateSpec<'_>) -> Result<()> {
+        self.add_state_aead(s, "rfc4106(gcm(aes))")
+    }
+
+    /// [`Xfrm::add_state`] with another AEAD of the kernel's crypto API (`vpnctl probe` asks
+    /// for each one the product may use), `s.keymat` being its key and salt.
+    pub fn add_state_aead(&mut self, s: &StateSpec<'_>, aead: &str) -> Result<()> {
         let mut m = StateModify::default();
         m.user_sa_info.source(&s.src);
         m.user_sa_info.destination(&s.dst);
@@ -343,7 +354,13 @@ impl Xfrm {
         m.user_sa_info.lifetime_cfg.soft_packet_limit = u64::MAX;
         m.user_sa_info.lifetime_cfg.hard_packet_limit = u64::MAX;
         let mut name = [0u8; XFRM_ALG_AEAD_NAME_LEN];
-        let alg = b"rfc4106(gcm(aes))";
+        let alg = aead.as_bytes();
+        if alg.len() >= name.len() {
+            bail!(
+                "AEAD name {aead:?} longer than the kernel's {}",
+                name.len() - 1
+            );
+        }
         name[..alg.len()].copy_from_slice(alg);
         m.nlas.push(XfrmAttrs::EncryptionAlgAead(AlgAead {
             alg_name: name,
