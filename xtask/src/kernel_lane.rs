@@ -1420,32 +1420,47 @@ export VPN_LANE=1
     let mut c = Command::new("qemu-system-x86_64");
     // Two vCPUs: vpnd runs a worker per queue and kernel pktgen a thread per CPU, as on a
     // node; under TCG it costs no time against one here.
-    c.args(["-accel", "tcg", "-cpu", "max", "-m", "1024", "-smp", "2"])
-        .args([
-            "-nographic",
-            "-nodefaults",
-            "-nic",
-            "none",
-            "-serial",
-            "stdio",
-        ])
-        .arg("-no-reboot")
-        .arg("-kernel")
-        .arg(&kernel.vmlinuz)
-        .arg("-initrd")
-        .arg(initramfs)
-        .args([
-            "-append",
-            "console=ttyS0 quiet panic=-1 rdinit=/init",
-            "-virtfs",
-        ])
-        .arg(format!(
-            "local,path={},mount_tag=host,security_model=none",
-            share.display()
-        ))
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit());
+    // One host thread runs both vCPUs in turn (`thread=single`). With one thread per vCPU,
+    // code the kernel patches while the other vCPU runs it (the BPF dispatcher, which every
+    // XDP attach and every live-frames test run rewrites with int3 and text_poke) was seen
+    // executed stale: an int3 oops in bpf_dispatcher_xdp_func in the 6.12 guest, two
+    // generator threads running live frames. On hardware the IPI that ends text_poke
+    // serialises both CPUs; under multi-threaded TCG it did not.
+    c.args([
+        "-accel",
+        "tcg,thread=single",
+        "-cpu",
+        "max",
+        "-m",
+        "1024",
+        "-smp",
+        "2",
+    ])
+    .args([
+        "-nographic",
+        "-nodefaults",
+        "-nic",
+        "none",
+        "-serial",
+        "stdio",
+    ])
+    .arg("-no-reboot")
+    .arg("-kernel")
+    .arg(&kernel.vmlinuz)
+    .arg("-initrd")
+    .arg(initramfs)
+    .args([
+        "-append",
+        "console=ttyS0 quiet panic=-1 rdinit=/init",
+        "-virtfs",
+    ])
+    .arg(format!(
+        "local,path={},mount_tag=host,security_model=none",
+        share.display()
+    ))
+    .stdin(Stdio::null())
+    .stdout(Stdio::piped())
+    .stderr(Stdio::inherit());
     header(&format!(
         "kernel lane: booting {} ({}) under QEMU (TCG), timeout {} s",
         kernel.kver,
