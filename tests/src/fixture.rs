@@ -252,3 +252,71 @@ pub fn run_table(dp: &mut Dataplane, prog: &str, side: Side, table: Vec<Fixture>
     );
     Ok(())
 }
+
+/// SPI of [`attached_plane`]'s inbound SA (slot 5, tenant 3).
+pub const ATTACHED_SPI: u32 = 0xc0de;
+
+/// The attach tests' plane: `wire` and `tenant` (in the calling thread's namespace) with
+/// `esp_ingress` and `tenant_ingress` attached natively, an AF_XDP socket with `carrier` on
+/// queue 0 of each, ESP SPI [`ATTACHED_SPI`] known (slot 5, tenant 3, window 64), and VLAN 100
+/// of tenant 3 protecting 10.2.0.0/24 (SA slot 6) from untagged-tenant-free `tenant`.
+/// Returns the plane and the (wire, tenant) sockets.
+pub fn attached_plane(
+    prefix: &str,
+    carrier: Carrier,
+    wire: &str,
+    tenant: &str,
+) -> Result<(
+    Dataplane,
+    vpn_userspace::dataplane::xsk::XskSocket,
+    vpn_userspace::dataplane::xsk::XskSocket,
+)> {
+    use aya::programs::XdpMode;
+    use vpn_common::{
+        ReplayWindow,
+        maps::{IfaceConfig, NO_TENANT, POLICY_PROTECT, PolicyValue, SaIn},
+    };
+    use vpn_userspace::dataplane::{LoadOptions, xsk::XskSocket};
+    let mut o = LoadOptions::new(crate::netns::unique(prefix));
+    o.sa_slots = 64;
+    o.sa_in_entries = 64;
+    o.carrier = CarrierChoice::Forced(carrier);
+    let mut dp = Dataplane::load(&o)?;
+    dp.attach_wire(wire, XdpMode::Driver)?;
+    dp.attach_tenant(tenant, XdpMode::Driver)?;
+    let mut wire_xsk = XskSocket::bind(wire, 0, 256)?;
+    let mut ten_xsk = XskSocket::bind(tenant, 0, 256)?;
+    wire_xsk.set_carrier(carrier);
+    ten_xsk.set_carrier(carrier);
+    dp.set_wire_xsk(0, wire_xsk.fd())?;
+    dp.set_tenant_xsk(0, ten_xsk.fd())?;
+    dp.set_iface(
+        vpn_userspace::dataplane::neigh::iface_info(tenant)?.index,
+        IfaceConfig {
+            default_tenant: NO_TENANT,
+            xsk_base: 0,
+        },
+    )?;
+    dp.add_sa_in(
+        ATTACHED_SPI,
+        SaIn {
+            slot: 5,
+            tenant: 3,
+            flags: 0,
+            min_esp_len: SaIn::min_esp_len_for(8, 16),
+            _pad: 0,
+        },
+        ReplayWindow::new(64, false),
+    )?;
+    dp.set_vlan_tenant(100, 3)?;
+    dp.set_policy_v4(
+        3,
+        "10.2.0.0".parse()?,
+        24,
+        PolicyValue {
+            sa_slot: 6,
+            action: POLICY_PROTECT,
+        },
+    )?;
+    Ok((dp, wire_xsk, ten_xsk))
+}

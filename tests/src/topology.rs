@@ -187,6 +187,18 @@ pub fn vpnd_path() -> Result<PathBuf> {
     Ok(p)
 }
 
+/// vpnctl, next to [`vpnd_path`]'s vpnd.
+pub fn vpnctl_path() -> Result<PathBuf> {
+    let p = vpnd_path()?.with_file_name("vpnctl");
+    if !p.exists() {
+        bail!(
+            "{} not built: run `cargo build --release --bins`",
+            p.display()
+        );
+    }
+    Ok(p)
+}
+
 /// Starts vpnd in `ns` and waits (bounded) until it says it runs.
 /// Returns the process and its log (start-up lines included).
 pub fn start_vpnd(ns: &NetNs, config: &str, dir: &std::path::Path) -> Result<(Proc, Log)> {

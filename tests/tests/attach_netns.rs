@@ -6,21 +6,17 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{Result, bail};
-use aya::programs::XdpMode;
 use vpn_common::{
-    Counter, DropReason, Outcome, ReplayWindow, XdpMeta,
-    maps::{IfaceConfig, NO_TENANT, POLICY_PROTECT, PolicyValue, SaIn},
+    Counter, DropReason, Outcome, XdpMeta,
     meta::{META_F_FROM_VLAN, META_KIND_ESP_IN, META_KIND_OUTBOUND, META_MAGIC},
 };
 use vpn_tests::{
-    fixture::with_carrier,
-    netns::{NetNs, require_root, unique},
+    fixture::{attached_plane, with_carrier},
+    netns::{NetNs, require_root},
     pkt::Packet,
     raw::RawSocket,
 };
-use vpn_userspace::dataplane::{
-    Carrier, CarrierChoice, Dataplane, LoadOptions, Side, xsk::XskSocket,
-};
+use vpn_userspace::dataplane::{Carrier, Dataplane, Side, xsk::XskSocket};
 
 /// Waits (bounded) for one frame on `sock`.
 fn recv_one(sock: &mut XskSocket) -> Result<(XdpMeta, Vec<u8>)> {
@@ -84,50 +80,9 @@ fn attached_programs(carrier: Carrier) -> Result<()> {
     }
     let wire0 = ns.ifindex("wire0")?;
     let ten0 = ns.ifindex("ten0")?;
-    let ten1 = ns.ifindex("ten1")?;
     let _inside = ns.enter()?;
 
-    let mut opts = LoadOptions::new(unique("vpnit"));
-    opts.sa_slots = 256;
-    opts.sa_in_entries = 256;
-    opts.carrier = CarrierChoice::Forced(carrier);
-    let mut dp = Dataplane::load(&opts)?;
-    dp.attach_wire("wire1", XdpMode::Driver)?;
-    dp.attach_tenant("ten1", XdpMode::Driver)?;
-    let mut wire_xsk = XskSocket::bind("wire1", 0, 256)?;
-    let mut ten_xsk = XskSocket::bind("ten1", 0, 256)?;
-    wire_xsk.set_carrier(carrier);
-    ten_xsk.set_carrier(carrier);
-    dp.set_wire_xsk(0, wire_xsk.fd())?;
-    dp.set_tenant_xsk(0, ten_xsk.fd())?;
-    dp.set_iface(
-        ten1,
-        IfaceConfig {
-            default_tenant: NO_TENANT,
-            xsk_base: 0,
-        },
-    )?;
-    dp.add_sa_in(
-        0xc0de,
-        SaIn {
-            slot: 5,
-            tenant: 3,
-            flags: 0,
-            min_esp_len: SaIn::min_esp_len_for(8, 16),
-            _pad: 0,
-        },
-        ReplayWindow::new(64, false),
-    )?;
-    dp.set_vlan_tenant(100, 3)?;
-    dp.set_policy_v4(
-        3,
-        "10.2.0.0".parse()?,
-        24,
-        PolicyValue {
-            sa_slot: 6,
-            action: POLICY_PROTECT,
-        },
-    )?;
+    let (dp, mut wire_xsk, mut ten_xsk) = attached_plane("vpnit", carrier, "wire1", "ten1")?;
 
     let wire = RawSocket::new(wire0)?;
     let tenant = RawSocket::new(ten0)?;
@@ -256,48 +211,7 @@ fn a_device_refusing_metadata_at_run_time_gets_the_shim_counted() -> Result<()> 
         for t in [&wire, &ten] {
             ns.ip(&["link", "set", t.name(), "up"])?;
         }
-        let tapt = ns.ifindex("tapt")?;
-        let mut opts = LoadOptions::new(unique("vpntap"));
-        opts.sa_slots = 64;
-        opts.sa_in_entries = 64;
-        opts.carrier = CarrierChoice::Forced(carrier);
-        let mut dp = Dataplane::load(&opts)?;
-        dp.attach_wire("tapw", XdpMode::Driver)?;
-        dp.attach_tenant("tapt", XdpMode::Driver)?;
-        let mut wire_xsk = XskSocket::bind("tapw", 0, 256)?;
-        let mut ten_xsk = XskSocket::bind("tapt", 0, 256)?;
-        wire_xsk.set_carrier(carrier);
-        ten_xsk.set_carrier(carrier);
-        dp.set_wire_xsk(0, wire_xsk.fd())?;
-        dp.set_tenant_xsk(0, ten_xsk.fd())?;
-        dp.set_iface(
-            tapt,
-            IfaceConfig {
-                default_tenant: NO_TENANT,
-                xsk_base: 0,
-            },
-        )?;
-        dp.add_sa_in(
-            0xc0de,
-            SaIn {
-                slot: 5,
-                tenant: 3,
-                flags: 0,
-                min_esp_len: SaIn::min_esp_len_for(8, 16),
-                _pad: 0,
-            },
-            ReplayWindow::new(64, false),
-        )?;
-        dp.set_vlan_tenant(100, 3)?;
-        dp.set_policy_v4(
-            3,
-            "10.2.0.0".parse()?,
-            24,
-            PolicyValue {
-                sa_slot: 6,
-                action: POLICY_PROTECT,
-            },
-        )?;
+        let (dp, mut wire_xsk, mut ten_xsk) = attached_plane("vpntap", carrier, "tapw", "tapt")?;
 
         let kernel = std::env::var("VPN_LANE_KERNEL").unwrap_or_default();
         let esp = Packet::eth()

@@ -15,7 +15,6 @@
 //!   rfc4106(gcm(aes)) are available.
 
 use std::{
-    path::PathBuf,
     process::Command,
     time::{Duration, Instant},
 };
@@ -31,24 +30,13 @@ use vpn_tests::{
     netns::{NetNs, require_root, unique},
     pkt::Packet,
     raw::RawSocket,
-    topology::vpnd_path,
+    topology::vpnctl_path,
 };
 use vpn_userspace::{
     dataplane::{self, Carrier, CarrierChoice, Dataplane, LoadOptions, xsk::XskSocket},
     probe::{self, bpf},
     xfrm::{KernelBackend, OffloadMode},
 };
-
-fn vpnctl_path() -> Result<PathBuf> {
-    let p = vpnd_path()?.with_file_name("vpnctl");
-    if !p.exists() {
-        bail!(
-            "{} not built: run `cargo build --release --bins`",
-            p.display()
-        );
-    }
-    Ok(p)
-}
 
 /// `vpnctl --json probe ARGS` run inside `ns` (the child inherits the namespace of the thread
 /// that starts it; not `ip netns exec`, which would hide the host's bpffs).

@@ -13,19 +13,8 @@ use anyhow::{Context, Result, bail};
 use serde_json::Value;
 use vpn_tests::{
     netns::{NetNs, require_root},
-    topology::{IkeKeying, Keying, Log, Proc, TwoSite, vpnd_path},
+    topology::{IkeKeying, Keying, Log, Proc, TwoSite, vpnctl_path, vpnd_path},
 };
-
-fn vpnctl_path() -> Result<PathBuf> {
-    let p = vpnd_path()?.with_file_name("vpnctl");
-    if !p.exists() {
-        bail!(
-            "{} not built: run `cargo build --release --bins`",
-            p.display()
-        );
-    }
-    Ok(p)
-}
 
 /// Runs vpnctl for `instance` (host namespaces: it reads bpffs and /run/vpnd like bpftool).
 fn vpnctl_raw(instance: &str, args: &[&str]) -> Result<Output> {

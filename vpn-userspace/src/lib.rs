@@ -7,6 +7,7 @@ pub mod ctl;
 pub mod dataplane;
 pub mod esp;
 pub mod ike;
+pub mod nl;
 pub mod pktgen;
 pub mod probe;
 pub mod vpnaas;

@@ -8,9 +8,9 @@
 //!
 //! Both only read; neither attaches anything to a device.
 
-use std::{fmt::Debug, io, os::fd::AsRawFd, time::Duration};
+use std::fmt::Debug;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use netlink_packet_core::{
     DecodeError, DefaultNla, Emitable, ErrorContext, NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST,
     NetlinkDeserializable, NetlinkHeader, NetlinkMessage, NetlinkPayload, NetlinkSerializable, Nla,
@@ -26,39 +26,12 @@ use netlink_packet_route::{
     link::{LinkAttribute, LinkMessage, LinkXdp, XdpAttached},
 };
 use netlink_sys::{
-    Socket, SocketAddr,
+    Socket,
     protocols::{NETLINK_GENERIC, NETLINK_ROUTE},
 };
 
-use crate::xfrm::netlink::KernelError;
-
-const TIMEOUT: Duration = Duration::from_secs(3);
-
 fn open(proto: isize, what: &str) -> Result<Socket> {
-    let mut sock = Socket::new(proto).with_context(|| format!("opening a {what} socket"))?;
-    sock.bind_auto()
-        .with_context(|| format!("binding the {what} socket"))?;
-    sock.connect(&SocketAddr::new(0, 0))
-        .with_context(|| format!("connecting the {what} socket"))?;
-    let tv = libc::timeval {
-        tv_sec: TIMEOUT.as_secs() as libc::time_t,
-        tv_usec: 0,
-    };
-    // SAFETY: setsockopt on our own socket with a correctly sized timeval.
-    let rc = unsafe {
-        libc::setsockopt(
-            sock.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_RCVTIMEO,
-            &tv as *const _ as *const libc::c_void,
-            std::mem::size_of::<libc::timeval>() as libc::socklen_t,
-        )
-    };
-    if rc != 0 {
-        return Err(io::Error::last_os_error())
-            .with_context(|| format!("SO_RCVTIMEO on the {what} socket"));
-    }
-    Ok(sock)
+    crate::nl::open(proto, what)
 }
 
 /// Sends one request and collects the answer: every message of a dump, or the one reply of a
@@ -76,50 +49,7 @@ where
     nl.serialize(&mut buf);
     sock.send(&buf, 0)
         .with_context(|| format!("{what}: sending to the kernel"))?;
-    let mut out = Vec::new();
-    let mut rx = vec![0u8; 1 << 16];
-    loop {
-        let n = match sock.recv(&mut &mut rx[..], 0) {
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                bail!(
-                    "{what}: no answer from the kernel within {} s",
-                    TIMEOUT.as_secs()
-                )
-            }
-            Err(e) => return Err(e).with_context(|| format!("{what}: receiving")),
-        };
-        let mut off = 0;
-        while off < n {
-            let m = NetlinkMessage::<T>::deserialize(&rx[off..n])
-                .map_err(|e| anyhow::anyhow!("{what}: undecodable answer: {e}"))?;
-            let len = (m.header.length as usize).max(16);
-            off += (len + 3) & !3;
-            if m.header.sequence_number != seq {
-                continue;
-            }
-            match m.payload {
-                NetlinkPayload::Error(e) => {
-                    if e.code.is_none() {
-                        return Ok(out);
-                    }
-                    return Err(KernelError {
-                        what: what.to_string(),
-                        err: e.to_io(),
-                    }
-                    .into());
-                }
-                NetlinkPayload::Done(_) => return Ok(out),
-                NetlinkPayload::InnerMessage(x) => {
-                    out.push(x);
-                    if !dump {
-                        return Ok(out);
-                    }
-                }
-                _ => {}
-            }
-        }
-    }
+    crate::nl::receive(sock, seq, dump, what)
 }
 
 /// Where an XDP program is attached (`XDP_ATTACHED_*`).

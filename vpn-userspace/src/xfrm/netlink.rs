@@ -3,7 +3,7 @@
 //! `netlink-packet-xfrm`'s; the socket is `netlink-sys`'s plain blocking one with a receive
 //! timeout, so every call is bounded and the IKE shell can call it between two events.
 
-use std::{io, net::IpAddr, os::fd::AsRawFd, time::Duration};
+use std::{io, net::IpAddr, os::fd::AsRawFd};
 
 use anyhow::{Context, Result, bail};
 use netlink_packet_core::{
@@ -19,13 +19,10 @@ use netlink_packet_xfrm::{
     policy::{DelGetMessage as PolicyDelGet, ModifyMessage as PolicyModify},
     state::{DelGetMessage as StateDelGet, GetDumpMessage, ModifyMessage as StateModify},
 };
-use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_XFRM};
+use netlink_sys::{Socket, protocols::NETLINK_XFRM};
 use zeroize::{Zeroize, Zeroizing};
 
 use crate::dataplane::worker::Prefix;
-
-/// How long one request may wait for the kernel's answer.
-const TIMEOUT: Duration = Duration::from_secs(3);
 
 /// `XFRM_OFFLOAD_PACKET` (Linux 6.2+): the device does the whole ESP packet processing, not
 /// only the crypto. Not in netlink-packet-xfrm's constants.
@@ -185,54 +182,26 @@ fn selector(src: &Prefix, dst: &Prefix) -> netlink_packet_xfrm::Selector {
     s
 }
 
-/// An errno from the kernel, kept so callers can tell "not found" from a real failure.
-#[derive(Debug, thiserror::Error)]
-#[error("{what}: {err}")]
-pub struct KernelError {
-    pub what: String,
-    pub err: io::Error,
-}
-
-impl KernelError {
-    pub fn errno(&self) -> Option<i32> {
-        self.err.raw_os_error()
-    }
-}
+pub use crate::nl::KernelError;
 
 impl Xfrm {
     /// The xfrm socket of the caller's network namespace.
     pub fn open() -> Result<Xfrm> {
-        let mut sock = Socket::new(NETLINK_XFRM).map_err(|e| {
-            if e.raw_os_error() == Some(libc::EPROTONOSUPPORT) {
+        let sock = crate::nl::open(NETLINK_XFRM, "xfrm netlink").map_err(|e| {
+            let no_xfrm = e
+                .root_cause()
+                .downcast_ref::<io::Error>()
+                .and_then(io::Error::raw_os_error)
+                == Some(libc::EPROTONOSUPPORT);
+            if no_xfrm {
                 anyhow::anyhow!(
                     "this kernel has no xfrm netlink interface (NETLINK_XFRM: \
                      CONFIG_XFRM_USER, module xfrm_user): the kernel backend cannot work here"
                 )
             } else {
-                anyhow::Error::new(e).context("opening the xfrm netlink socket")
+                e
             }
         })?;
-        sock.bind_auto()
-            .context("binding the xfrm netlink socket")?;
-        sock.connect(&SocketAddr::new(0, 0))
-            .context("connecting the xfrm netlink socket")?;
-        let tv = libc::timeval {
-            tv_sec: TIMEOUT.as_secs() as libc::time_t,
-            tv_usec: 0,
-        };
-        // SAFETY: setsockopt on our own socket with a correctly sized timeval.
-        let rc = unsafe {
-            libc::setsockopt(
-                sock.as_raw_fd(),
-                libc::SOL_SOCKET,
-                libc::SO_RCVTIMEO,
-                &tv as *const _ as *const libc::c_void,
-                std::mem::size_of::<libc::timeval>() as libc::socklen_t,
-            )
-        };
-        if rc != 0 {
-            return Err(io::Error::last_os_error()).context("SO_RCVTIMEO on the xfrm socket");
-        }
         Ok(Xfrm { sock, seq: 1 })
     }
 
@@ -283,53 +252,7 @@ impl Xfrm {
         self.sock
             .send(&buf, 0)
             .with_context(|| format!("{what}: sending to the kernel"))?;
-        let seq = self.seq;
-        let mut out = Vec::new();
-        let mut rx = vec![0u8; 1 << 16];
-        loop {
-            let n = match self.sock.recv(&mut &mut rx[..], 0) {
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    bail!(
-                        "{what}: no answer from the kernel within {} s",
-                        TIMEOUT.as_secs()
-                    )
-                }
-                Err(e) => return Err(e).with_context(|| format!("{what}: receiving")),
-            };
-            let mut off = 0;
-            while off < n {
-                let m = NetlinkMessage::<XfrmMessage>::deserialize(&rx[off..n])
-                    .map_err(|e| anyhow::anyhow!("{what}: undecodable answer: {e}"))?;
-                let len = (m.header.length as usize).max(16);
-                off += (len + 3) & !3;
-                if m.header.sequence_number != seq {
-                    continue;
-                }
-                match m.payload {
-                    NetlinkPayload::Error(e) => {
-                        if e.code.is_none() {
-                            // The ACK of a plain request.
-                            return Ok(out);
-                        }
-                        return Err(KernelError {
-                            what: what.to_string(),
-                            err: e.to_io(),
-                        }
-                        .into());
-                    }
-                    NetlinkPayload::Done(_) => return Ok(out),
-                    NetlinkPayload::InnerMessage(x) => {
-                        out.push(x);
-                        if !dump {
-                            // A GET answers with one message and no ACK.
-                            return Ok(out);
-                        }
-                    }
-                    _ => {}
-                }
-            }
-        }
+        crate::nl::receive(&self.sock, self.seq, dump, what)
     }
 
     /// Adds an SA (`XFRM_MSG_NEWSA`) with `rfc4106(gcm(aes))`; fails if it exists.
