@@ -219,16 +219,20 @@ impl XskSocket {
             .min(self.free.len() as u32);
         if want > 0 {
             let start = self.free.len() - want as usize;
-            // Clear where a copy-mode frame's metadata would be: a frame that comes back
-            // without metadata (the device refused the helper and the program used the shim)
-            // must not show an earlier frame's, or bytes a transmitted frame left there.
-            let base = self.area.ptr.as_ptr();
-            for &addr in &self.free[start..] {
-                // SAFETY: a free frame of our UMEM (nobody else uses it); the slot lies inside
-                // the frame (FRAME_SIZE > XDP_PACKET_HEADROOM).
-                unsafe {
-                    std::ptr::write_bytes(base.add(addr as usize + META_SLOT), 0, XdpMeta::LEN)
-                };
+            // With the metadata carrier in copy mode, clear where a frame's metadata would be:
+            // a frame that comes back without metadata (the device refused the helper and the
+            // program used the shim) must not show an earlier frame's, or bytes a transmitted
+            // frame left there. The shim carrier never looks there (an extra cache line per
+            // frame it can do without); zero-copy frames without metadata are dropped.
+            if self.carrier == Carrier::Meta && !self.zero_copy {
+                let base = self.area.ptr.as_ptr();
+                for &addr in &self.free[start..] {
+                    // SAFETY: a free frame of our UMEM (nobody else uses it); the slot lies
+                    // inside the frame (FRAME_SIZE > XDP_PACKET_HEADROOM).
+                    unsafe {
+                        std::ptr::write_bytes(base.add(addr as usize + META_SLOT), 0, XdpMeta::LEN)
+                    };
+                }
             }
             let mut w = self.device.fill(want);
             let n = w.insert(self.free[start..].iter().copied());
