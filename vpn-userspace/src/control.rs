@@ -9,7 +9,10 @@
 //! ```
 //!
 //! The listener only parses and forwards; the IKE shell answers from its own task, so no
-//! state is shared behind locks.
+//! state is shared behind locks. It serves at most [`Limits::connections`] clients at once
+//! (the next one is told "busy" and closed), and gives each at most [`Limits::read`] to send
+//! its line and [`Limits::write`] to take the answer: a stalled or flooding client cannot
+//! hold the daemon's sockets or memory.
 
 use std::{
     os::unix::fs::PermissionsExt,
@@ -21,8 +24,8 @@ use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 use tokio::{
     io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader},
-    net::UnixListener,
-    sync::{mpsc, oneshot},
+    net::{UnixListener, UnixStream},
+    sync::{Semaphore, mpsc, oneshot},
 };
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
@@ -78,9 +81,41 @@ pub fn socket_path(run_dir: &Path, instance: &str) -> PathBuf {
     run_dir.join(instance).join("control.sock")
 }
 
+/// How much of the daemon one control client may hold.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// Clients served at once; one more is answered "busy" and closed.
+    pub connections: usize,
+    /// Time to send the request line (at most 64 KiB).
+    pub read: Duration,
+    /// Time for the IKE task to answer.
+    pub answer: Duration,
+    /// Time for the client to take the whole answer.
+    pub write: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            connections: 16,
+            read: Duration::from_secs(5),
+            answer: Duration::from_secs(10),
+            write: Duration::from_secs(5),
+        }
+    }
+}
+
+/// The longest request line.
+const MAX_REQUEST: u64 = 64 * 1024;
+
 /// Binds the socket (replacing a stale one), restricts it to root, and forwards requests.
 /// The socket file is removed when the returned guard is dropped.
 pub fn serve(path: &Path, tx: mpsc::Sender<Pending>) -> Result<SocketGuard> {
+    serve_with(path, tx, Limits::default())
+}
+
+/// [`serve`] with other limits (tests).
+pub fn serve_with(path: &Path, tx: mpsc::Sender<Pending>, limits: Limits) -> Result<SocketGuard> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
@@ -89,41 +124,72 @@ pub fn serve(path: &Path, tx: mpsc::Sender<Pending>) -> Result<SocketGuard> {
     let listener =
         UnixListener::bind(path).with_context(|| format!("binding {}", path.display()))?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    let slots = std::sync::Arc::new(Semaphore::new(limits.connections));
     tokio::spawn(async move {
         loop {
-            let Ok((stream, _)) = listener.accept().await else {
+            let stream = match listener.accept().await {
+                Ok((s, _)) => s,
+                Err(e) => {
+                    // Out of file descriptors and the like: do not spin on it.
+                    tracing::warn!("vpnd: control socket: accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
+            let Ok(slot) = slots.clone().try_acquire_owned() else {
+                tokio::spawn(async move {
+                    let busy = Response::err(format!(
+                        "busy: {} control clients are being served; try again",
+                        limits.connections
+                    ));
+                    reply(stream, &busy, limits.write).await;
+                });
                 continue;
             };
             let tx = tx.clone();
             tokio::spawn(async move {
-                let (rd, mut wr) = stream.into_split();
-                let mut line = String::new();
-                let mut rd = BufReader::new(rd).take(64 * 1024);
-                let read = tokio::time::timeout(Duration::from_secs(5), rd.read_line(&mut line));
-                let resp = match read.await {
-                    Ok(Ok(n)) if n > 0 => match serde_json::from_str::<Request>(line.trim()) {
-                        Ok(req) => {
-                            let (otx, orx) = oneshot::channel();
-                            if tx.send((req, otx)).await.is_err() {
-                                Response::err("vpnd is shutting down")
-                            } else {
-                                match tokio::time::timeout(Duration::from_secs(10), orx).await {
-                                    Ok(Ok(r)) => r,
-                                    _ => Response::err("no answer from the IKE task"),
-                                }
-                            }
-                        }
-                        Err(e) => Response::err(format!("bad request: {e}")),
-                    },
-                    _ => Response::err("no request line"),
-                };
-                let mut out = serde_json::to_vec(&resp).unwrap_or_default();
-                out.push(b'\n');
-                let _ = wr.write_all(&out).await;
+                let mut stream = stream;
+                let resp = answer(&mut stream, &tx, limits).await;
+                reply(stream, &resp, limits.write).await;
+                drop(slot);
             });
         }
     });
     Ok(SocketGuard(path.to_path_buf()))
+}
+
+/// Reads one request line from `stream` and gets the IKE task's answer.
+async fn answer(stream: &mut UnixStream, tx: &mpsc::Sender<Pending>, limits: Limits) -> Response {
+    let mut line = String::new();
+    let mut rd = BufReader::new(stream).take(MAX_REQUEST);
+    match tokio::time::timeout(limits.read, rd.read_line(&mut line)).await {
+        Ok(Ok(n)) if n > 0 => match serde_json::from_str::<Request>(line.trim()) {
+            Ok(req) => {
+                let (otx, orx) = oneshot::channel();
+                if tx.send((req, otx)).await.is_err() {
+                    Response::err("vpnd is shutting down")
+                } else {
+                    match tokio::time::timeout(limits.answer, orx).await {
+                        Ok(Ok(r)) => r,
+                        _ => Response::err("no answer from the IKE task"),
+                    }
+                }
+            }
+            Err(e) => Response::err(format!("bad request: {e}")),
+        },
+        Err(_) => Response::err(format!(
+            "no request line within {} s",
+            limits.read.as_secs_f64()
+        )),
+        _ => Response::err("no request line"),
+    }
+}
+
+/// Writes `resp` as one line; gives up (closing the connection) after `timeout`.
+async fn reply(mut stream: UnixStream, resp: &Response, timeout: Duration) {
+    let mut out = serde_json::to_vec(resp).unwrap_or_default();
+    out.push(b'\n');
+    let _ = tokio::time::timeout(timeout, stream.write_all(&out)).await;
 }
 
 /// Removes the socket file on drop.
@@ -157,5 +223,93 @@ mod tests {
             serde_json::to_string(&Response::err("x")).unwrap(),
             r#"{"ok":false,"error":"x"}"#
         );
+    }
+
+    fn limits() -> Limits {
+        Limits {
+            connections: 2,
+            read: Duration::from_millis(300),
+            answer: Duration::from_secs(2),
+            write: Duration::from_millis(300),
+        }
+    }
+
+    async fn ask(path: &Path, line: &str) -> Response {
+        use tokio::io::AsyncWriteExt as _;
+        let mut s = UnixStream::connect(path).await.expect("connect");
+        s.write_all(line.as_bytes()).await.expect("send");
+        let mut out = String::new();
+        BufReader::new(s).read_line(&mut out).await.expect("answer");
+        serde_json::from_str(&out).expect("a JSON answer")
+    }
+
+    fn temp_socket(name: &str) -> PathBuf {
+        std::env::temp_dir()
+            .join(format!("vpnd-ctl-{name}-{}", std::process::id()))
+            .join("control.sock")
+    }
+
+    /// Clients beyond the limit are told "busy" at once; an idle client's slot comes back
+    /// after the read timeout.
+    #[tokio::test]
+    async fn connection_limit_and_idle_clients() {
+        let path = temp_socket("limit");
+        let (tx, mut rx) = mpsc::channel::<Pending>(4);
+        let _g = serve_with(&path, tx, limits()).expect("serve");
+        tokio::spawn(async move {
+            while let Some((_, a)) = rx.recv().await {
+                let _ = a.send(Response::ok(serde_json::json!("pong")));
+            }
+        });
+        // Two idle clients take both slots.
+        let idle = [
+            UnixStream::connect(&path).await.unwrap(),
+            UnixStream::connect(&path).await.unwrap(),
+        ];
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let busy = ask(&path, "{\"cmd\":\"status\"}\n").await;
+        assert!(!busy.ok);
+        assert!(
+            busy.error.as_deref().unwrap_or("").starts_with("busy"),
+            "{busy:?}"
+        );
+        // Their read timeout frees the slots.
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        let r = ask(&path, "{\"cmd\":\"status\"}\n").await;
+        assert!(r.ok, "{r:?}");
+        drop(idle);
+        let _ = std::fs::remove_dir_all(path.parent().unwrap());
+    }
+
+    /// A client that asks for a large answer and never reads it loses its connection after
+    /// the write timeout, and its slot serves the next client.
+    #[tokio::test]
+    async fn a_client_that_stops_reading_is_dropped() {
+        use tokio::io::AsyncWriteExt as _;
+        let path = temp_socket("stall");
+        let (tx, mut rx) = mpsc::channel::<Pending>(4);
+        let mut l = limits();
+        l.connections = 1;
+        let _g = serve_with(&path, tx, l).expect("serve");
+        tokio::spawn(async move {
+            while let Some((_, a)) = rx.recv().await {
+                // Far more than the socket buffers hold.
+                let _ = a.send(Response::ok(serde_json::json!("x".repeat(8 << 20))));
+            }
+        });
+        let mut stalled = UnixStream::connect(&path).await.unwrap();
+        stalled.write_all(b"{\"cmd\":\"sa-list\"}\n").await.unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        // Busy while the stalled client holds the only slot...
+        let b = ask(&path, "{\"cmd\":\"status\"}\n").await;
+        assert!(!b.ok, "{b:?}");
+        // ...served once the write timeout gave it up.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let started = std::time::Instant::now();
+        let r = ask(&path, "{\"cmd\":\"status\"}\n").await;
+        assert!(r.ok, "{:?}", r.error);
+        assert!(started.elapsed() < Duration::from_secs(2));
+        drop(stalled);
+        let _ = std::fs::remove_dir_all(path.parent().unwrap());
     }
 }
