@@ -121,9 +121,9 @@ pub struct ManualSa {
     pub spi_in: u32,
     pub spi_out: u32,
     /// Keying material (key || 4-byte salt), hex; or a file holding it.
-    pub key_in: Option<String>,
+    pub key_in: Option<Zeroizing<String>>,
     pub key_in_file: Option<PathBuf>,
-    pub key_out: Option<String>,
+    pub key_out: Option<Zeroizing<String>>,
     pub key_out_file: Option<PathBuf>,
     #[serde(default)]
     pub esn: bool,
@@ -268,6 +268,36 @@ fn hex(s: &str) -> Option<Zeroizing<Vec<u8>>> {
         out.push(u8::from_str_radix(s.get(i..i + 2)?, 16).ok()?);
     }
     Some(out)
+}
+
+/// Reads a file that holds a key or a PSK, refusing one that other users can read or that
+/// someone else owns (as ssh does for private keys): such a secret is as good as published.
+pub(crate) fn read_secret_file(path: &Path) -> Result<Zeroizing<String>, String> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(path).map_err(|err| format!("{}: {err}", path.display()))?;
+    if !meta.is_file() {
+        return Err(format!("{}: not a regular file", path.display()));
+    }
+    let mode = meta.mode() & 0o777;
+    if mode & 0o077 != 0 {
+        return Err(format!(
+            "{}: mode {mode:04o} lets other users read the secret; `chmod 600 {}`",
+            path.display(),
+            path.display()
+        ));
+    }
+    // SAFETY: plain libc call.
+    let euid = unsafe { libc::geteuid() };
+    if meta.uid() != euid && meta.uid() != 0 {
+        return Err(format!(
+            "{}: owned by uid {}, neither root nor us (uid {euid})",
+            path.display(),
+            meta.uid()
+        ));
+    }
+    std::fs::read_to_string(path)
+        .map(Zeroizing::new)
+        .map_err(|err| format!("{}: {err}", path.display()))
 }
 
 /// Fields whose values are secrets: parser messages about them are not shown (they may quote
@@ -422,12 +452,13 @@ impl Config {
 
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let file = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+        // The file may hold PSKs and keys inline: its text is zeroized when dropped.
+        let text = Zeroizing::new(std::fs::read_to_string(path).map_err(|e| ConfigError {
             file: file.clone(),
             entry: "-".into(),
             field: "-".into(),
             msg: e.to_string(),
-        })?;
+        })?);
         let cfg: Config = toml::from_str(&text).map_err(|e| {
             // Not toml's Display: it quotes the source line, which may hold a key or a PSK.
             let Some(span) = e.span() else {
@@ -695,20 +726,19 @@ fn resolve(m: &ManualSa, path: &Path, tenants: &[TenantCfg]) -> Result<ResolvedS
             format!("at most {}", vpn_common::replay::MAX_WINDOW),
         ));
     }
-    let key = |inline: &Option<String>, file: &Option<PathBuf>, field: &str| {
-        let text =
-            match (inline, file) {
-                (Some(k), None) => Zeroizing::new(k.clone()),
-                (None, Some(f)) => Zeroizing::new(std::fs::read_to_string(f).map_err(|err| {
-                    e(&format!("{field}_file"), format!("{}: {err}", f.display()))
-                })?),
-                _ => {
-                    return Err(e(
-                        field,
-                        format!("give exactly one of {field} and {field}_file"),
-                    ));
-                }
-            };
+    let key = |inline: &Option<Zeroizing<String>>, file: &Option<PathBuf>, field: &str| {
+        let text = match (inline, file) {
+            (Some(k), None) => k.clone(),
+            (None, Some(f)) => {
+                read_secret_file(f).map_err(|err| e(&format!("{field}_file"), err))?
+            }
+            _ => {
+                return Err(e(
+                    field,
+                    format!("give exactly one of {field} and {field}_file"),
+                ));
+            }
+        };
         let bytes = hex(&text).ok_or_else(|| e(field, "not hex".into()))?;
         let key = SaKey::from_keymat(cipher, &bytes).map_err(|err| e(field, err.to_string()))?;
         Ok((key, bytes))
@@ -1365,6 +1395,45 @@ key_out = "2222222222222222222222222222222222222222"
             }
         }
         assert!(failed.is_empty(), "{}", failed.join("\n\n"));
+    }
+
+    /// Key files readable by others, or owned by another user, are refused with the fix;
+    /// mode 0600 is taken.
+    #[test]
+    fn key_files_must_be_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let key = write("1111111111111111111111111111111111111111\n");
+        let cfg = GOOD.replace(
+            "key_in = \"1111111111111111111111111111111111111111\"",
+            &format!("key_in_file = {:?}", key.display().to_string()),
+        );
+        for (mode, ok) in [
+            (0o644, false),
+            (0o640, false),
+            (0o604, false),
+            (0o600, true),
+            (0o400, true),
+        ] {
+            std::fs::set_permissions(&key, std::fs::Permissions::from_mode(mode)).unwrap();
+            match load(&cfg) {
+                Ok(_) => assert!(ok, "mode {mode:o} accepted"),
+                Err(e) => {
+                    assert!(!ok, "mode {mode:o} refused: {e}");
+                    let m = e.to_string();
+                    assert!(m.contains("key_in_file") && m.contains("chmod 600"), "{m}");
+                }
+            }
+        }
+        // Owned by someone else (nobody), private: refused too.
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+        // SAFETY: chown of our own temporary file.
+        let c = std::ffi::CString::new(key.display().to_string()).unwrap();
+        if unsafe { libc::chown(c.as_ptr(), 65534, 65534) } == 0 {
+            let Err(e) = load(&cfg) else {
+                panic!("a key file owned by nobody was accepted")
+            };
+            assert!(e.to_string().contains("owned by uid 65534"), "{e}");
+        }
     }
 
     #[test]

@@ -180,7 +180,7 @@ pub struct SiteConnection {
     /// Our subnets from an [[endpoint_group]] instead of the vpnservice's local_subnets.
     #[serde(default)]
     pub local_ep_group: Option<String>,
-    pub psk: Option<String>,
+    pub psk: Option<Zeroizing<String>>,
     pub psk_file: Option<PathBuf>,
     #[serde(default = "d_initiator")]
     pub initiator: String,
@@ -327,6 +327,9 @@ fn auth_alg(s: &str) -> Result<(Integ, Prf), String> {
 }
 
 /// Longest lifetime in seconds: a year (longer ones would overflow timers for no use).
+/// PSKs shorter than this get a warning at load: the AUTH payload allows offline guessing.
+pub const PSK_WARN_LEN: usize = 20;
+
 const MAX_LIFETIME: u64 = 365 * 86400;
 /// Default lifetime of IKE and CHILD SAs (Neutron's), in seconds.
 const DEFAULT_LIFETIME: u64 = 3600;
@@ -619,10 +622,7 @@ impl Config {
             let psk = match (&c.psk, &c.psk_file) {
                 (Some(p), None) => Zeroizing::new(p.as_bytes().to_vec()),
                 (None, Some(f)) => {
-                    let t = Zeroizing::new(
-                        std::fs::read_to_string(f)
-                            .map_err(|err| ce("psk_file", format!("{}: {err}", f.display())))?,
-                    );
+                    let t = crate::config::read_secret_file(f).map_err(|m| ce("psk_file", m))?;
                     Zeroizing::new(t.trim_end_matches(['\n', '\r']).as_bytes().to_vec())
                 }
                 _ => return Err(ce("psk", "give exactly one of psk and psk_file".into())),
@@ -632,6 +632,16 @@ impl Config {
                     if c.psk.is_some() { "psk" } else { "psk_file" },
                     "shorter than 8 bytes; use a long random secret".into(),
                 ));
+            }
+            if psk.len() < PSK_WARN_LEN {
+                // An eavesdropper on IKE_AUTH can test PSK guesses offline (RFC 7296 2.15).
+                tracing::warn!(
+                    "ipsec_site_connection {:?}: the PSK is {} bytes: anyone who sees the \
+                     IKE_AUTH exchange can guess it offline; use {PSK_WARN_LEN} or more random \
+                     characters",
+                    c.name,
+                    psk.len()
+                );
             }
             let id = |s: &Option<String>, default: IpAddr, field: &str| match s {
                 None => Ok(Identity::from(default)),
