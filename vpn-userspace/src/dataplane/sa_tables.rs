@@ -12,8 +12,43 @@ use arc_swap::{ArcSwap, Guard};
 
 use super::worker::{InboundState, OutboundState};
 
-/// Inbound SAs by replay/stat slot (the slot the XDP program puts in the metadata).
-pub type InboundTable = HashMap<u32, Arc<InboundState>>;
+/// Inbound SAs by replay/stat slot (the slot the XDP program puts in the metadata), with an
+/// index by SPI for what the XDP program could not look up (reassembled fragments). Reads
+/// as the map by slot.
+#[derive(Clone, Default)]
+pub struct InboundTable {
+    by_slot: HashMap<u32, Arc<InboundState>>,
+    by_spi: HashMap<u32, u32>,
+}
+
+impl std::ops::Deref for InboundTable {
+    type Target = HashMap<u32, Arc<InboundState>>;
+    fn deref(&self) -> &Self::Target {
+        &self.by_slot
+    }
+}
+
+impl InboundTable {
+    /// The slot of the inbound SA with `spi`, in one hash lookup.
+    pub fn slot_of_spi(&self, spi: u32) -> Option<u32> {
+        self.by_spi.get(&spi).copied()
+    }
+
+    fn insert(&mut self, st: Arc<InboundState>) {
+        if let Some(old) = self.by_slot.insert(st.slot, st.clone()) {
+            self.by_spi.remove(&old.sa.spi);
+        }
+        self.by_spi.insert(st.sa.spi, st.slot);
+    }
+
+    fn remove(&mut self, slot: u32) {
+        if let Some(old) = self.by_slot.remove(&slot)
+            && self.by_spi.get(&old.sa.spi) == Some(&slot)
+        {
+            self.by_spi.remove(&old.sa.spi);
+        }
+    }
+}
 /// Outbound SAs by policy slot.
 pub type OutboundTable = HashMap<u32, Arc<OutboundState>>;
 
@@ -34,7 +69,7 @@ impl SaTables {
         let st: Arc<InboundState> = st.into();
         self.inbound.rcu(|m| {
             let mut m = InboundTable::clone(m);
-            m.insert(st.slot, st.clone());
+            m.insert(st.clone());
             m
         });
         st
@@ -47,7 +82,7 @@ impl SaTables {
         }
         let prev = self.inbound.rcu(|m| {
             let mut m = InboundTable::clone(m);
-            m.remove(&slot);
+            m.remove(slot);
             m
         });
         prev.contains_key(&slot)
@@ -186,6 +221,24 @@ mod tests {
 
     /// Readers loading per "batch" while writers insert and remove: every snapshot is a whole
     /// table, and nothing blocks.
+    /// Reassembled fragments find their SA by SPI in one lookup; a replaced or removed SA
+    /// leaves no stale SPI behind.
+    #[test]
+    fn spi_index_follows_inserts_and_removals() {
+        let t = SaTables::new();
+        t.insert_inbound(inbound(1, 0x100));
+        t.insert_inbound(inbound(2, 0x200));
+        assert_eq!(t.load_inbound().slot_of_spi(0x200), Some(2));
+        // Slot 1 rekeyed in place to a new SPI.
+        t.insert_inbound(inbound(1, 0x101));
+        let snap = t.load_inbound();
+        assert_eq!(snap.slot_of_spi(0x100), None);
+        assert_eq!(snap.slot_of_spi(0x101), Some(1));
+        assert!(t.remove_inbound(2));
+        assert_eq!(t.load_inbound().slot_of_spi(0x200), None);
+        assert_eq!(t.load_inbound().len(), 1);
+    }
+
     #[test]
     fn concurrent_readers_and_writers() {
         let t = SaTables::new();

@@ -320,12 +320,6 @@ impl Worker {
             .collect()
     }
 
-    /// The inbound SA slot of an SPI (for reassembled packets, which the XDP program could
-    /// not look up).
-    fn slot_of(inbound: &InboundTable, spi: u32) -> Option<u32> {
-        inbound.values().find(|s| s.sa.spi == spi).map(|s| s.slot)
-    }
-
     /// One batch in each direction. Returns the number of frames taken from the rings.
     pub fn poll(&mut self) -> usize {
         self.poll_wire() + self.poll_tenant()
@@ -498,7 +492,8 @@ fn fragment(
                 FragDrop::TooManyFragments
                 | FragDrop::TooLarge
                 | FragDrop::TableFull
-                | FragDrop::MemoryLimit => DropReason::FragmentLimit,
+                | FragDrop::MemoryLimit
+                | FragDrop::SourceQuota => DropReason::FragmentLimit,
             });
         }
         FragResult::Complete(p) => p,
@@ -521,7 +516,8 @@ fn fragment(
         .get(esp_off..esp_off + 4)
         .ok_or(DropReason::TruncatedEsp)?;
     let spi = u32::from_be_bytes(spi.try_into().expect("4"));
-    let slot = Worker::slot_of(ctx.inbound, spi).ok_or(DropReason::UnknownSpi)?;
+    // By SPI: the XDP program could not look a fragment's SA up.
+    let slot = ctx.inbound.slot_of_spi(spi).ok_or(DropReason::UnknownSpi)?;
     let st = ctx.inbound.get(&slot).ok_or(DropReason::WorkerNoSa)?;
     esp_packet(st, &mut pkt, esp_off, ctx, out).map(Some)
 }

@@ -41,6 +41,11 @@ pub struct Limits {
     pub max_datagram_len: usize,
     /// Stored header and payload bytes over all datagrams in flight.
     pub max_bytes_total: usize,
+    /// Datagrams in flight from one source address: no single source (spoofed or not) can
+    /// take the whole table from the others.
+    pub max_datagrams_per_source: usize,
+    /// Stored bytes from one source address.
+    pub max_bytes_per_source: usize,
     /// Age, from its first fragment, at which a datagram is dropped.
     pub timeout_ns: u64,
 }
@@ -52,6 +57,8 @@ impl Default for Limits {
             max_fragments_per_datagram: 64,
             max_datagram_len: 65535,
             max_bytes_total: 4 << 20,
+            max_datagrams_per_source: 64,
+            max_bytes_per_source: 512 << 10,
             timeout_ns: 30_000_000_000,
         }
     }
@@ -75,6 +82,9 @@ pub enum FragDrop {
     TableFull,
     /// `Limits::max_bytes_total` would be exceeded.
     MemoryLimit,
+    /// The source's quota (`Limits::max_datagrams_per_source` or `max_bytes_per_source`)
+    /// would be exceeded.
+    SourceQuota,
     /// Counted through [`Reassembler::expire`], never returned by `push`.
     Timeout,
 }
@@ -104,6 +114,21 @@ enum Key {
 }
 
 impl Key {
+    /// The source address, the unit of the per-source quotas.
+    fn source(self) -> [u8; 16] {
+        match self {
+            Key::V4 { src, .. } => {
+                let mut s = [0u8; 16];
+                // IPv4-mapped (::ffff:a.b.c.d): never equal to an IPv6 source.
+                s[10] = 0xff;
+                s[11] = 0xff;
+                s[12..].copy_from_slice(&src);
+                s
+            }
+            Key::V6 { src, .. } => src,
+        }
+    }
+
     /// Longest packet the length fields can describe.
     fn max_packet_len(self) -> usize {
         match self {
@@ -389,11 +414,31 @@ impl Datagram {
     }
 }
 
+/// What one source holds.
+#[derive(Clone, Copy, Debug, Default)]
+struct SourceUse {
+    datagrams: usize,
+    bytes: usize,
+}
+
+fn release_source(sources: &mut HashMap<[u8; 16], SourceUse>, key: Key, held: usize) {
+    let src = key.source();
+    if let Some(u) = sources.get_mut(&src) {
+        u.datagrams = u.datagrams.saturating_sub(1);
+        u.bytes = u.bytes.saturating_sub(held);
+        if u.datagrams == 0 {
+            sources.remove(&src);
+        }
+    }
+}
+
 /// Fragment reassembly table, bounded by [`Limits`].
 #[derive(Debug)]
 pub struct Reassembler {
     limits: Limits,
     table: HashMap<Key, Datagram>,
+    /// Per source address: datagrams in flight and bytes held (entries with none are removed).
+    sources: HashMap<[u8; 16], SourceUse>,
     /// Sum of `Datagram::held`.
     bytes: usize,
     /// Lower bound of `created_ns` over the table.
@@ -407,6 +452,7 @@ impl Reassembler {
         Reassembler {
             limits,
             table: HashMap::new(),
+            sources: HashMap::new(),
             bytes: 0,
             oldest_ns: u64::MAX,
             expired_pending: 0,
@@ -438,26 +484,34 @@ impl Reassembler {
                 return FragResult::Dropped(FragDrop::TableFull);
             }
         }
+        let src = key.source();
+        let used = self.sources.get(&src).copied().unwrap_or_default();
         let free = self.limits.max_bytes_total.saturating_sub(self.bytes);
+        let source_free = self.limits.max_bytes_per_source.saturating_sub(used.bytes);
         let dg = match self.table.entry(key) {
             Entry::Occupied(o) => o.into_mut(),
             Entry::Vacant(v) => {
+                if used.datagrams >= self.limits.max_datagrams_per_source {
+                    return FragResult::Dropped(FragDrop::SourceQuota);
+                }
                 self.oldest_ns = self.oldest_ns.min(now_ns);
+                self.sources.entry(src).or_default().datagrams += 1;
                 v.insert(Datagram {
                     created_ns: now_ns,
                     ..Datagram::default()
                 })
             }
         };
-        match dg.add(&f, &self.limits, free) {
+        match dg.add(&f, &self.limits, free.min(source_free)) {
             Ok(added) => {
                 self.bytes += added;
+                self.sources.entry(src).or_default().bytes += added;
                 if !dg.is_complete() {
                     return FragResult::Incomplete;
                 }
                 match self.table.remove(&key) {
                     Some(dg) => {
-                        self.bytes -= dg.held();
+                        self.release(key, dg.held());
                         FragResult::Complete(dg.assemble(key))
                     }
                     None => FragResult::Incomplete,
@@ -466,6 +520,12 @@ impl Reassembler {
             Err(FragDrop::Duplicate) => FragResult::Dropped(FragDrop::Duplicate),
             Err(e) => {
                 self.remove(&key);
+                // The per-source share ran out before the table's.
+                let e = if e == FragDrop::MemoryLimit && source_free < free {
+                    FragDrop::SourceQuota
+                } else {
+                    e
+                };
                 FragResult::Dropped(e)
             }
         }
@@ -492,8 +552,19 @@ impl Reassembler {
 
     fn remove(&mut self, key: &Key) {
         if let Some(dg) = self.table.remove(key) {
-            self.bytes -= dg.held();
+            self.release(*key, dg.held());
         }
+    }
+
+    /// Accounts for a datagram of `key` holding `held` bytes leaving the table.
+    fn release(&mut self, key: Key, held: usize) {
+        self.bytes -= held;
+        release_source(&mut self.sources, key, held);
+    }
+
+    /// Sources with a datagram in flight (for tests and the operator).
+    pub fn sources(&self) -> usize {
+        self.sources.len()
     }
 
     /// Scans only when the oldest datagram may have timed out, so each scan removes one or more.
@@ -503,10 +574,12 @@ impl Reassembler {
         }
         let timeout = self.limits.timeout_ns;
         let (mut oldest, mut removed, mut freed) = (u64::MAX, 0, 0);
-        self.table.retain(|_, dg| {
+        let sources = &mut self.sources;
+        self.table.retain(|key, dg| {
             if now_ns.saturating_sub(dg.created_ns) >= timeout {
                 removed += 1;
                 freed += dg.held();
+                release_source(sources, *key, dg.held());
                 false
             } else {
                 oldest = oldest.min(dg.created_ns);
@@ -674,6 +747,20 @@ mod tests {
         }
         assert_eq!(bytes, r.bytes);
         assert!(r.bytes <= r.limits.max_bytes_total);
+        // The per-source accounting matches the table, and no source exceeds its quota.
+        let mut per_source: HashMap<[u8; 16], SourceUse> = HashMap::new();
+        for (key, dg) in &r.table {
+            let u = per_source.entry(key.source()).or_default();
+            u.datagrams += 1;
+            u.bytes += dg.held();
+        }
+        assert_eq!(per_source.len(), r.sources.len());
+        for (src, u) in &per_source {
+            let got = r.sources[src];
+            assert_eq!((got.datagrams, got.bytes), (u.datagrams, u.bytes));
+            assert!(u.datagrams <= r.limits.max_datagrams_per_source);
+            assert!(u.bytes <= r.limits.max_bytes_per_source);
+        }
         assert!(r.table.len() <= r.limits.max_datagrams);
     }
 
@@ -1009,6 +1096,63 @@ mod tests {
         assert_eq!(r.bytes_held(), 0);
     }
 
+    /// `v4_datagram` from another source address.
+    fn v4_from(src: [u8; 4], len: usize, id: u16) -> Vec<u8> {
+        let mut p = v4_datagram(&[], len, id, ESP);
+        p[12..16].copy_from_slice(&src);
+        fix_v4_checksum(&mut p);
+        p
+    }
+
+    /// Issue 14 (M2): one source, spoofed or not, used to be able to fill the whole table
+    /// (datagrams and bytes) so that nobody else's fragments were reassembled.
+    #[test]
+    fn one_source_cannot_starve_the_others() {
+        let limits = Limits {
+            max_datagrams: 16,
+            max_datagrams_per_source: 4,
+            max_bytes_total: 8000,
+            max_bytes_per_source: 2000,
+            ..Limits::default()
+        };
+        let mut r = Reassembler::new(limits);
+        let flooder = [203, 0, 113, 66];
+        for id in 0..3u16 {
+            let f = v4_fragments(&v4_from(flooder, 64, id), &[32]);
+            assert_eq!(r.push(&f[0], 0), Incomplete, "datagram {id}");
+            check_invariants(&r);
+        }
+        // Byte quota: a datagram that would take the source past its share is dropped.
+        let big = v4_fragments(&v4_from(flooder, 4000, 50), &[1000, 2000, 3000]);
+        assert_eq!(r.push(&big[0], 0), Incomplete);
+        assert_eq!(r.push(&big[1], 0), Dropped(SourceQuota));
+        check_invariants(&r);
+        assert_eq!(r.in_flight(), 3);
+        // Datagram quota: a fourth open datagram, and the fifth is refused.
+        let f = v4_fragments(&v4_from(flooder, 64, 3), &[32]);
+        assert_eq!(r.push(&f[0], 0), Incomplete);
+        let f = v4_fragments(&v4_from(flooder, 64, 99), &[32]);
+        assert_eq!(r.push(&f[0], 0), Dropped(SourceQuota));
+        check_invariants(&r);
+        // Another source still reassembles, in the table's room the flooder could not take.
+        for id in 0..4u16 {
+            let dg = v4_from([192, 0, 2, 1], 1200, 100 + id);
+            let f = v4_fragments(&dg, &[400, 800]);
+            assert_eq!(
+                push_all(&mut r, &f, &[0, 1, 2]),
+                Complete(dg),
+                "datagram {id}"
+            );
+        }
+        assert_eq!(r.sources(), 1);
+        // Completing or expiring the flooder's datagrams gives its quota back.
+        assert!(r.expire(limits.timeout_ns) > 0);
+        assert_eq!((r.sources(), r.bytes_held()), (0, 0));
+        let f = v4_fragments(&v4_from(flooder, 64, 99), &[32]);
+        assert_eq!(r.push(&f[0], limits.timeout_ns), Incomplete);
+        check_invariants(&r);
+    }
+
     #[test]
     fn malformed_inputs() {
         let dg = v4_datagram(&[], 64, 40, ESP);
@@ -1132,6 +1276,8 @@ mod tests {
             max_fragments_per_datagram: 3,
             max_datagram_len: 2000,
             max_bytes_total: 1500,
+            max_datagrams_per_source: 6,
+            max_bytes_per_source: 1200,
             timeout_ns: 1000,
         };
         let mut r = Reassembler::new(limits);
