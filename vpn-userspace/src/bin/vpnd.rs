@@ -14,7 +14,7 @@ use std::{
         Arc,
         atomic::{AtomicBool, Ordering},
     },
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use anyhow::{Context, Result, bail};
@@ -29,7 +29,7 @@ use vpn_userspace::{
     dataplane::{
         Carrier, CarrierChoice, ChildSaSpec, Dataplane, Installer, LoadOptions, Side,
         neigh::{iface_info, resolve_neighbour},
-        worker::{NextHop, Tenant, TenantLink, Worker},
+        worker::{NextHop, StatsBoard, Tenant, TenantLink, Worker},
     },
     esp::NAT_T_PORT,
     ike::{
@@ -454,18 +454,26 @@ fn run() -> Result<()> {
     );
     let stop = Arc::new(AtomicBool::new(false));
     // One worker thread per queue pair (see Worker::split).
+    let ike_inbox = worker.ike_inbox.clone();
     let workers = worker.split();
     let n_workers = workers.len();
     let mut handles = Vec::with_capacity(n_workers);
+    let board = StatsBoard::new(n_workers);
     for (i, mut w) in workers.into_iter().enumerate() {
         let s = stop.clone();
+        let board = board.clone();
         handles.push(
             std::thread::Builder::new()
                 .name(format!("vpnd-worker-{i}"))
                 .spawn(move || {
+                    let mut published = Instant::now();
                     while !s.load(Ordering::Relaxed) {
                         if w.poll() == 0 {
                             w.wait(1);
+                        }
+                        if published.elapsed() >= StatsBoard::PERIOD {
+                            board.publish(i, &w.stats);
+                            published = Instant::now();
                         }
                     }
                     tracing::info!(
@@ -605,6 +613,7 @@ fn run() -> Result<()> {
             tenant_if_ids,
         };
         let mut shell = Shell::bind(ep, sink).await?;
+        ike_inbox.connect(shell.datagram_sender());
         if any_kernel {
             shell.enable_kernel_udp_encap()?;
         }
@@ -620,6 +629,7 @@ fn run() -> Result<()> {
             xdp_mode: if native { "native" } else { "generic" }.into(),
             xdp_carrier: xdp_carrier.into(),
             workers: n_workers,
+            worker_stats: Some(board.clone()),
         };
         let config_path = args.config.clone();
         let (wire_override, tenant_override) = (args.wire.clone(), args.tenant_if.clone());

@@ -156,6 +156,8 @@ pub struct Status {
     pub connections: Option<u32>,
     pub active: Option<u32>,
     pub ike: Value,
+    /// The AF_XDP workers' counters, drops by reason under `drops`.
+    pub worker: Value,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]

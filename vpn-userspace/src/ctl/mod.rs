@@ -179,6 +179,16 @@ pub fn render_status(
                     t.row([format!("ike {k}"), value_cell(v)]);
                 }
             }
+            if let Value::Object(m) = &s.worker {
+                for (k, v) in m.iter().filter(|(k, _)| *k != "drops") {
+                    t.row([format!("worker {k}"), value_cell(v)]);
+                }
+                if let Some(Value::Object(d)) = m.get("drops") {
+                    for (k, v) in d {
+                        t.row([format!("worker drop {k}"), value_cell(v)]);
+                    }
+                }
+            }
         }
         None => t.row([
             "vpnd".to_string(),

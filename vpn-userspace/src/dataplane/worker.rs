@@ -8,8 +8,8 @@
 
 use std::{
     collections::HashMap,
-    net::{IpAddr, Ipv4Addr},
-    sync::Arc,
+    net::{IpAddr, Ipv4Addr, SocketAddr},
+    sync::{Arc, Mutex},
     time::Instant,
 };
 
@@ -148,6 +148,40 @@ pub struct OutboundState {
     pub mtu: Option<u16>,
 }
 
+/// Each worker's counters as it last published them, so that drops only a worker sees
+/// (bad ICVs, padding, policy) show in `vpnctl status` while vpnd runs, not only at exit.
+#[derive(Clone, Debug, Default)]
+pub struct StatsBoard(Arc<std::sync::Mutex<Vec<WorkerStats>>>);
+
+impl StatsBoard {
+    /// How often a worker publishes: a copy of a few counters, off the per-packet path.
+    pub const PERIOD: std::time::Duration = std::time::Duration::from_millis(250);
+
+    pub fn new(workers: usize) -> StatsBoard {
+        StatsBoard(Arc::new(std::sync::Mutex::new(vec![
+            WorkerStats::default();
+            workers
+        ])))
+    }
+
+    pub fn publish(&self, worker: usize, s: &WorkerStats) {
+        let mut b = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(slot) = b.get_mut(worker) {
+            slot.clone_from(s);
+        }
+    }
+
+    /// The sum over the workers.
+    pub fn total(&self) -> WorkerStats {
+        let b = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let mut t = WorkerStats::default();
+        for s in b.iter() {
+            t.merge(s);
+        }
+        t
+    }
+}
+
 /// Packets handled and dropped by the worker, by reason (indexed like the XDP counters).
 #[derive(Clone, Debug, Default)]
 pub struct WorkerStats {
@@ -163,6 +197,8 @@ pub struct WorkerStats {
     /// ARP requests for a tenant gateway answered, and other ARP seen (not for us).
     pub arp_replies: u64,
     pub arp_ignored: u64,
+    /// IKE messages that arrived as IP fragments, reassembled and handed to the IKE shell.
+    pub ike_reassembled: u64,
     pub drops: HashMap<DropReason, u64>,
 }
 
@@ -177,6 +213,7 @@ impl WorkerStats {
         self.icmp_too_big += o.icmp_too_big;
         self.arp_replies += o.arp_replies;
         self.arp_ignored += o.arp_ignored;
+        self.ike_reassembled += o.ike_reassembled;
         for (r, n) in &o.drops {
             *self.drops.entry(*r).or_default() += n;
         }
@@ -191,6 +228,26 @@ impl WorkerStats {
         if n > 0 {
             *self.drops.entry(DropReason::NoRoom).or_default() += n as u64;
         }
+    }
+
+    /// The counters by name, drops by their `DropReason` names (for `vpnctl status`).
+    pub fn to_json(&self) -> serde_json::Value {
+        let drops: serde_json::Map<String, serde_json::Value> = DropReason::ALL
+            .iter()
+            .filter_map(|r| Some((r.name().to_string(), self.drops.get(r).copied()?.into())))
+            .collect();
+        serde_json::json!({
+            "decrypted": self.decrypted,
+            "encrypted": self.encrypted,
+            "fragments_seen": self.fragments_seen,
+            "fragmented_before_encryption": self.fragmented_before_encryption,
+            "esp_fragments": self.esp_fragments,
+            "icmp_too_big": self.icmp_too_big,
+            "arp_replies": self.arp_replies,
+            "arp_ignored": self.arp_ignored,
+            "ike_reassembled": self.ike_reassembled,
+            "drops": drops,
+        })
     }
 
     pub fn dropped(&self, r: DropReason) -> u64 {
@@ -211,8 +268,13 @@ pub struct Worker {
     /// (tenant, host address) -> MAC, learned from tenant traffic and ARP. Read for every
     /// decrypted packet without a lock; replaced (copy on write) when a new host appears.
     learned: Arc<ArcSwap<LearnedMacs>>,
-    /// Outer fragments of ESP, until their datagram is whole.
-    reassembler: Reassembler,
+    /// Outer fragments from the peers, until their datagram is whole. One table for all the
+    /// workers: the fragments of a datagram may arrive on different queues (a NIC hashing
+    /// the first fragment by its ports, the others by addresses only). Fragments are rare;
+    /// the lock is taken per fragment only.
+    reassembler: Arc<Mutex<Reassembler>>,
+    /// Where reassembled IKE datagrams go (the IKE shell), once vpnd has bound it.
+    pub ike_inbox: IkeInbox,
     /// IP MTU of the wire: encapsulated packets never exceed it.
     pub wire_mtu: usize,
     replies: Vec<Reply>,
@@ -242,6 +304,29 @@ struct InCtx<'a> {
     inbound: &'a InboundTable,
     tenants: &'a HashMap<u32, Tenant>,
     learned: &'a LearnedMacs,
+    ike: &'a IkeInbox,
+}
+
+/// A datagram for the IKE shell: (local address, remote address, UDP payload), as its socket
+/// would have received it.
+pub type IkeDatagram = (SocketAddr, SocketAddr, Vec<u8>);
+
+/// The IKE shell's queue, set once it is bound (the workers start before it). IKE messages
+/// too big for one packet (certificates, many selectors) arrive as IP fragments, which the
+/// XDP program hands to the workers with ESP's: reassembled, they go there.
+#[derive(Clone, Debug, Default)]
+pub struct IkeInbox(Arc<std::sync::OnceLock<tokio::sync::mpsc::Sender<IkeDatagram>>>);
+
+impl IkeInbox {
+    pub fn connect(&self, tx: tokio::sync::mpsc::Sender<IkeDatagram>) {
+        let _ = self.0.set(tx);
+    }
+
+    /// Queues a datagram without blocking the worker; false if there is no shell or its
+    /// queue is full.
+    fn offer(&self, d: IkeDatagram) -> bool {
+        self.0.get().is_some_and(|tx| tx.try_send(d).is_ok())
+    }
 }
 
 impl Worker {
@@ -257,7 +342,8 @@ impl Worker {
             tables: SaTables::new(),
             tenants: Arc::default(),
             learned: Arc::default(),
-            reassembler: Reassembler::new(Limits::default()),
+            reassembler: Arc::new(Mutex::new(Reassembler::new(Limits::default()))),
+            ike_inbox: IkeInbox::default(),
             wire_mtu: 1500,
             replies: Vec::new(),
             epoch: Instant::now(),
@@ -311,7 +397,8 @@ impl Worker {
                 tables: self.tables.clone(),
                 tenants: self.tenants.clone(),
                 learned: self.learned.clone(),
-                reassembler: Reassembler::new(Limits::default()),
+                reassembler: self.reassembler.clone(),
+                ike_inbox: self.ike_inbox.clone(),
                 wire_mtu: self.wire_mtu,
                 replies: Vec::new(),
                 epoch: self.epoch,
@@ -335,6 +422,7 @@ impl Worker {
             tenants,
             learned,
             reassembler,
+            ike_inbox,
             stats,
             ..
         } = self;
@@ -347,6 +435,7 @@ impl Worker {
             inbound: &inbound,
             tenants,
             learned: &learned,
+            ike: ike_inbox,
         };
         let out = &mut tenant[0];
         let mut n = 0;
@@ -354,18 +443,24 @@ impl Worker {
             n += rx.recv(BATCH, |f| {
                 let r = if f.meta.kind == META_KIND_FRAGMENT {
                     stats.fragments_seen += 1;
-                    fragment(f.meta, f.data, now, reassembler, &ctx, out)
+                    let mut re = reassembler.lock().unwrap_or_else(|e| e.into_inner());
+                    fragment(f.meta, f.data, now, &mut re, &ctx, out)
                 } else {
-                    inbound_frame(f.meta, f.data, &ctx, out).map(Some)
+                    inbound_frame(f.meta, f.data, &ctx, out).map(|()| Reassembled::Esp)
                 };
                 match r {
-                    Ok(Some(())) => stats.decrypted += 1,
-                    Ok(None) => {}
+                    Ok(Reassembled::Esp) => stats.decrypted += 1,
+                    Ok(Reassembled::Ike) => stats.ike_reassembled += 1,
+                    Ok(Reassembled::Incomplete) => {}
                     Err(r) => stats.drop(r),
                 }
             });
         }
-        for _ in 0..reassembler.expire(now) {
+        let expired = reassembler
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .expire(now);
+        for _ in 0..expired {
             stats.drop(DropReason::FragmentTimeout);
         }
         stats.no_room(out.flush());
@@ -468,7 +563,17 @@ fn inbound_frame(
     esp_packet(st, ip, esp_off, ctx, out)
 }
 
-/// A fragment: into the reassembler; a completed datagram goes down the ESP path.
+/// What became of a fragment.
+enum Reassembled {
+    Incomplete,
+    /// The datagram was ESP: decrypted and sent on (also the outcome of a whole ESP packet).
+    Esp,
+    /// The datagram was IKE: handed to the IKE shell.
+    Ike,
+}
+
+/// A fragment: into the reassembler; a completed datagram goes down the ESP path, or to the
+/// IKE shell if it is IKE.
 fn fragment(
     meta: XdpMeta,
     frame: &mut [u8],
@@ -476,13 +581,13 @@ fn fragment(
     reassembler: &mut Reassembler,
     ctx: &InCtx<'_>,
     out: &mut XskSocket,
-) -> Result<Option<()>, DropReason> {
+) -> Result<Reassembled, DropReason> {
     check_meta(&meta, META_KIND_FRAGMENT)?;
     let ip = frame
         .get(meta.l3_off as usize..)
         .ok_or(DropReason::FragmentMalformed)?;
     let mut pkt = match reassembler.push(ip, now) {
-        FragResult::Incomplete => return Ok(None),
+        FragResult::Incomplete => return Ok(Reassembled::Incomplete),
         FragResult::Dropped(d) => {
             return Err(match d {
                 FragDrop::Malformed => DropReason::FragmentMalformed,
@@ -505,8 +610,12 @@ fn fragment(
             let dport = pkt.get(l4 + 2..l4 + 4).ok_or(DropReason::TruncatedUdp)?;
             let marker = pkt.get(l4 + 8..l4 + 12);
             if dport != [0x11, 0x94] || marker == Some(&[0, 0, 0, 0]) {
-                // Fragmented IKE (or other UDP from the peer): not for the ESP path.
-                return Err(DropReason::FragmentNotEsp);
+                // IKE (port 500, or 4500 behind the non-ESP marker) goes to the IKE shell;
+                // other UDP from the peer is not ours.
+                return match ike_datagram(&pkt, l4).map(|d| ctx.ike.offer(d)) {
+                    Some(true) => Ok(Reassembled::Ike),
+                    _ => Err(DropReason::FragmentNotEsp),
+                };
             }
             l4 + 8
         }
@@ -519,7 +628,39 @@ fn fragment(
     // By SPI: the XDP program could not look a fragment's SA up.
     let slot = ctx.inbound.slot_of_spi(spi).ok_or(DropReason::UnknownSpi)?;
     let st = ctx.inbound.get(&slot).ok_or(DropReason::WorkerNoSa)?;
-    esp_packet(st, &mut pkt, esp_off, ctx, out).map(Some)
+    esp_packet(st, &mut pkt, esp_off, ctx, out).map(|()| Reassembled::Esp)
+}
+
+/// A reassembled UDP datagram to port 500 or 4500 as the IKE socket would receive it, if its
+/// length and checksum hold (the kernel checks both before a socket sees a datagram).
+fn ike_datagram(pkt: &[u8], l4: usize) -> Option<IkeDatagram> {
+    let info = inner_info(pkt)?;
+    let (src, dst): (IpAddr, IpAddr) = if info.v6 {
+        let a: [u8; 16] = pkt.get(8..24)?.try_into().ok()?;
+        let b: [u8; 16] = pkt.get(24..40)?.try_into().ok()?;
+        (a.into(), b.into())
+    } else {
+        let a: [u8; 4] = pkt.get(12..16)?.try_into().ok()?;
+        let b: [u8; 4] = pkt.get(16..20)?.try_into().ok()?;
+        (a.into(), b.into())
+    };
+    let udp = pkt.get(l4..info.len)?;
+    let h: [u8; 8] = udp.get(..8)?.try_into().ok()?;
+    let be = |i: usize| u16::from_be_bytes([h[i], h[i + 1]]);
+    let (sport, dport, len) = (be(0), be(2), usize::from(be(4)));
+    if len != udp.len() || !matches!(dport, 500 | 4500) {
+        return None;
+    }
+    let csum = be(6);
+    // A zero checksum means none, for IPv4 only (RFC 768, RFC 8200 8.1).
+    if (csum != 0 || info.v6) && !crate::pktgen::frame::udp_checksum_ok(&src, &dst, udp) {
+        return None;
+    }
+    Some((
+        SocketAddr::new(dst, dport),
+        SocketAddr::new(src, sport),
+        udp[8..].to_vec(),
+    ))
 }
 
 /// Protocol and L4 offset of a (reassembled) IP packet.
@@ -829,5 +970,61 @@ fn seal_one(st: &OutboundState, inner: &[u8], wire: &mut XskSocket) -> Result<()
         Ok(())
     } else {
         Err(DropReason::NoRoom)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pktgen::frame::udp_checksum;
+
+    /// An IPv4/UDP datagram from 192.0.2.2:sport to 192.0.2.1:dport with a valid checksum.
+    fn udp4(sport: u16, dport: u16, payload: &[u8]) -> Vec<u8> {
+        let (src, dst) = ([192, 0, 2, 2], [192, 0, 2, 1]);
+        let mut udp = [sport.to_be_bytes(), dport.to_be_bytes()].concat();
+        udp.extend_from_slice(&((8 + payload.len()) as u16).to_be_bytes());
+        udp.extend_from_slice(&[0, 0]);
+        udp.extend_from_slice(payload);
+        let c = udp_checksum(&IpAddr::from(src), &IpAddr::from(dst), &udp);
+        udp[6..8].copy_from_slice(&c.to_be_bytes());
+        let mut p = vec![0x45, 0, 0, 0, 0, 0, 0, 0, 64, 17, 0, 0];
+        p.extend_from_slice(&src);
+        p.extend_from_slice(&dst);
+        let total = (p.len() + udp.len()) as u16;
+        p[2..4].copy_from_slice(&total.to_be_bytes());
+        p.extend_from_slice(&udp);
+        p
+    }
+
+    /// Issue 14 (low): reassembled IKE used to be dropped (`FragmentNotEsp`); it now reaches
+    /// the IKE shell as its socket would have received it, and only if length and checksum
+    /// hold.
+    #[test]
+    fn reassembled_ike_is_handed_over_as_a_socket_would_receive_it() {
+        let ike = udp4(500, 500, b"an IKE message");
+        let (local, remote, data) = ike_datagram(&ike, 20).expect("a valid IKE datagram");
+        assert_eq!(local, "192.0.2.1:500".parse().unwrap());
+        assert_eq!(remote, "192.0.2.2:500".parse().unwrap());
+        assert_eq!(data, b"an IKE message");
+        // NAT-T: the non-ESP marker stays, as on the socket (the endpoint strips it).
+        let natt = udp4(4500, 4500, &[0, 0, 0, 0, 1, 2]);
+        assert_eq!(ike_datagram(&natt, 20).unwrap().2, [0, 0, 0, 0, 1, 2]);
+        // A flipped bit, a UDP length that lies, another port: not handed over.
+        let mut bad = ike.clone();
+        bad[30] ^= 1;
+        assert!(ike_datagram(&bad, 20).is_none());
+        let mut bad = ike.clone();
+        bad[25] += 1;
+        assert!(ike_datagram(&bad, 20).is_none());
+        assert!(ike_datagram(&udp4(500, 53, b"dns"), 20).is_none());
+        assert!(ike_datagram(&ike[..26], 20).is_none());
+        // A full queue (or no shell yet) is a counted drop, never a block.
+        let inbox = IkeInbox::default();
+        assert!(!inbox.offer((local, remote, vec![])));
+        let (tx, mut rx) = tokio::sync::mpsc::channel(1);
+        inbox.connect(tx);
+        assert!(inbox.offer((local, remote, vec![1])));
+        assert!(!inbox.offer((local, remote, vec![2])));
+        assert_eq!(rx.try_recv().unwrap().2, [1]);
     }
 }

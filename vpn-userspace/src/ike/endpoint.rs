@@ -146,6 +146,9 @@ pub struct Stats {
     pub ike_rekeyed: u64,
     pub auth_failed: u64,
     pub dpd_dead: u64,
+    /// IKE_SA_INIT requests refused for their key exchange: another group than ours
+    /// (INVALID_KE_PAYLOAD), or data that is no public value of the group (INVALID_SYNTAX).
+    pub rejected_ke: u64,
 }
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
@@ -1728,6 +1731,7 @@ impl Endpoint {
             return;
         };
         if ke.group != suite.dh.id() {
+            self.stats.rejected_ke += 1;
             self.plain_notify(
                 local,
                 remote,
@@ -1741,6 +1745,7 @@ impl Endpoint {
             return;
         };
         let Ok(g_ir) = dh.agree(ke.data) else {
+            self.stats.rejected_ke += 1;
             self.plain_notify(local, remote, &h, NotifyType::INVALID_SYNTAX, &[]);
             return;
         };

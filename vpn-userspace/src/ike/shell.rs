@@ -79,6 +79,9 @@ pub struct DaemonInfo {
     /// The XDP metadata carrier: "adjust_meta" or "shim".
     pub xdp_carrier: String,
     pub workers: usize,
+    /// The AF_XDP workers' counters (none on a kernel-backend-only node).
+    #[serde(skip)]
+    pub worker_stats: Option<crate::dataplane::worker::StatsBoard>,
 }
 
 /// Re-reads the configuration for a reload (SIGHUP, `vpnctl reload`).
@@ -154,6 +157,23 @@ impl<S: SaSink> Shell<S> {
             }
         }
         Ok(())
+    }
+
+    /// Where the AF_XDP workers put IKE messages that arrived as IP fragments (reassembled):
+    /// the queue the sockets feed.
+    pub fn datagram_sender(&self) -> mpsc::Sender<(SocketAddr, SocketAddr, Vec<u8>)> {
+        self.tx.clone()
+    }
+
+    /// A datagram from a socket or a worker. A worker's may name any destination its sender
+    /// chose: only our sockets' addresses are served.
+    fn receive(&mut self, local: SocketAddr, remote: SocketAddr, data: &[u8]) {
+        if !self.sockets.contains_key(&local) {
+            self.ep.stats.dropped_no_conn += 1;
+            return;
+        }
+        let now = self.now();
+        self.ep.handle(now, local, remote, data);
     }
 
     /// Sockets on the IKE and NAT-T ports of one local address (once).
@@ -514,7 +534,9 @@ impl<S: SaSink> Shell<S> {
                         "child_established": s.child_established,
                         "child_rekeyed": s.child_rekeyed, "ike_rekeyed": s.ike_rekeyed,
                         "auth_failed": s.auth_failed, "dpd_dead": s.dpd_dead,
+                        "rejected_ke": s.rejected_ke,
                     },
+                    "worker": self.daemon.worker_stats.as_ref().map(|b| b.total().to_json()),
                 }))
             }
             Request::ConnList => {
@@ -668,10 +690,7 @@ impl<S: SaSink> Shell<S> {
                         break;
                     }
                 }
-                Some((local, remote, data)) = self.rx.recv() => {
-                    let now = self.now();
-                    self.ep.handle(now, local, remote, &data);
-                }
+                Some((local, remote, data)) = self.rx.recv() => self.receive(local, remote, &data),
                 Some(c) = commands.recv() => {
                     if let Err(e) = self.command(c).await {
                         tracing::warn!("vpnd: {e:#}");
@@ -701,8 +720,7 @@ impl<S: SaSink> Shell<S> {
         while self.ep.ike_sa_count().0 > 0 {
             tokio::select! {
                 Some((local, remote, data)) = self.rx.recv() => {
-                    let now = self.now();
-                    self.ep.handle(now, local, remote, &data);
+                    self.receive(local, remote, &data);
                     self.flush().await;
                 }
                 _ = tokio::time::sleep_until(until) => break,
