@@ -4,6 +4,7 @@
 pub mod cross;
 pub mod dut;
 pub mod fixture;
+pub mod hostile;
 pub mod ikebench;
 pub mod interop;
 pub mod iperf;

@@ -88,6 +88,24 @@ impl RawSocket {
     pub fn recv_matching(
         &self,
         timeout: Duration,
+        want: impl FnMut(&[u8]) -> bool,
+    ) -> Option<Vec<u8>> {
+        self.recv_where(timeout, false, want)
+    }
+
+    /// [`RawSocket::recv_matching`] over the frames the interface sends as well.
+    pub fn recv_sent_or_received(
+        &self,
+        timeout: Duration,
+        want: impl FnMut(&[u8]) -> bool,
+    ) -> Option<Vec<u8>> {
+        self.recv_where(timeout, true, want)
+    }
+
+    fn recv_where(
+        &self,
+        timeout: Duration,
+        outgoing: bool,
         mut want: impl FnMut(&[u8]) -> bool,
     ) -> Option<Vec<u8>> {
         let deadline = Instant::now() + timeout;
@@ -129,7 +147,7 @@ impl RawSocket {
                 }
                 (n, sa.sll_pkttype, vlan)
             };
-            if n <= 0 || pkttype == libc::PACKET_OUTGOING {
+            if n <= 0 || (pkttype == libc::PACKET_OUTGOING && !outgoing) {
                 continue;
             }
             let mut f = buf[..n as usize].to_vec();
