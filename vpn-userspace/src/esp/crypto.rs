@@ -158,7 +158,7 @@ impl SaKey {
             (Backend::RustCrypto, Cipher::Aes256Gcm16) => Box::new(RustCryptoGcm(
                 Aes256Gcm::new_from_slice(&self.key).expect("length checked"),
             )),
-            (Backend::Ring, c) => Box::new(RingGcm(ring::aead::LessSafeKey::new(
+            (Backend::Ring, c) => Box::new(RingGcm::new(ring::aead::LessSafeKey::new(
                 ring::aead::UnboundKey::new(
                     match c {
                         Cipher::Aes128Gcm16 => &ring::aead::AES_128_GCM,
@@ -182,8 +182,33 @@ impl SaKey {
     }
 }
 
-/// ring: keys are opaque and not readable back.
-struct RingGcm(ring::aead::LessSafeKey);
+/// ring: keys are opaque and not readable back. ring keeps the expanded key inline and
+/// does not clear it when dropped, so we do (issue 14).
+struct RingGcm(std::mem::ManuallyDrop<ring::aead::LessSafeKey>);
+
+impl RingGcm {
+    fn new(k: ring::aead::LessSafeKey) -> RingGcm {
+        RingGcm(std::mem::ManuallyDrop::new(k))
+    }
+
+    /// Overwrites the key with zeros. The key is not used (nor dropped) afterwards.
+    fn wipe(&mut self) {
+        let p = (&raw mut *self.0).cast::<u8>();
+        for i in 0..std::mem::size_of::<ring::aead::LessSafeKey>() {
+            // SAFETY: within the key's bytes; volatile so the stores are not elided. The key
+            // owns no heap memory or other resource (ring's AES-GCM keys are inline), so not
+            // running its drop glue leaks nothing, and nothing reads it as a key after this.
+            unsafe { std::ptr::write_volatile(p.add(i), 0) };
+        }
+        std::sync::atomic::compiler_fence(std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl Drop for RingGcm {
+    fn drop(&mut self) {
+        self.wipe();
+    }
+}
 
 impl Aead for RingGcm {
     fn seal(&self, nonce: &[u8; 12], aad: &[u8], buf: &mut [u8]) -> [u8; ICV_LEN] {
@@ -292,5 +317,25 @@ where
         self.0
             .decrypt_in_place_detached(Nonce::from_slice(nonce), aad, buf, tag)
             .map_err(|_| BadTag)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Issue 14 (low): ring's expanded AES key used to stay in freed memory.
+    #[test]
+    fn ring_keys_are_wiped() {
+        let key = ring::aead::UnboundKey::new(&ring::aead::AES_128_GCM, &[0x42; 16]).unwrap();
+        let mut g = RingGcm::new(ring::aead::LessSafeKey::new(key));
+        let bytes = |g: &RingGcm| -> Vec<u8> {
+            let n = std::mem::size_of::<ring::aead::LessSafeKey>();
+            // SAFETY: reads the key's own bytes.
+            unsafe { std::slice::from_raw_parts((&raw const *g.0).cast::<u8>(), n).to_vec() }
+        };
+        assert!(bytes(&g).iter().filter(|b| **b != 0).count() > 16);
+        g.wipe();
+        assert!(bytes(&g).iter().all(|b| *b == 0));
     }
 }
