@@ -25,8 +25,8 @@ use super::{
     proposal::{self, EspSuite},
     ts,
     wire::{
-        self, Auth, AuthMethod, Delete, ExchangeType, Header, Id, Ke, Message, Notify, NotifyType,
-        Payload, PayloadType, ProtocolId, RawPayload, flags,
+        self, Auth, AuthMethod, Delete, EncodeError, ExchangeType, Header, Id, Ke, Message, Notify,
+        NotifyType, Payload, PayloadType, ProtocolId, RawPayload, flags,
     },
 };
 use crate::{
@@ -126,6 +126,12 @@ pub enum Event {
         status: ConnStatus,
         reason: String,
     },
+    /// Something went wrong that changes no state the shell keeps (e.g. a message of ours
+    /// that could not be encoded): for the log only.
+    Warning {
+        conn: Option<ConnId>,
+        message: String,
+    },
 }
 
 /// Counters for the operator.
@@ -146,6 +152,9 @@ pub struct Stats {
     pub ike_rekeyed: u64,
     pub auth_failed: u64,
     pub dpd_dead: u64,
+    /// Messages of ours that could not be encoded (a field too long): the exchange was
+    /// abandoned instead.
+    pub encode_errors: u64,
 }
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
@@ -366,6 +375,10 @@ pub struct Endpoint {
     transmits: VecDeque<Transmit>,
     events: VecDeque<Event>,
     pub stats: Stats,
+    /// Tests only: the TSi and TSr every encrypted message of ours carries instead of the
+    /// real ones (a peer that offers or answers whatever selectors it likes).
+    #[cfg(test)]
+    pub(crate) ts_override: Option<(Vec<wire::Ts>, Vec<wire::Ts>)>,
 }
 
 const NONCE_LEN: usize = 32;
@@ -456,6 +469,8 @@ impl Endpoint {
             transmits: VecDeque::new(),
             events: VecDeque::new(),
             stats: Stats::default(),
+            #[cfg(test)]
+            ts_override: None,
         }
     }
 
@@ -1151,6 +1166,16 @@ impl Endpoint {
         self.transmits.push_back(Transmit { src, dst, data });
     }
 
+    /// A message of ours could not be encoded: counted and reported; the caller abandons the
+    /// exchange (nothing of it is installed, and a request is not sent).
+    fn encode_failed(&mut self, conn: Option<ConnId>, what: &str, e: &EncodeError) {
+        self.stats.encode_errors += 1;
+        self.events.push_back(Event::Warning {
+            conn,
+            message: format!("{what}: cannot encode the message ({e}); exchange abandoned"),
+        });
+    }
+
     /// Queues a request on an IKE SA; sent at once if the window is free.
     fn request(&mut self, spi: u64, p: Pending, now: Instant) {
         let Some(sa) = self.sas.get_mut(&spi) else {
@@ -1189,7 +1214,8 @@ impl Endpoint {
         }
     }
 
-    /// Encrypts a message on an established IKE SA.
+    /// Encrypts a message on an established IKE SA. Nothing is consumed (no IV) when it
+    /// cannot be encoded.
     fn seal(
         &mut self,
         spi: u64,
@@ -1197,13 +1223,32 @@ impl Endpoint {
         response: bool,
         msg_id: u32,
         payloads: &[Payload<'_>],
-    ) -> Vec<u8> {
+    ) -> Result<Vec<u8>, EncodeError> {
+        #[cfg(test)]
+        let replaced: Vec<Payload<'_>>;
+        #[cfg(test)]
+        let payloads = match &self.ts_override {
+            Some((tsi, tsr)) => {
+                replaced = payloads
+                    .iter()
+                    .map(|p| match p {
+                        Payload::TsI(_) => Payload::TsI(tsi.clone()),
+                        Payload::TsR(_) => Payload::TsR(tsr.clone()),
+                        p => p.clone(),
+                    })
+                    .collect();
+                &replaced[..]
+            }
+            None => payloads,
+        };
         let sa = self.sas.get_mut(&spi).expect("caller checked");
         let keys = sa.keys.as_mut().expect("established");
         let mut inner = Vec::new();
-        let first = wire::emit_chain(payloads, &mut inner);
+        let first = wire::emit_chain(payloads, &mut inner)?;
         let body_len = keys.out.sealed_len(inner.len());
+        let sk_len: u16 = wire::field(4 + body_len, "SK payload")?;
         let total = wire::IKE_HEADER_LEN + 4 + body_len;
+        let length: u32 = wire::field(total, "IKE message")?;
         let mut f = if sa.initiator { flags::INITIATOR } else { 0 };
         if response {
             f |= flags::RESPONSE;
@@ -1217,23 +1262,40 @@ impl Endpoint {
             exchange,
             flags: f,
             message_id: msg_id,
-            length: total as u32,
+            length,
         };
         let mut out = Vec::with_capacity(total);
         hdr.emit(&mut out);
-        wire::emit_generic_header(first, false, (4 + body_len) as u16, &mut out);
+        wire::emit_generic_header(first, false, sk_len, &mut out);
         let aad = out.clone();
         keys.out.seal(&aad, &inner, &mut out);
-        out
+        Ok(out)
     }
 
-    fn respond(&mut self, spi: u64, exchange: ExchangeType, msg_id: u32, payloads: &[Payload<'_>]) {
-        let packet = self.seal(spi, exchange, true, msg_id, payloads);
+    /// Answers a request. False when the answer cannot be encoded: then nothing is sent (the
+    /// request stays unanswered, the peer's retransmission is handled afresh), it is counted
+    /// and reported, and the caller must not act on the exchange.
+    fn respond(
+        &mut self,
+        spi: u64,
+        exchange: ExchangeType,
+        msg_id: u32,
+        payloads: &[Payload<'_>],
+    ) -> bool {
+        let packet = match self.seal(spi, exchange, true, msg_id, payloads) {
+            Ok(p) => p,
+            Err(e) => {
+                let conn = self.sas.get(&spi).map(|s| s.conn);
+                self.encode_failed(conn, &format!("{exchange:?} response"), &e);
+                return false;
+            }
+        };
         let sa = self.sas.get_mut(&spi).expect("present");
         sa.last_resp = Some((msg_id, packet.clone()));
         sa.peer_expect = msg_id.wrapping_add(1);
         let (src, dst) = (sa.local, sa.remote);
         self.send(src, dst, packet);
+        true
     }
 
     fn send_init(&mut self, spi: u64, now: Instant) {
@@ -1290,7 +1352,16 @@ impl Endpoint {
             message_id: 0,
             length: 0,
         };
-        let packet = wire::emit_message(&hdr, &payloads);
+        let packet = match wire::emit_message(&hdr, &payloads) {
+            Ok(p) => p,
+            Err(e) => {
+                drop(payloads);
+                let conn = sa.conn;
+                self.encode_failed(Some(conn), "IKE_SA_INIT request", &e);
+                self.drop_ike(spi, now, Some("IKE_SA_INIT request could not be encoded"));
+                return;
+            }
+        };
         drop(payloads);
         sa.dh = Some(dh);
         sa.init_req = packet.clone();
@@ -1358,9 +1429,21 @@ impl Endpoint {
                 }
                 payloads.push(Payload::TsI(tsi));
                 payloads.push(Payload::TsR(tsr));
-                let packet =
+                let sealed =
                     self.seal(spi, ExchangeType::CREATE_CHILD_SA, false, msg_id, &payloads);
                 drop(payloads);
+                let packet = match sealed {
+                    Ok(p) => p,
+                    Err(e) => {
+                        self.encode_failed(Some(conn), "CHILD_SA rekey request", &e);
+                        // The old SA carries on; a later attempt may fare better.
+                        if let Some(c) = self.children.get_mut(&old) {
+                            c.rekey_requested = false;
+                            c.rekey_at = now + Duration::from_secs(30);
+                        }
+                        return None;
+                    }
+                };
                 self.sas.get_mut(&spi)?.next_msg_id += 1;
                 Some((
                     packet,
@@ -1389,9 +1472,17 @@ impl Endpoint {
                         data: dh.public(),
                     }),
                 ];
-                let packet =
+                let sealed =
                     self.seal(spi, ExchangeType::CREATE_CHILD_SA, false, msg_id, &payloads);
                 drop(payloads);
+                let packet = match sealed {
+                    Ok(p) => p,
+                    Err(e) => {
+                        self.encode_failed(Some(conn), "IKE_SA rekey request", &e);
+                        self.sas.get_mut(&spi)?.rekey_at = Some(now + Duration::from_secs(30));
+                        return None;
+                    }
+                };
                 self.sas.get_mut(&spi)?.next_msg_id += 1;
                 Some((packet, Pending::RekeyIke { new_spi, ni, dh }, msg_id))
             }
@@ -1419,9 +1510,21 @@ impl Endpoint {
                 }
                 payloads.push(Payload::TsI(ts::to_ts(&cfg.local_ts)));
                 payloads.push(Payload::TsR(ts::to_ts(&cfg.peer_ts)));
-                let packet =
+                let sealed =
                     self.seal(spi, ExchangeType::CREATE_CHILD_SA, false, msg_id, &payloads);
                 drop(payloads);
+                let packet = match sealed {
+                    Ok(p) => p,
+                    Err(e) => {
+                        self.encode_failed(Some(conn), "CREATE_CHILD_SA request", &e);
+                        self.status(
+                            conn,
+                            ConnStatus::Down,
+                            "CREATE_CHILD_SA request could not be encoded",
+                        );
+                        return None;
+                    }
+                };
                 self.sas.get_mut(&spi)?.next_msg_id += 1;
                 Some((packet, Pending::CreateChild { spi_in, ni, dh }, msg_id))
             }
@@ -1439,7 +1542,19 @@ impl Endpoint {
                     spi_size: 4,
                     spis: spis.iter().map(|s| &s[..]).collect(),
                 })];
-                let packet = self.seal(spi, ExchangeType::INFORMATIONAL, false, msg_id, &payloads);
+                let sealed = self.seal(spi, ExchangeType::INFORMATIONAL, false, msg_id, &payloads);
+                drop(payloads);
+                let packet = match sealed {
+                    Ok(p) => p,
+                    Err(e) => {
+                        // Gone here all the same; the peer's copies expire with their lifetime.
+                        self.encode_failed(Some(conn), "CHILD_SA Delete request", &e);
+                        for id in &ids {
+                            self.removals.push((now, conn, *id));
+                        }
+                        return None;
+                    }
+                };
                 self.sas.get_mut(&spi)?.next_msg_id += 1;
                 Some((packet, Pending::DeleteChildren(ids), msg_id))
             }
@@ -1449,15 +1564,28 @@ impl Endpoint {
                     spi_size: 0,
                     spis: vec![],
                 })];
-                let packet = self.seal(spi, ExchangeType::INFORMATIONAL, false, msg_id, &payloads);
+                let sealed = self.seal(spi, ExchangeType::INFORMATIONAL, false, msg_id, &payloads);
+                let packet = match sealed {
+                    Ok(p) => p,
+                    Err(e) => {
+                        self.encode_failed(Some(conn), "IKE_SA Delete request", &e);
+                        self.drop_ike(spi, now, None);
+                        return None;
+                    }
+                };
                 let sa = self.sas.get_mut(&spi)?;
                 sa.next_msg_id += 1;
                 Some((packet, Pending::DeleteIke, msg_id))
             }
             Pending::Dpd => {
-                let packet = self.seal(spi, ExchangeType::INFORMATIONAL, false, msg_id, &[]);
+                let packet = match self.seal(spi, ExchangeType::INFORMATIONAL, false, msg_id, &[]) {
+                    Ok(p) => p,
+                    Err(e) => {
+                        self.encode_failed(Some(conn), "liveness check", &e);
+                        return None;
+                    }
+                };
                 self.sas.get_mut(&spi)?.next_msg_id += 1;
-                let _ = now;
                 Some((packet, Pending::Dpd, msg_id))
             }
             Pending::Init | Pending::Auth { .. } => None,
@@ -1632,8 +1760,10 @@ impl Endpoint {
             message_id: req.message_id,
             length: 0,
         };
-        let packet = wire::emit_message(&hdr, &[Payload::Notify(Notify::new(t, data))]);
-        self.send(local, remote, packet);
+        match wire::emit_message(&hdr, &[Payload::Notify(Notify::new(t, data))]) {
+            Ok(packet) => self.send(local, remote, packet),
+            Err(e) => self.encode_failed(None, &format!("{t:?} notify to {remote}"), &e),
+        }
     }
 
     fn cookie_for(&self, ni: &[u8], remote: SocketAddr, spi_i: u64) -> Vec<u8> {
@@ -1795,7 +1925,14 @@ impl Endpoint {
             message_id: 0,
             length: 0,
         };
-        let resp = wire::emit_message(&hdr, &payloads);
+        let resp = match wire::emit_message(&hdr, &payloads) {
+            Ok(r) => r,
+            Err(e) => {
+                drop(payloads);
+                self.encode_failed(Some(conn), &format!("IKE_SA_INIT response to {remote}"), &e);
+                return;
+            }
+        };
         drop(payloads);
         let seed = skeyseed(suite.prf, ni, &nr, &g_ir);
         let keys = derive_ike_keys(&suite, &seed, ni, &nr, h.ispi, spi_r);
@@ -1990,8 +2127,17 @@ impl Endpoint {
         ];
         sa.state = IkeState::AuthSent;
         let msg_id = sa.next_msg_id;
-        let packet = self.seal(spi, ExchangeType::IKE_AUTH, false, msg_id, &payloads);
+        let sealed = self.seal(spi, ExchangeType::IKE_AUTH, false, msg_id, &payloads);
         drop(payloads);
+        let packet = match sealed {
+            Ok(p) => p,
+            Err(e) => {
+                let conn = self.sas[&spi].conn;
+                self.encode_failed(Some(conn), "IKE_AUTH request", &e);
+                self.drop_ike(spi, now, Some("IKE_AUTH request could not be encoded"));
+                return;
+            }
+        };
         let sa = self.sas.get_mut(&spi).expect("present");
         sa.next_msg_id += 1;
         sa.inflight = Some(Inflight {
@@ -2141,8 +2287,17 @@ impl Endpoint {
                 payloads.push(Payload::Notify(Notify::new(*t, &[])));
             }
         }
-        self.respond(spi, ExchangeType::IKE_AUTH, h.message_id, &payloads);
+        let sent = self.respond(spi, ExchangeType::IKE_AUTH, h.message_id, &payloads);
         drop(payloads);
+        if !sent {
+            // Half-established and unanswerable: forget it; the peer starts over.
+            let r = format!(
+                "IKE_AUTH from {}: our answer could not be encoded",
+                remote.ip()
+            );
+            self.drop_ike(spi, now, Some(&r));
+            return;
+        }
         self.stats.ike_established += 1;
         let sa = self.sas.get_mut(&spi).expect("present");
         sa.rekey_at = Some(rekey_time(now, ike_life));
@@ -2976,8 +3131,11 @@ impl Endpoint {
                 }),
             );
         }
-        self.respond(spi, ExchangeType::CREATE_CHILD_SA, h.message_id, &payloads);
+        let sent = self.respond(spi, ExchangeType::CREATE_CHILD_SA, h.message_id, &payloads);
         drop(payloads);
+        if !sent {
+            return;
+        }
         let new = self.install_child(spi, neg, now, Some(old), false);
         self.stats.child_rekeyed += 1;
         // Outbound switches when the peer deletes the old SA (or after a grace period).
@@ -3044,8 +3202,11 @@ impl Endpoint {
                 }),
             );
         }
-        self.respond(spi, ExchangeType::CREATE_CHILD_SA, h.message_id, &payloads);
+        let sent = self.respond(spi, ExchangeType::CREATE_CHILD_SA, h.message_id, &payloads);
         drop(payloads);
+        if !sent {
+            return;
+        }
         let conn = self.sas[&spi].conn;
         let remote = self.sas[&spi].remote;
         let id = self.install_child(spi, neg, now, None, false);
@@ -3151,8 +3312,11 @@ impl Endpoint {
                 data: dh.public(),
             }),
         ];
-        self.respond(spi, ExchangeType::CREATE_CHILD_SA, h.message_id, &payloads);
+        let sent = self.respond(spi, ExchangeType::CREATE_CHILD_SA, h.message_id, &payloads);
         drop(payloads);
+        if !sent {
+            return;
+        }
         let old = &self.sas[&spi];
         let seed = skeyseed_rekey(
             old.suite.expect("est").prf,

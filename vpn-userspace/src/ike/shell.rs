@@ -327,6 +327,13 @@ impl<S: SaSink> Shell<S> {
                 info[conn].status = s.into();
                 info[conn].reason = reason;
             }
+            Event::Warning { conn, message } => {
+                match conn.map(|c| self.ep.conn(c).name.clone()) {
+                    Some(name) => tracing::warn!("vpnd: conn {name}: {message}"),
+                    None => tracing::warn!("vpnd: IKE: {message}"),
+                }
+                return;
+            }
         }
         let mut info = self.info.lock().expect("not poisoned");
         for (c, i) in info.iter_mut().enumerate() {
@@ -514,6 +521,7 @@ impl<S: SaSink> Shell<S> {
                         "child_established": s.child_established,
                         "child_rekeyed": s.child_rekeyed, "ike_rekeyed": s.ike_rekeyed,
                         "auth_failed": s.auth_failed, "dpd_dead": s.dpd_dead,
+                        "encode_errors": s.encode_errors,
                     },
                 }))
             }
