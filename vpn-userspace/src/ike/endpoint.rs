@@ -19,9 +19,10 @@ use zeroize::Zeroizing;
 use super::{
     conn::{ConnConfig, DpdAction, Encap, Identity, Initiator},
     crypto::{
-        self, DhGroup, DhSecret, IkeSaKeys, IkeSuite, Prf, SkCipher, child_keymat, ct_eq,
+        self, DhGroup, DhSecret, IkeSaKeys, IkeSuite, SkCipher, child_keymat, ct_eq,
         derive_ike_keys, psk_auth, signed_octets, skeyseed, skeyseed_rekey,
     },
+    limits::{CookieCheck, CookieJar, DhBucket, HalfOpen, LimitStats, Limits},
     proposal::{self, EspSuite},
     ts,
     wire::{
@@ -56,6 +57,8 @@ pub struct Settings {
     pub overlap: Duration,
     /// NAT keepalive interval (RFC 3948 4).
     pub keepalive: Duration,
+    /// What one peer may cost (`[ike.limits]`).
+    pub limits: Limits,
 }
 
 impl Default for Settings {
@@ -69,6 +72,7 @@ impl Default for Settings {
             retransmit_tries: 5,
             overlap: Duration::from_secs(2),
             keepalive: Duration::from_secs(20),
+            limits: Limits::default(),
         }
     }
 }
@@ -155,6 +159,8 @@ pub struct Stats {
     /// Messages of ours that could not be encoded (a field too long): the exchange was
     /// abandoned instead.
     pub encode_errors: u64,
+    /// Limits hit (`[ike.limits]`).
+    pub limits: LimitStats,
 }
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
@@ -365,13 +371,14 @@ pub struct Endpoint {
     settings: Settings,
     conns: Vec<ConnRuntime>,
     sas: HashMap<u64, IkeSa>,
-    /// Responder: (peer, initiator SPI) -> our SPI, to answer retransmitted IKE_SA_INIT.
-    half_open: HashMap<(SocketAddr, u64), u64>,
+    /// Responder: the half-open IKE SAs, counted per peer.
+    half_open: HalfOpen,
     children: HashMap<ChildId, Child>,
     next_child: ChildId,
     /// Removals waiting for the overlap to pass.
     removals: Vec<(Instant, ConnId, ChildId)>,
-    cookie_secret: Zeroizing<Vec<u8>>,
+    cookies: CookieJar,
+    dh_bucket: DhBucket,
     transmits: VecDeque<Transmit>,
     events: VecDeque<Event>,
     pub stats: Stats,
@@ -382,6 +389,14 @@ pub struct Endpoint {
 }
 
 const NONCE_LEN: usize = 32;
+
+/// An IKE_SA_INIT request as the DoS checks see it.
+struct InitReq<'a> {
+    local: SocketAddr,
+    remote: SocketAddr,
+    h: &'a Header,
+    ni: &'a [u8],
+}
 
 fn nat_hash(spi_i: u64, spi_r: u64, addr: SocketAddr) -> Vec<u8> {
     let mut d = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA1_FOR_LEGACY_USE_ONLY);
@@ -457,15 +472,22 @@ fn child_keys(
 
 impl Endpoint {
     pub fn new(settings: Settings) -> Endpoint {
+        let l = &settings.limits;
+        let cookies = CookieJar::new(
+            Duration::from_secs(l.cookie_secret_lifetime),
+            Duration::from_secs(l.cookie_grace),
+        );
+        let dh_bucket = DhBucket::new(l.dh_per_second, l.dh_burst);
         Endpoint {
             settings,
             conns: Vec::new(),
             sas: HashMap::new(),
-            half_open: HashMap::new(),
+            half_open: HalfOpen::default(),
             children: HashMap::new(),
             next_child: 1,
             removals: Vec::new(),
-            cookie_secret: Zeroizing::new(crypto::random_bytes(32)),
+            cookies,
+            dh_bucket,
             transmits: VecDeque::new(),
             events: VecDeque::new(),
             stats: Stats::default(),
@@ -1106,7 +1128,7 @@ impl Endpoint {
         let Some(sa) = self.sas.remove(&spi) else {
             return;
         };
-        self.half_open.retain(|_, v| *v != spi);
+        self.half_open.remove(spi);
         let conn = sa.conn;
         let kids: Vec<ChildId> = self
             .children
@@ -1766,16 +1788,61 @@ impl Endpoint {
         }
     }
 
-    fn cookie_for(&self, ni: &[u8], remote: SocketAddr, spi_i: u64) -> Vec<u8> {
-        let ip = match remote.ip() {
-            IpAddr::V4(a) => a.octets().to_vec(),
-            IpAddr::V6(a) => a.octets().to_vec(),
-        };
-        let mut c = vec![1u8];
-        c.extend_from_slice(
-            &Prf::HmacSha256.compute(&self.cookie_secret, &[ni, &ip, &spi_i.to_be_bytes()]),
-        );
-        c
+    /// DoS protection for an IKE_SA_INIT request (RFC 7296 2.6): past the cookie threshold
+    /// only requests returning our cookie get state, past the half-open caps none does.
+    /// None: answered or dropped here (counted); else whether it carried a valid cookie.
+    fn admit_init(
+        &mut self,
+        now: Instant,
+        r: &InitReq<'_>,
+        payloads: &[RawPayload<'_>],
+    ) -> Option<bool> {
+        let (remote, h, ni) = (r.remote, r.h, r.ni);
+        let l = &self.settings.limits;
+        let ls = &mut self.stats.limits;
+        let got = notify_of(payloads, NotifyType::COOKIE).map(|n| n.data);
+        let mut cookie_ok = false;
+        if let Some(got) = got {
+            let (check, rotated) = self.cookies.check(now, got, ni, remote.ip(), h.ispi);
+            ls.cookie_rotations += u64::from(rotated);
+            ls.cookies_stale += u64::from(check == CookieCheck::Stale);
+            cookie_ok = check == CookieCheck::Valid;
+        }
+        if !cookie_ok && self.half_open.total() >= self.settings.cookie_threshold {
+            self.demand_cookie(now, r);
+            return None;
+        }
+        if self.half_open.of_peer(remote.ip()) >= l.half_open_per_peer {
+            ls.half_open_per_peer += 1;
+            return None;
+        }
+        if self.half_open.total() >= l.half_open_total {
+            ls.half_open_total += 1;
+            return None;
+        }
+        Some(cookie_ok)
+    }
+
+    /// Whether the DH of an IKE_SA_INIT answer may be computed now: past the rate a request
+    /// without a valid cookie is asked for one (costs no DH), one with a cookie is dropped.
+    fn admit_dh(&mut self, now: Instant, r: &InitReq<'_>, cookie_ok: bool) -> bool {
+        if self.dh_bucket.take(now) {
+            return true;
+        }
+        if cookie_ok {
+            self.stats.limits.dh_dropped += 1;
+        } else {
+            self.stats.limits.dh_cookie += 1;
+            self.demand_cookie(now, r);
+        }
+        false
+    }
+
+    fn demand_cookie(&mut self, now: Instant, r: &InitReq<'_>) {
+        let (want, rotated) = self.cookies.make(now, r.ni, r.remote.ip(), r.h.ispi);
+        self.stats.limits.cookie_rotations += u64::from(rotated);
+        self.stats.cookies_sent += 1;
+        self.plain_notify(r.local, r.remote, r.h, NotifyType::COOKIE, &want);
     }
 
     fn init_request(
@@ -1786,7 +1853,7 @@ impl Endpoint {
         msg: &Message<'_>,
     ) {
         let h = msg.header;
-        if let Some(our) = self.half_open.get(&(remote, h.ispi)).copied()
+        if let Some(our) = self.half_open.get(remote, h.ispi)
             && let Some(sa) = self.sas.get(&our)
             && !sa.init_resp.is_empty()
         {
@@ -1831,21 +1898,15 @@ impl Endpoint {
             self.plain_notify(local, remote, &h, NotifyType::INVALID_SYNTAX, &[]);
             return;
         }
-        // DoS protection: past the threshold, only requests returning our cookie get state.
-        let half_open = self
-            .sas
-            .values()
-            .filter(|s| s.state == IkeState::HalfOpen)
-            .count();
-        if half_open >= self.settings.cookie_threshold {
-            let want = self.cookie_for(ni, remote, h.ispi);
-            let got = notify_of(&msg.payloads, NotifyType::COOKIE).map(|n| n.data);
-            if !got.is_some_and(|g| ct_eq(g, &want)) {
-                self.stats.cookies_sent += 1;
-                self.plain_notify(local, remote, &h, NotifyType::COOKIE, &want);
-                return;
-            }
-        }
+        let req = InitReq {
+            local,
+            remote,
+            h: &h,
+            ni,
+        };
+        let Some(cookie_ok) = self.admit_init(now, &req, &msg.payloads) else {
+            return;
+        };
         let cfg = &self.conns[conn].cfg;
         let Some((suite, num, _)) = proposal::choose_ike(&cfg.ike, &offers) else {
             let reason = format!(
@@ -1867,6 +1928,10 @@ impl Endpoint {
             );
             return;
         }
+        if !self.admit_dh(now, &req, cookie_ok) {
+            return;
+        }
+        let cfg = &self.conns[conn].cfg;
         let Ok(dh) = DhSecret::generate(suite.dh) else {
             return;
         };
@@ -1972,7 +2037,7 @@ impl Endpoint {
             rekeyed: false,
         };
         self.sas.insert(spi_r, sa);
-        self.half_open.insert((remote, h.ispi), spi_r);
+        self.half_open.insert(remote, h.ispi, spi_r);
         self.send(local, remote, resp);
     }
 
@@ -2247,9 +2312,10 @@ impl Endpoint {
             return;
         }
         // Authenticated: the SA is established whatever happens to the CHILD_SA.
+        let ike_room = self.ike_room(conn);
         let sa = self.sas.get_mut(&spi).expect("present");
         sa.state = IkeState::Established;
-        self.half_open.retain(|_, v| *v != spi);
+        self.half_open.remove(spi);
         let cfg = &self.conns[conn].cfg;
         let (id_type, id_data) = cfg.local_id.to_wire();
         let id = Id {
@@ -2274,7 +2340,11 @@ impl Endpoint {
             }),
         ];
         let ike_life = cfg.lifetimes.ike;
-        let child = self.negotiate_child(spi, inner, None, true);
+        let child = if !ike_room || !self.child_room(conn, None) {
+            Err(NotifyType::NO_ADDITIONAL_SAS)
+        } else {
+            self.negotiate_child(spi, inner, None, true)
+        };
         let child_payloads;
         let mut failure = None;
         match &child {
@@ -2317,6 +2387,16 @@ impl Endpoint {
                     format!("established with {} (responder): {what}", remote.ip()),
                 );
                 self.settle_duplicates(conn, now);
+            }
+            // RFC 7296 cannot refuse an authenticated IKE SA: it carries no CHILD_SA and is
+            // deleted at once. The connection's other SAs carry on.
+            Err(_) if !ike_room => {
+                self.sas.get_mut(&spi).expect("present").rekeyed = true;
+                self.request(spi, Pending::DeleteIke, now);
+                self.limit_warning(conn, remote, true, NotifyType::NO_ADDITIONAL_SAS);
+            }
+            Err(NotifyType::NO_ADDITIONAL_SAS) => {
+                self.limit_warning(conn, remote, false, NotifyType::NO_ADDITIONAL_SAS);
             }
             Err(_) => {
                 let r = format!(
@@ -2614,6 +2694,123 @@ impl Endpoint {
             format!("established with {} (initiator): {what}", remote.ip()),
         );
         self.settle_duplicates(conn, now);
+    }
+
+    // -----------------------------------------------------------------------------------
+    // Limits (`[ike.limits]`, see limits.rs)
+
+    /// Whether the peer may add an IKE SA to a connection (`ike_sas_per_conn`): counts the
+    /// established ones, rekeyed ones the peer has not deleted yet included. Counted if not.
+    fn ike_room(&mut self, conn: ConnId) -> bool {
+        let n = self
+            .sas
+            .values()
+            .filter(|s| s.conn == conn && s.state == IkeState::Established)
+            .count();
+        let room = n < self.settings.limits.ike_sas_per_conn;
+        self.stats.limits.ike_sas_per_conn += u64::from(!room);
+        room
+    }
+
+    /// Whether the peer may add a CHILD_SA to a connection (`child_sas_per_conn`), over all
+    /// its IKE SAs: counts the live ones but those a peer's rekey already replaced and
+    /// `except` (the one a rekey replaces). Counted if not.
+    fn child_room(&mut self, conn: ConnId, except: Option<ChildId>) -> bool {
+        let n = self
+            .children
+            .iter()
+            .filter(|(id, c)| {
+                c.conn == conn
+                    && Some(**id) != except
+                    && c.peer_rekey.is_none()
+                    && matches!(c.state, ChildState::Active | ChildState::InboundOnly)
+            })
+            .count();
+        let room = n < self.settings.limits.child_sas_per_conn;
+        self.stats.limits.child_sas_per_conn += u64::from(!room);
+        room
+    }
+
+    /// A CREATE_CHILD_SA beyond `ike_sas_per_conn` (`ike`: TEMPORARY_FAILURE) or
+    /// `child_sas_per_conn` (NO_ADDITIONAL_SAS, RFC 7296 3.10.1).
+    fn refuse_create(&mut self, spi: u64, msg_id: u32, ike: bool, answer: NotifyType) {
+        let n = [Payload::Notify(Notify::new(answer, &[]))];
+        self.respond(spi, ExchangeType::CREATE_CHILD_SA, msg_id, &n);
+        let (conn, remote) = (self.sas[&spi].conn, self.sas[&spi].remote);
+        self.limit_warning(conn, remote, ike, answer);
+    }
+
+    /// For the log: a peer hit `ike_sas_per_conn` (`ike`) or `child_sas_per_conn`.
+    fn limit_warning(&mut self, conn: ConnId, remote: SocketAddr, ike: bool, answer: NotifyType) {
+        let l = &self.settings.limits;
+        let (what, name, n) = if ike {
+            ("IKE SAs", "ike_sas_per_conn", l.ike_sas_per_conn)
+        } else {
+            ("CHILD_SAs", "child_sas_per_conn", l.child_sas_per_conn)
+        };
+        self.events.push_back(Event::Warning {
+            conn: Some(conn),
+            message: format!(
+                "{} asked for more {what} than [ike.limits] {name} = {n} allows: {answer:?}",
+                remote.ip()
+            ),
+        });
+    }
+
+    /// `[ike.limits]` with what is in use and how often each was hit, for `vpnctl status`.
+    pub fn limits_status(&self) -> serde_json::Value {
+        use super::limits::limit_json;
+        let (l, h) = (&self.settings.limits, &self.stats.limits);
+        let per_conn = |f: &dyn Fn(ConnId) -> usize| (0..self.conns.len()).map(f).max();
+        let ike = per_conn(&|c| {
+            self.sas
+                .values()
+                .filter(|s| s.conn == c && s.state == IkeState::Established)
+                .count()
+        });
+        let child = per_conn(&|c| self.children.values().filter(|k| k.conn == c).count());
+        serde_json::json!({
+            "half_open_per_peer": limit_json(l.half_open_per_peer, self.half_open.max_per_peer(), h.half_open_per_peer),
+            "half_open_total": limit_json(l.half_open_total, self.half_open.total(), h.half_open_total),
+            "ike_sas_per_conn": limit_json(l.ike_sas_per_conn, ike.unwrap_or(0), h.ike_sas_per_conn),
+            "child_sas_per_conn": limit_json(l.child_sas_per_conn, child.unwrap_or(0), h.child_sas_per_conn),
+            "dh_per_second": {
+                "limit": l.dh_per_second, "burst": l.dh_burst,
+                "hit_cookie_demanded": h.dh_cookie, "hit_dropped": h.dh_dropped,
+            },
+            "cookie_secret": {
+                "lifetime_secs": l.cookie_secret_lifetime, "grace_secs": l.cookie_grace,
+                "rotations": h.cookie_rotations, "stale_cookies": h.cookies_stale,
+            },
+        })
+    }
+
+    /// Tests: a new CHILD_SA on the connection's IKE SA, as a peer flooding CREATE_CHILD_SA
+    /// would ask for (the core itself only does it when the connection has none).
+    #[cfg(test)]
+    pub(crate) fn create_extra_child(&mut self, conn: ConnId, now: Instant) {
+        if let Some(spi) = self.established_sa(conn) {
+            self.create_child(spi, now);
+        }
+    }
+
+    /// The half-open accounting agrees with the SAs (tests): same SAs, same per-peer counts.
+    #[cfg(test)]
+    pub(crate) fn check_half_open(&self) {
+        let (spis, per_peer) = self.half_open.snapshot();
+        let mut want: Vec<u64> = self
+            .sas
+            .iter()
+            .filter(|(_, s)| s.state == IkeState::HalfOpen)
+            .map(|(k, _)| *k)
+            .collect();
+        want.sort();
+        assert_eq!(spis, want, "half-open SAs tracked vs. in the table");
+        let mut count: HashMap<IpAddr, usize> = HashMap::new();
+        for spi in &want {
+            *count.entry(self.sas[spi].remote.ip()).or_default() += 1;
+        }
+        assert_eq!(per_peer, count, "half-open SAs per peer");
     }
 
     /// The negotiated algorithms, for the log: `IKE AES-GCM-16-256/PRF-HMAC-SHA2-256/
@@ -3073,6 +3270,10 @@ impl Endpoint {
             );
             return;
         };
+        if !self.child_room(self.sas[&spi].conn, Some(old)) {
+            self.refuse_create(spi, h.message_id, false, NotifyType::NO_ADDITIONAL_SAS);
+            return;
+        }
         if self.children[&old].state != ChildState::Active {
             // Already rekeyed by us (our Delete of it is on its way): RFC 7296 2.25.
             self.respond(
@@ -3158,6 +3359,10 @@ impl Endpoint {
         inner: &[RawPayload<'_>],
         ni: &[u8],
     ) {
+        if !self.child_room(self.sas[&spi].conn, None) {
+            self.refuse_create(spi, h.message_id, false, NotifyType::NO_ADDITIONAL_SAS);
+            return;
+        }
         let ke = body_of(inner, PayloadType::KE).and_then(|b| Ke::parse(b).ok());
         let mut neg = match self.negotiate_child(spi, inner, ke, false) {
             Ok((n, _)) => n,
@@ -3221,6 +3426,11 @@ impl Endpoint {
 
     fn rekey_ike_request(&mut self, now: Instant, spi: u64, h: &Header, inner: &[RawPayload<'_>]) {
         let conn = self.sas[&spi].conn;
+        if !self.ike_room(conn) {
+            // Rekeyed SAs the peer has not deleted yet: it may try again once it has.
+            self.refuse_create(spi, h.message_id, true, NotifyType::TEMPORARY_FAILURE);
+            return;
+        }
         let cfg = &self.conns[conn].cfg;
         let parsed = (|| {
             let offers = wire::parse_sa(body_of(inner, PayloadType::SA)?).ok()?;

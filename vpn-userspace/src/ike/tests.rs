@@ -1360,3 +1360,5 @@ fn messages_that_cannot_be_encoded_abandon_the_exchange() {
     );
     assert_eq!(n.a.ep.conn_status(0), ConnStatus::Active);
 }
+
+mod limits;
