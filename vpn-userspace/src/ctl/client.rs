@@ -156,6 +156,8 @@ pub struct Status {
     pub connections: Option<u32>,
     pub active: Option<u32>,
     pub ike: Value,
+    /// `[ike.limits]`: each limit, what is in use, how often it was hit.
+    pub limits: Value,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]

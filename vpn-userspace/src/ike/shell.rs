@@ -523,6 +523,7 @@ impl<S: SaSink> Shell<S> {
                         "auth_failed": s.auth_failed, "dpd_dead": s.dpd_dead,
                         "encode_errors": s.encode_errors,
                     },
+                    "limits": self.ep.limits_status(),
                 }))
             }
             Request::ConnList => {
