@@ -322,3 +322,41 @@ fn ike_sa_rekeys_the_peer_never_deletes_stop_at_the_limit() {
     assert!(n.tunnel_up());
     assert_eq!(n.b.ep.conn_status(0), ConnStatus::Active);
 }
+
+#[test]
+fn duplicate_ike_sas_beyond_the_limit_are_answered_then_deleted() {
+    let b = responder(
+        Limits {
+            ike_sas_per_conn: 2,
+            ..Limits::default()
+        },
+        30,
+        &[A],
+    );
+    // Three copies of one connection at A: three IKE SAs for B's one.
+    let mut a = Endpoint::new(settings());
+    for _ in 0..3 {
+        a.add_conn(conn(A, B, &ConnOpts::default()));
+    }
+    let mut n = Net::from_endpoints(a, b);
+    n.start();
+    n.run(Duration::from_secs(5));
+    assert_eq!(n.b.ep.ike_sa_count(), (2, 2));
+    assert_eq!(n.b.ep.conn_children(0).len(), 2);
+    assert_eq!(n.b.ep.stats.limits.ike_sas_per_conn, 1);
+    assert_eq!(n.b.ep.conn_status(0), ConnStatus::Active);
+    assert!(
+        n.b.plane
+            .warnings
+            .iter()
+            .any(|w| w.contains("ike_sas_per_conn = 2 allows: NO_ADDITIONAL_SAS")),
+        "{:?}",
+        n.b.plane.warnings
+    );
+    // The refused copy was told why, then deleted; the other two carry on.
+    assert_eq!(n.a.ep.ike_sa_count(), (2, 2));
+    let down: Vec<_> = (0..3)
+        .filter(|c| n.a.ep.conn_status(*c) != ConnStatus::Active)
+        .collect();
+    assert_eq!(down.len(), 1, "{:?}", n.a.plane.statuses);
+}
