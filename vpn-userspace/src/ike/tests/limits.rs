@@ -106,6 +106,26 @@ fn flood(b: &mut Endpoint, now: Instant, from: &str, first: u64, count: u64) -> 
         .count()
 }
 
+/// A with `copies` identical connections to `b`, started.
+fn started(b: Endpoint, copies: usize) -> Net {
+    let mut a = Endpoint::new(settings());
+    for _ in 0..copies {
+        a.add_conn(conn(A, B, &ConnOpts::default()));
+    }
+    let mut n = Net::from_endpoints(a, b);
+    n.start();
+    n
+}
+
+/// B allowing `n` IKE SAs per connection, towards A.
+fn ike_limited(n: usize) -> Endpoint {
+    let limits = Limits {
+        ike_sas_per_conn: n,
+        ..Limits::default()
+    };
+    responder(limits, 30, &[A])
+}
+
 #[test]
 fn a_peer_at_its_half_open_cap_is_dropped_and_others_still_connect() {
     let limits = Limits {
@@ -118,10 +138,7 @@ fn a_peer_at_its_half_open_cap_is_dropped_and_others_still_connect() {
     assert_eq!(b.ike_sa_count(), (3, 0));
     assert_eq!(b.stats.limits.half_open_per_peer, 7);
     // A, with its own allowance, still connects.
-    let mut a = Endpoint::new(settings());
-    a.add_conn(conn(A, B, &ConnOpts::default()));
-    let mut n = Net::from_endpoints(a, b);
-    n.start();
+    let mut n = started(b, 1);
     assert!(n.tunnel_up());
     n.b.ep.check_half_open();
     // C's SAs time out; the accounting follows.
@@ -291,18 +308,7 @@ fn create_child_sa_flood_gets_no_additional_sas_and_other_connections_still_reke
 
 #[test]
 fn ike_sa_rekeys_the_peer_never_deletes_stop_at_the_limit() {
-    let b = responder(
-        Limits {
-            ike_sas_per_conn: 2,
-            ..Limits::default()
-        },
-        30,
-        &[A],
-    );
-    let mut a = Endpoint::new(settings());
-    a.add_conn(conn(A, B, &ConnOpts::default()));
-    let mut n = Net::from_endpoints(a, b);
-    n.start();
+    let mut n = started(ike_limited(2), 1);
     // A's Deletes never arrive: each IKE SA it rekeys lingers at B.
     n.filter = Box::new(|t| {
         t.src.ip() != ip(A)
@@ -325,21 +331,8 @@ fn ike_sa_rekeys_the_peer_never_deletes_stop_at_the_limit() {
 
 #[test]
 fn duplicate_ike_sas_beyond_the_limit_are_answered_then_deleted() {
-    let b = responder(
-        Limits {
-            ike_sas_per_conn: 2,
-            ..Limits::default()
-        },
-        30,
-        &[A],
-    );
     // Three copies of one connection at A: three IKE SAs for B's one.
-    let mut a = Endpoint::new(settings());
-    for _ in 0..3 {
-        a.add_conn(conn(A, B, &ConnOpts::default()));
-    }
-    let mut n = Net::from_endpoints(a, b);
-    n.start();
+    let mut n = started(ike_limited(2), 3);
     n.run(Duration::from_secs(5));
     assert_eq!(n.b.ep.ike_sa_count(), (2, 2));
     assert_eq!(n.b.ep.conn_children(0).len(), 2);
