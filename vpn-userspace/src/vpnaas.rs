@@ -228,6 +228,9 @@ pub struct IkeSettings {
     /// Seconds a rekeyed SA's inbound half stays after deletion (packets in flight).
     #[serde(default = "d_2")]
     pub rekey_overlap: u64,
+    /// `[ike.limits]`: what one peer may cost.
+    #[serde(default)]
+    pub limits: crate::ike::limits::Limits,
 }
 
 impl Default for IkeSettings {
@@ -495,6 +498,10 @@ impl Config {
         if s.rekey_overlap > 3600 {
             return Err(ie("rekey_overlap", "at most 3600 seconds".into()));
         }
+        // Named as the parser names errors in a nested table: `top level: ike.limits.X`.
+        s.limits
+            .validate()
+            .map_err(|(f, m)| e("top level".into(), &format!("ike.limits.{f}"), m))?;
         Ok(())
     }
 
@@ -1439,6 +1446,41 @@ dpd = { action = "restart", interval = 10, timeout = 40 }
             (ike("rekey_overlap = -2"), "ike", "rekey_overlap"),
             (ike("bogus = 1"), "ike", "bogus"),
             (
+                ike("[ike.limits]\nhalf_open_per_peer = 0"),
+                "top level",
+                "ike.limits.half_open_per_peer",
+            ),
+            (
+                ike("[ike.limits]\nhalf_open_total = 2"),
+                "top level",
+                "ike.limits.half_open_total",
+            ),
+            (
+                ike("[ike.limits]\nike_sas_per_conn = 1"),
+                "top level",
+                "ike.limits.ike_sas_per_conn",
+            ),
+            (
+                ike("[ike.limits]\nchild_sas_per_conn = -1"),
+                "top level",
+                "ike.limits.child_sas_per_conn",
+            ),
+            (
+                ike("[ike.limits]\ndh_per_second = 0"),
+                "top level",
+                "ike.limits.dh_per_second",
+            ),
+            (
+                ike("[ike.limits]\ncookie_grace = 100"),
+                "top level",
+                "ike.limits.cookie_grace",
+            ),
+            (
+                ike("[ike.limits]\nbogus = 1"),
+                "top level",
+                "ike.limits.bogus",
+            ),
+            (
                 with("instance = \"t\"", "instance = \"t\"\nike = 1"),
                 "top level",
                 "ike",
@@ -1479,6 +1521,12 @@ dpd = { action = "restart", interval = 10, timeout = 40 }
         .unwrap();
         load(&ike(
             "port = 5000\nnatt_port = 5001\ncookie_threshold = 0\nrekey_overlap = 0",
+        ))
+        .unwrap();
+        load(&ike(
+            "[ike.limits]\nhalf_open_per_peer = 1\nhalf_open_total = 1\nike_sas_per_conn = 2\n\
+             child_sas_per_conn = 1\ndh_per_second = 1\ndh_burst = 1\n\
+             cookie_secret_lifetime = 1\ncookie_grace = 0",
         ))
         .unwrap();
     }

@@ -511,6 +511,7 @@ fn run() -> Result<()> {
             cookie_threshold: cfg.ike.cookie_threshold,
             half_open_timeout: Duration::from_secs(cfg.ike.half_open_timeout),
             overlap: Duration::from_secs(cfg.ike.rekey_overlap),
+            limits: cfg.ike.limits.clone(),
             ..Settings::default()
         };
         let mut ep = Endpoint::new(settings);

@@ -158,6 +158,8 @@ pub struct Status {
     pub ike: Value,
     /// The AF_XDP workers' counters, drops by reason under `drops`.
     pub worker: Value,
+    /// `[ike.limits]`: each limit, what is in use, how often it was hit.
+    pub limits: Value,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]

@@ -189,6 +189,11 @@ pub fn render_status(
                     }
                 }
             }
+            if let Value::Object(m) = &s.limits {
+                for (k, v) in m {
+                    t.row([format!("limit {k}"), limit_cell(v)]);
+                }
+            }
         }
         None => t.row([
             "vpnd".to_string(),
@@ -235,6 +240,23 @@ pub fn render_status(
         ]),
     }
     t.render()
+}
+
+/// `5 (hit 17, in use 2)` from `{"limit": 5, "in_use": 2, "hit": 17}`; other keys as
+/// `key value`.
+fn limit_cell(v: &Value) -> String {
+    let Value::Object(m) = v else {
+        return value_cell(v);
+    };
+    let rest: Vec<String> = m
+        .iter()
+        .filter(|(k, _)| *k != "limit")
+        .map(|(k, v)| format!("{} {}", k.replace('_', " "), value_cell(v)))
+        .collect();
+    match m.get("limit") {
+        Some(l) => format!("{} ({})", value_cell(l), rest.join(", ")),
+        None => rest.join(", "),
+    }
 }
 
 fn value_cell(v: &Value) -> String {
@@ -1003,6 +1025,27 @@ mod tests {
         assert!(s.contains("not running"));
         assert!(s.contains("15 of 15 present"));
         assert!(s.contains("\nattached      no\n"), "{s}");
+    }
+
+    #[test]
+    fn status_shows_each_limit_with_use_and_hits() {
+        let st = Status {
+            limits: json!({
+                "half_open_per_peer": {"limit": 5, "in_use": 2, "hit": 17},
+                "dh_per_second": {"limit": 100, "burst": 200, "hit_cookie_demanded": 3,
+                    "hit_dropped": 1},
+            }),
+            ..Status::default()
+        };
+        let s = render_status("east", Some(&st), None, None, Some("no maps"));
+        assert!(
+            s.contains("limit half_open_per_peer  5 (hit 17, in use 2)\n"),
+            "{s}"
+        );
+        assert!(
+            s.contains("100 (burst 200, hit cookie demanded 3, hit dropped 1)"),
+            "{s}"
+        );
     }
 
     #[test]

@@ -19,14 +19,15 @@ use zeroize::Zeroizing;
 use super::{
     conn::{ConnConfig, DpdAction, Encap, Identity, Initiator},
     crypto::{
-        self, DhGroup, DhSecret, IkeSaKeys, IkeSuite, Prf, SkCipher, child_keymat, ct_eq,
+        self, DhGroup, DhSecret, IkeSaKeys, IkeSuite, SkCipher, child_keymat, ct_eq,
         derive_ike_keys, psk_auth, signed_octets, skeyseed, skeyseed_rekey,
     },
+    limits::{CookieCheck, CookieJar, DhBucket, HalfOpen, LimitStats, Limits},
     proposal::{self, EspSuite},
     ts,
     wire::{
-        self, Auth, AuthMethod, Delete, ExchangeType, Header, Id, Ke, Message, Notify, NotifyType,
-        Payload, PayloadType, ProtocolId, RawPayload, flags,
+        self, Auth, AuthMethod, Delete, EncodeError, ExchangeType, Header, Id, Ke, Message, Notify,
+        NotifyType, Payload, PayloadType, ProtocolId, RawPayload, flags,
     },
 };
 use crate::{
@@ -56,6 +57,8 @@ pub struct Settings {
     pub overlap: Duration,
     /// NAT keepalive interval (RFC 3948 4).
     pub keepalive: Duration,
+    /// What one peer may cost (`[ike.limits]`).
+    pub limits: Limits,
 }
 
 impl Default for Settings {
@@ -69,6 +72,7 @@ impl Default for Settings {
             retransmit_tries: 5,
             overlap: Duration::from_secs(2),
             keepalive: Duration::from_secs(20),
+            limits: Limits::default(),
         }
     }
 }
@@ -126,6 +130,12 @@ pub enum Event {
         status: ConnStatus,
         reason: String,
     },
+    /// Something went wrong that changes no state the shell keeps (e.g. a message of ours
+    /// that could not be encoded): for the log only.
+    Warning {
+        conn: Option<ConnId>,
+        message: String,
+    },
 }
 
 /// Counters for the operator.
@@ -149,6 +159,11 @@ pub struct Stats {
     /// IKE_SA_INIT requests refused for their key exchange: another group than ours
     /// (INVALID_KE_PAYLOAD), or data that is no public value of the group (INVALID_SYNTAX).
     pub rejected_ke: u64,
+    /// Messages of ours that could not be encoded (a field too long): the exchange was
+    /// abandoned instead.
+    pub encode_errors: u64,
+    /// Limits hit (`[ike.limits]`).
+    pub limits: LimitStats,
 }
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
@@ -359,19 +374,32 @@ pub struct Endpoint {
     settings: Settings,
     conns: Vec<ConnRuntime>,
     sas: HashMap<u64, IkeSa>,
-    /// Responder: (peer, initiator SPI) -> our SPI, to answer retransmitted IKE_SA_INIT.
-    half_open: HashMap<(SocketAddr, u64), u64>,
+    /// Responder: the half-open IKE SAs, counted per peer.
+    half_open: HalfOpen,
     children: HashMap<ChildId, Child>,
     next_child: ChildId,
     /// Removals waiting for the overlap to pass.
     removals: Vec<(Instant, ConnId, ChildId)>,
-    cookie_secret: Zeroizing<Vec<u8>>,
+    cookies: CookieJar,
+    dh_bucket: DhBucket,
     transmits: VecDeque<Transmit>,
     events: VecDeque<Event>,
     pub stats: Stats,
+    /// Tests only: the TSi and TSr every encrypted message of ours carries instead of the
+    /// real ones (a peer that offers or answers whatever selectors it likes).
+    #[cfg(test)]
+    pub(crate) ts_override: Option<(Vec<wire::Ts>, Vec<wire::Ts>)>,
 }
 
 const NONCE_LEN: usize = 32;
+
+/// An IKE_SA_INIT request as the DoS checks see it.
+struct InitReq<'a> {
+    local: SocketAddr,
+    remote: SocketAddr,
+    h: &'a Header,
+    ni: &'a [u8],
+}
 
 fn nat_hash(spi_i: u64, spi_r: u64, addr: SocketAddr) -> Vec<u8> {
     let mut d = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA1_FOR_LEGACY_USE_ONLY);
@@ -447,18 +475,27 @@ fn child_keys(
 
 impl Endpoint {
     pub fn new(settings: Settings) -> Endpoint {
+        let l = &settings.limits;
+        let cookies = CookieJar::new(
+            Duration::from_secs(l.cookie_secret_lifetime),
+            Duration::from_secs(l.cookie_grace),
+        );
+        let dh_bucket = DhBucket::new(l.dh_per_second, l.dh_burst);
         Endpoint {
             settings,
             conns: Vec::new(),
             sas: HashMap::new(),
-            half_open: HashMap::new(),
+            half_open: HalfOpen::default(),
             children: HashMap::new(),
             next_child: 1,
             removals: Vec::new(),
-            cookie_secret: Zeroizing::new(crypto::random_bytes(32)),
+            cookies,
+            dh_bucket,
             transmits: VecDeque::new(),
             events: VecDeque::new(),
             stats: Stats::default(),
+            #[cfg(test)]
+            ts_override: None,
         }
     }
 
@@ -1094,7 +1131,7 @@ impl Endpoint {
         let Some(sa) = self.sas.remove(&spi) else {
             return;
         };
-        self.half_open.retain(|_, v| *v != spi);
+        self.half_open.remove(spi);
         let conn = sa.conn;
         let kids: Vec<ChildId> = self
             .children
@@ -1154,6 +1191,16 @@ impl Endpoint {
         self.transmits.push_back(Transmit { src, dst, data });
     }
 
+    /// A message of ours could not be encoded: counted and reported; the caller abandons the
+    /// exchange (nothing of it is installed, and a request is not sent).
+    fn encode_failed(&mut self, conn: Option<ConnId>, what: &str, e: &EncodeError) {
+        self.stats.encode_errors += 1;
+        self.events.push_back(Event::Warning {
+            conn,
+            message: format!("{what}: cannot encode the message ({e}); exchange abandoned"),
+        });
+    }
+
     /// Queues a request on an IKE SA; sent at once if the window is free.
     fn request(&mut self, spi: u64, p: Pending, now: Instant) {
         let Some(sa) = self.sas.get_mut(&spi) else {
@@ -1192,7 +1239,8 @@ impl Endpoint {
         }
     }
 
-    /// Encrypts a message on an established IKE SA.
+    /// Encrypts a message on an established IKE SA. Nothing is consumed (no IV) when it
+    /// cannot be encoded.
     fn seal(
         &mut self,
         spi: u64,
@@ -1200,13 +1248,32 @@ impl Endpoint {
         response: bool,
         msg_id: u32,
         payloads: &[Payload<'_>],
-    ) -> Vec<u8> {
+    ) -> Result<Vec<u8>, EncodeError> {
+        #[cfg(test)]
+        let replaced: Vec<Payload<'_>>;
+        #[cfg(test)]
+        let payloads = match &self.ts_override {
+            Some((tsi, tsr)) => {
+                replaced = payloads
+                    .iter()
+                    .map(|p| match p {
+                        Payload::TsI(_) => Payload::TsI(tsi.clone()),
+                        Payload::TsR(_) => Payload::TsR(tsr.clone()),
+                        p => p.clone(),
+                    })
+                    .collect();
+                &replaced[..]
+            }
+            None => payloads,
+        };
         let sa = self.sas.get_mut(&spi).expect("caller checked");
         let keys = sa.keys.as_mut().expect("established");
         let mut inner = Vec::new();
-        let first = wire::emit_chain(payloads, &mut inner);
+        let first = wire::emit_chain(payloads, &mut inner)?;
         let body_len = keys.out.sealed_len(inner.len());
+        let sk_len: u16 = wire::field(4 + body_len, "SK payload")?;
         let total = wire::IKE_HEADER_LEN + 4 + body_len;
+        let length: u32 = wire::field(total, "IKE message")?;
         let mut f = if sa.initiator { flags::INITIATOR } else { 0 };
         if response {
             f |= flags::RESPONSE;
@@ -1220,23 +1287,40 @@ impl Endpoint {
             exchange,
             flags: f,
             message_id: msg_id,
-            length: total as u32,
+            length,
         };
         let mut out = Vec::with_capacity(total);
         hdr.emit(&mut out);
-        wire::emit_generic_header(first, false, (4 + body_len) as u16, &mut out);
+        wire::emit_generic_header(first, false, sk_len, &mut out);
         let aad = out.clone();
         keys.out.seal(&aad, &inner, &mut out);
-        out
+        Ok(out)
     }
 
-    fn respond(&mut self, spi: u64, exchange: ExchangeType, msg_id: u32, payloads: &[Payload<'_>]) {
-        let packet = self.seal(spi, exchange, true, msg_id, payloads);
+    /// Answers a request. False when the answer cannot be encoded: then nothing is sent (the
+    /// request stays unanswered, the peer's retransmission is handled afresh), it is counted
+    /// and reported, and the caller must not act on the exchange.
+    fn respond(
+        &mut self,
+        spi: u64,
+        exchange: ExchangeType,
+        msg_id: u32,
+        payloads: &[Payload<'_>],
+    ) -> bool {
+        let packet = match self.seal(spi, exchange, true, msg_id, payloads) {
+            Ok(p) => p,
+            Err(e) => {
+                let conn = self.sas.get(&spi).map(|s| s.conn);
+                self.encode_failed(conn, &format!("{exchange:?} response"), &e);
+                return false;
+            }
+        };
         let sa = self.sas.get_mut(&spi).expect("present");
         sa.last_resp = Some((msg_id, packet.clone()));
         sa.peer_expect = msg_id.wrapping_add(1);
         let (src, dst) = (sa.local, sa.remote);
         self.send(src, dst, packet);
+        true
     }
 
     fn send_init(&mut self, spi: u64, now: Instant) {
@@ -1293,7 +1377,16 @@ impl Endpoint {
             message_id: 0,
             length: 0,
         };
-        let packet = wire::emit_message(&hdr, &payloads);
+        let packet = match wire::emit_message(&hdr, &payloads) {
+            Ok(p) => p,
+            Err(e) => {
+                drop(payloads);
+                let conn = sa.conn;
+                self.encode_failed(Some(conn), "IKE_SA_INIT request", &e);
+                self.drop_ike(spi, now, Some("IKE_SA_INIT request could not be encoded"));
+                return;
+            }
+        };
         drop(payloads);
         sa.dh = Some(dh);
         sa.init_req = packet.clone();
@@ -1361,9 +1454,21 @@ impl Endpoint {
                 }
                 payloads.push(Payload::TsI(tsi));
                 payloads.push(Payload::TsR(tsr));
-                let packet =
+                let sealed =
                     self.seal(spi, ExchangeType::CREATE_CHILD_SA, false, msg_id, &payloads);
                 drop(payloads);
+                let packet = match sealed {
+                    Ok(p) => p,
+                    Err(e) => {
+                        self.encode_failed(Some(conn), "CHILD_SA rekey request", &e);
+                        // The old SA carries on; a later attempt may fare better.
+                        if let Some(c) = self.children.get_mut(&old) {
+                            c.rekey_requested = false;
+                            c.rekey_at = now + Duration::from_secs(30);
+                        }
+                        return None;
+                    }
+                };
                 self.sas.get_mut(&spi)?.next_msg_id += 1;
                 Some((
                     packet,
@@ -1392,9 +1497,17 @@ impl Endpoint {
                         data: dh.public(),
                     }),
                 ];
-                let packet =
+                let sealed =
                     self.seal(spi, ExchangeType::CREATE_CHILD_SA, false, msg_id, &payloads);
                 drop(payloads);
+                let packet = match sealed {
+                    Ok(p) => p,
+                    Err(e) => {
+                        self.encode_failed(Some(conn), "IKE_SA rekey request", &e);
+                        self.sas.get_mut(&spi)?.rekey_at = Some(now + Duration::from_secs(30));
+                        return None;
+                    }
+                };
                 self.sas.get_mut(&spi)?.next_msg_id += 1;
                 Some((packet, Pending::RekeyIke { new_spi, ni, dh }, msg_id))
             }
@@ -1422,9 +1535,21 @@ impl Endpoint {
                 }
                 payloads.push(Payload::TsI(ts::to_ts(&cfg.local_ts)));
                 payloads.push(Payload::TsR(ts::to_ts(&cfg.peer_ts)));
-                let packet =
+                let sealed =
                     self.seal(spi, ExchangeType::CREATE_CHILD_SA, false, msg_id, &payloads);
                 drop(payloads);
+                let packet = match sealed {
+                    Ok(p) => p,
+                    Err(e) => {
+                        self.encode_failed(Some(conn), "CREATE_CHILD_SA request", &e);
+                        self.status(
+                            conn,
+                            ConnStatus::Down,
+                            "CREATE_CHILD_SA request could not be encoded",
+                        );
+                        return None;
+                    }
+                };
                 self.sas.get_mut(&spi)?.next_msg_id += 1;
                 Some((packet, Pending::CreateChild { spi_in, ni, dh }, msg_id))
             }
@@ -1442,7 +1567,19 @@ impl Endpoint {
                     spi_size: 4,
                     spis: spis.iter().map(|s| &s[..]).collect(),
                 })];
-                let packet = self.seal(spi, ExchangeType::INFORMATIONAL, false, msg_id, &payloads);
+                let sealed = self.seal(spi, ExchangeType::INFORMATIONAL, false, msg_id, &payloads);
+                drop(payloads);
+                let packet = match sealed {
+                    Ok(p) => p,
+                    Err(e) => {
+                        // Gone here all the same; the peer's copies expire with their lifetime.
+                        self.encode_failed(Some(conn), "CHILD_SA Delete request", &e);
+                        for id in &ids {
+                            self.removals.push((now, conn, *id));
+                        }
+                        return None;
+                    }
+                };
                 self.sas.get_mut(&spi)?.next_msg_id += 1;
                 Some((packet, Pending::DeleteChildren(ids), msg_id))
             }
@@ -1452,15 +1589,28 @@ impl Endpoint {
                     spi_size: 0,
                     spis: vec![],
                 })];
-                let packet = self.seal(spi, ExchangeType::INFORMATIONAL, false, msg_id, &payloads);
+                let sealed = self.seal(spi, ExchangeType::INFORMATIONAL, false, msg_id, &payloads);
+                let packet = match sealed {
+                    Ok(p) => p,
+                    Err(e) => {
+                        self.encode_failed(Some(conn), "IKE_SA Delete request", &e);
+                        self.drop_ike(spi, now, None);
+                        return None;
+                    }
+                };
                 let sa = self.sas.get_mut(&spi)?;
                 sa.next_msg_id += 1;
                 Some((packet, Pending::DeleteIke, msg_id))
             }
             Pending::Dpd => {
-                let packet = self.seal(spi, ExchangeType::INFORMATIONAL, false, msg_id, &[]);
+                let packet = match self.seal(spi, ExchangeType::INFORMATIONAL, false, msg_id, &[]) {
+                    Ok(p) => p,
+                    Err(e) => {
+                        self.encode_failed(Some(conn), "liveness check", &e);
+                        return None;
+                    }
+                };
                 self.sas.get_mut(&spi)?.next_msg_id += 1;
-                let _ = now;
                 Some((packet, Pending::Dpd, msg_id))
             }
             Pending::Init | Pending::Auth { .. } => None,
@@ -1635,20 +1785,67 @@ impl Endpoint {
             message_id: req.message_id,
             length: 0,
         };
-        let packet = wire::emit_message(&hdr, &[Payload::Notify(Notify::new(t, data))]);
-        self.send(local, remote, packet);
+        match wire::emit_message(&hdr, &[Payload::Notify(Notify::new(t, data))]) {
+            Ok(packet) => self.send(local, remote, packet),
+            Err(e) => self.encode_failed(None, &format!("{t:?} notify to {remote}"), &e),
+        }
     }
 
-    fn cookie_for(&self, ni: &[u8], remote: SocketAddr, spi_i: u64) -> Vec<u8> {
-        let ip = match remote.ip() {
-            IpAddr::V4(a) => a.octets().to_vec(),
-            IpAddr::V6(a) => a.octets().to_vec(),
-        };
-        let mut c = vec![1u8];
-        c.extend_from_slice(
-            &Prf::HmacSha256.compute(&self.cookie_secret, &[ni, &ip, &spi_i.to_be_bytes()]),
-        );
-        c
+    /// DoS protection for an IKE_SA_INIT request (RFC 7296 2.6): past the cookie threshold
+    /// only requests returning our cookie get state, past the half-open caps none does.
+    /// None: answered or dropped here (counted); else whether it carried a valid cookie.
+    fn admit_init(
+        &mut self,
+        now: Instant,
+        r: &InitReq<'_>,
+        payloads: &[RawPayload<'_>],
+    ) -> Option<bool> {
+        let (remote, h, ni) = (r.remote, r.h, r.ni);
+        let l = &self.settings.limits;
+        let ls = &mut self.stats.limits;
+        let got = notify_of(payloads, NotifyType::COOKIE).map(|n| n.data);
+        let mut cookie_ok = false;
+        if let Some(got) = got {
+            let (check, rotated) = self.cookies.check(now, got, ni, remote.ip(), h.ispi);
+            ls.cookie_rotations += u64::from(rotated);
+            ls.cookies_stale += u64::from(check == CookieCheck::Stale);
+            cookie_ok = check == CookieCheck::Valid;
+        }
+        if !cookie_ok && self.half_open.total() >= self.settings.cookie_threshold {
+            self.demand_cookie(now, r);
+            return None;
+        }
+        if self.half_open.of_peer(remote.ip()) >= l.half_open_per_peer {
+            ls.half_open_per_peer += 1;
+            return None;
+        }
+        if self.half_open.total() >= l.half_open_total {
+            ls.half_open_total += 1;
+            return None;
+        }
+        Some(cookie_ok)
+    }
+
+    /// Whether the DH of an IKE_SA_INIT answer may be computed now: past the rate a request
+    /// without a valid cookie is asked for one (costs no DH), one with a cookie is dropped.
+    fn admit_dh(&mut self, now: Instant, r: &InitReq<'_>, cookie_ok: bool) -> bool {
+        if self.dh_bucket.take(now) {
+            return true;
+        }
+        if cookie_ok {
+            self.stats.limits.dh_dropped += 1;
+        } else {
+            self.stats.limits.dh_cookie += 1;
+            self.demand_cookie(now, r);
+        }
+        false
+    }
+
+    fn demand_cookie(&mut self, now: Instant, r: &InitReq<'_>) {
+        let (want, rotated) = self.cookies.make(now, r.ni, r.remote.ip(), r.h.ispi);
+        self.stats.limits.cookie_rotations += u64::from(rotated);
+        self.stats.cookies_sent += 1;
+        self.plain_notify(r.local, r.remote, r.h, NotifyType::COOKIE, &want);
     }
 
     fn init_request(
@@ -1659,7 +1856,7 @@ impl Endpoint {
         msg: &Message<'_>,
     ) {
         let h = msg.header;
-        if let Some(our) = self.half_open.get(&(remote, h.ispi)).copied()
+        if let Some(our) = self.half_open.get(remote, h.ispi)
             && let Some(sa) = self.sas.get(&our)
             && !sa.init_resp.is_empty()
         {
@@ -1704,21 +1901,15 @@ impl Endpoint {
             self.plain_notify(local, remote, &h, NotifyType::INVALID_SYNTAX, &[]);
             return;
         }
-        // DoS protection: past the threshold, only requests returning our cookie get state.
-        let half_open = self
-            .sas
-            .values()
-            .filter(|s| s.state == IkeState::HalfOpen)
-            .count();
-        if half_open >= self.settings.cookie_threshold {
-            let want = self.cookie_for(ni, remote, h.ispi);
-            let got = notify_of(&msg.payloads, NotifyType::COOKIE).map(|n| n.data);
-            if !got.is_some_and(|g| ct_eq(g, &want)) {
-                self.stats.cookies_sent += 1;
-                self.plain_notify(local, remote, &h, NotifyType::COOKIE, &want);
-                return;
-            }
-        }
+        let req = InitReq {
+            local,
+            remote,
+            h: &h,
+            ni,
+        };
+        let Some(cookie_ok) = self.admit_init(now, &req, &msg.payloads) else {
+            return;
+        };
         let cfg = &self.conns[conn].cfg;
         let Some((suite, num, _)) = proposal::choose_ike(&cfg.ike, &offers) else {
             let reason = format!(
@@ -1741,6 +1932,10 @@ impl Endpoint {
             );
             return;
         }
+        if !self.admit_dh(now, &req, cookie_ok) {
+            return;
+        }
+        let cfg = &self.conns[conn].cfg;
         let Ok(dh) = DhSecret::generate(suite.dh) else {
             return;
         };
@@ -1800,7 +1995,14 @@ impl Endpoint {
             message_id: 0,
             length: 0,
         };
-        let resp = wire::emit_message(&hdr, &payloads);
+        let resp = match wire::emit_message(&hdr, &payloads) {
+            Ok(r) => r,
+            Err(e) => {
+                drop(payloads);
+                self.encode_failed(Some(conn), &format!("IKE_SA_INIT response to {remote}"), &e);
+                return;
+            }
+        };
         drop(payloads);
         let seed = skeyseed(suite.prf, ni, &nr, &g_ir);
         let keys = derive_ike_keys(&suite, &seed, ni, &nr, h.ispi, spi_r);
@@ -1840,7 +2042,7 @@ impl Endpoint {
             rekeyed: false,
         };
         self.sas.insert(spi_r, sa);
-        self.half_open.insert((remote, h.ispi), spi_r);
+        self.half_open.insert(remote, h.ispi, spi_r);
         self.send(local, remote, resp);
     }
 
@@ -1995,8 +2197,17 @@ impl Endpoint {
         ];
         sa.state = IkeState::AuthSent;
         let msg_id = sa.next_msg_id;
-        let packet = self.seal(spi, ExchangeType::IKE_AUTH, false, msg_id, &payloads);
+        let sealed = self.seal(spi, ExchangeType::IKE_AUTH, false, msg_id, &payloads);
         drop(payloads);
+        let packet = match sealed {
+            Ok(p) => p,
+            Err(e) => {
+                let conn = self.sas[&spi].conn;
+                self.encode_failed(Some(conn), "IKE_AUTH request", &e);
+                self.drop_ike(spi, now, Some("IKE_AUTH request could not be encoded"));
+                return;
+            }
+        };
         let sa = self.sas.get_mut(&spi).expect("present");
         sa.next_msg_id += 1;
         sa.inflight = Some(Inflight {
@@ -2106,9 +2317,10 @@ impl Endpoint {
             return;
         }
         // Authenticated: the SA is established whatever happens to the CHILD_SA.
+        let ike_room = self.ike_room(conn);
         let sa = self.sas.get_mut(&spi).expect("present");
         sa.state = IkeState::Established;
-        self.half_open.retain(|_, v| *v != spi);
+        self.half_open.remove(spi);
         let cfg = &self.conns[conn].cfg;
         let (id_type, id_data) = cfg.local_id.to_wire();
         let id = Id {
@@ -2133,7 +2345,11 @@ impl Endpoint {
             }),
         ];
         let ike_life = cfg.lifetimes.ike;
-        let child = self.negotiate_child(spi, inner, None, true);
+        let child = if !ike_room || !self.child_room(conn, None) {
+            Err(NotifyType::NO_ADDITIONAL_SAS)
+        } else {
+            self.negotiate_child(spi, inner, None, true)
+        };
         let child_payloads;
         let mut failure = None;
         match &child {
@@ -2146,8 +2362,17 @@ impl Endpoint {
                 payloads.push(Payload::Notify(Notify::new(*t, &[])));
             }
         }
-        self.respond(spi, ExchangeType::IKE_AUTH, h.message_id, &payloads);
+        let sent = self.respond(spi, ExchangeType::IKE_AUTH, h.message_id, &payloads);
         drop(payloads);
+        if !sent {
+            // Half-established and unanswerable: forget it; the peer starts over.
+            let r = format!(
+                "IKE_AUTH from {}: our answer could not be encoded",
+                remote.ip()
+            );
+            self.drop_ike(spi, now, Some(&r));
+            return;
+        }
         self.stats.ike_established += 1;
         let sa = self.sas.get_mut(&spi).expect("present");
         sa.rekey_at = Some(rekey_time(now, ike_life));
@@ -2167,6 +2392,16 @@ impl Endpoint {
                     format!("established with {} (responder): {what}", remote.ip()),
                 );
                 self.settle_duplicates(conn, now);
+            }
+            // RFC 7296 cannot refuse an authenticated IKE SA: it carries no CHILD_SA and is
+            // deleted at once. The connection's other SAs carry on.
+            Err(_) if !ike_room => {
+                self.sas.get_mut(&spi).expect("present").rekeyed = true;
+                self.request(spi, Pending::DeleteIke, now);
+                self.limit_warning(conn, remote, true, NotifyType::NO_ADDITIONAL_SAS);
+            }
+            Err(NotifyType::NO_ADDITIONAL_SAS) => {
+                self.limit_warning(conn, remote, false, NotifyType::NO_ADDITIONAL_SAS);
             }
             Err(_) => {
                 let r = format!(
@@ -2464,6 +2699,123 @@ impl Endpoint {
             format!("established with {} (initiator): {what}", remote.ip()),
         );
         self.settle_duplicates(conn, now);
+    }
+
+    // -----------------------------------------------------------------------------------
+    // Limits (`[ike.limits]`, see limits.rs)
+
+    /// Whether the peer may add an IKE SA to a connection (`ike_sas_per_conn`): counts the
+    /// established ones, rekeyed ones the peer has not deleted yet included. Counted if not.
+    fn ike_room(&mut self, conn: ConnId) -> bool {
+        let n = self
+            .sas
+            .values()
+            .filter(|s| s.conn == conn && s.state == IkeState::Established)
+            .count();
+        let room = n < self.settings.limits.ike_sas_per_conn;
+        self.stats.limits.ike_sas_per_conn += u64::from(!room);
+        room
+    }
+
+    /// Whether the peer may add a CHILD_SA to a connection (`child_sas_per_conn`), over all
+    /// its IKE SAs: counts the live ones but those a peer's rekey already replaced and
+    /// `except` (the one a rekey replaces). Counted if not.
+    fn child_room(&mut self, conn: ConnId, except: Option<ChildId>) -> bool {
+        let n = self
+            .children
+            .iter()
+            .filter(|(id, c)| {
+                c.conn == conn
+                    && Some(**id) != except
+                    && c.peer_rekey.is_none()
+                    && matches!(c.state, ChildState::Active | ChildState::InboundOnly)
+            })
+            .count();
+        let room = n < self.settings.limits.child_sas_per_conn;
+        self.stats.limits.child_sas_per_conn += u64::from(!room);
+        room
+    }
+
+    /// A CREATE_CHILD_SA beyond `ike_sas_per_conn` (`ike`: TEMPORARY_FAILURE) or
+    /// `child_sas_per_conn` (NO_ADDITIONAL_SAS, RFC 7296 3.10.1).
+    fn refuse_create(&mut self, spi: u64, msg_id: u32, ike: bool, answer: NotifyType) {
+        let n = [Payload::Notify(Notify::new(answer, &[]))];
+        self.respond(spi, ExchangeType::CREATE_CHILD_SA, msg_id, &n);
+        let (conn, remote) = (self.sas[&spi].conn, self.sas[&spi].remote);
+        self.limit_warning(conn, remote, ike, answer);
+    }
+
+    /// For the log: a peer hit `ike_sas_per_conn` (`ike`) or `child_sas_per_conn`.
+    fn limit_warning(&mut self, conn: ConnId, remote: SocketAddr, ike: bool, answer: NotifyType) {
+        let l = &self.settings.limits;
+        let (what, name, n) = if ike {
+            ("IKE SAs", "ike_sas_per_conn", l.ike_sas_per_conn)
+        } else {
+            ("CHILD_SAs", "child_sas_per_conn", l.child_sas_per_conn)
+        };
+        self.events.push_back(Event::Warning {
+            conn: Some(conn),
+            message: format!(
+                "{} asked for more {what} than [ike.limits] {name} = {n} allows: {answer:?}",
+                remote.ip()
+            ),
+        });
+    }
+
+    /// `[ike.limits]` with what is in use and how often each was hit, for `vpnctl status`.
+    pub fn limits_status(&self) -> serde_json::Value {
+        use super::limits::limit_json;
+        let (l, h) = (&self.settings.limits, &self.stats.limits);
+        let per_conn = |f: &dyn Fn(ConnId) -> usize| (0..self.conns.len()).map(f).max();
+        let ike = per_conn(&|c| {
+            self.sas
+                .values()
+                .filter(|s| s.conn == c && s.state == IkeState::Established)
+                .count()
+        });
+        let child = per_conn(&|c| self.children.values().filter(|k| k.conn == c).count());
+        serde_json::json!({
+            "half_open_per_peer": limit_json(l.half_open_per_peer, self.half_open.max_per_peer(), h.half_open_per_peer),
+            "half_open_total": limit_json(l.half_open_total, self.half_open.total(), h.half_open_total),
+            "ike_sas_per_conn": limit_json(l.ike_sas_per_conn, ike.unwrap_or(0), h.ike_sas_per_conn),
+            "child_sas_per_conn": limit_json(l.child_sas_per_conn, child.unwrap_or(0), h.child_sas_per_conn),
+            "dh_per_second": {
+                "limit": l.dh_per_second, "burst": l.dh_burst,
+                "hit_cookie_demanded": h.dh_cookie, "hit_dropped": h.dh_dropped,
+            },
+            "cookie_secret": {
+                "lifetime_secs": l.cookie_secret_lifetime, "grace_secs": l.cookie_grace,
+                "rotations": h.cookie_rotations, "stale_cookies": h.cookies_stale,
+            },
+        })
+    }
+
+    /// Tests: a new CHILD_SA on the connection's IKE SA, as a peer flooding CREATE_CHILD_SA
+    /// would ask for (the core itself only does it when the connection has none).
+    #[cfg(test)]
+    pub(crate) fn create_extra_child(&mut self, conn: ConnId, now: Instant) {
+        if let Some(spi) = self.established_sa(conn) {
+            self.create_child(spi, now);
+        }
+    }
+
+    /// The half-open accounting agrees with the SAs (tests): same SAs, same per-peer counts.
+    #[cfg(test)]
+    pub(crate) fn check_half_open(&self) {
+        let (spis, per_peer) = self.half_open.snapshot();
+        let mut want: Vec<u64> = self
+            .sas
+            .iter()
+            .filter(|(_, s)| s.state == IkeState::HalfOpen)
+            .map(|(k, _)| *k)
+            .collect();
+        want.sort();
+        assert_eq!(spis, want, "half-open SAs tracked vs. in the table");
+        let mut count: HashMap<IpAddr, usize> = HashMap::new();
+        for spi in &want {
+            *count.entry(self.sas[spi].remote.ip()).or_default() += 1;
+        }
+        assert_eq!(per_peer, count, "half-open SAs per peer");
     }
 
     /// The negotiated algorithms, for the log: `IKE AES-GCM-16-256/PRF-HMAC-SHA2-256/
@@ -2923,6 +3275,10 @@ impl Endpoint {
             );
             return;
         };
+        if !self.child_room(self.sas[&spi].conn, Some(old)) {
+            self.refuse_create(spi, h.message_id, false, NotifyType::NO_ADDITIONAL_SAS);
+            return;
+        }
         if self.children[&old].state != ChildState::Active {
             // Already rekeyed by us (our Delete of it is on its way): RFC 7296 2.25.
             self.respond(
@@ -2981,8 +3337,11 @@ impl Endpoint {
                 }),
             );
         }
-        self.respond(spi, ExchangeType::CREATE_CHILD_SA, h.message_id, &payloads);
+        let sent = self.respond(spi, ExchangeType::CREATE_CHILD_SA, h.message_id, &payloads);
         drop(payloads);
+        if !sent {
+            return;
+        }
         let new = self.install_child(spi, neg, now, Some(old), false);
         self.stats.child_rekeyed += 1;
         // Outbound switches when the peer deletes the old SA (or after a grace period).
@@ -3005,6 +3364,10 @@ impl Endpoint {
         inner: &[RawPayload<'_>],
         ni: &[u8],
     ) {
+        if !self.child_room(self.sas[&spi].conn, None) {
+            self.refuse_create(spi, h.message_id, false, NotifyType::NO_ADDITIONAL_SAS);
+            return;
+        }
         let ke = body_of(inner, PayloadType::KE).and_then(|b| Ke::parse(b).ok());
         let mut neg = match self.negotiate_child(spi, inner, ke, false) {
             Ok((n, _)) => n,
@@ -3049,8 +3412,11 @@ impl Endpoint {
                 }),
             );
         }
-        self.respond(spi, ExchangeType::CREATE_CHILD_SA, h.message_id, &payloads);
+        let sent = self.respond(spi, ExchangeType::CREATE_CHILD_SA, h.message_id, &payloads);
         drop(payloads);
+        if !sent {
+            return;
+        }
         let conn = self.sas[&spi].conn;
         let remote = self.sas[&spi].remote;
         let id = self.install_child(spi, neg, now, None, false);
@@ -3065,6 +3431,11 @@ impl Endpoint {
 
     fn rekey_ike_request(&mut self, now: Instant, spi: u64, h: &Header, inner: &[RawPayload<'_>]) {
         let conn = self.sas[&spi].conn;
+        if !self.ike_room(conn) {
+            // Rekeyed SAs the peer has not deleted yet: it may try again once it has.
+            self.refuse_create(spi, h.message_id, true, NotifyType::TEMPORARY_FAILURE);
+            return;
+        }
         let cfg = &self.conns[conn].cfg;
         let parsed = (|| {
             let offers = wire::parse_sa(body_of(inner, PayloadType::SA)?).ok()?;
@@ -3156,8 +3527,11 @@ impl Endpoint {
                 data: dh.public(),
             }),
         ];
-        self.respond(spi, ExchangeType::CREATE_CHILD_SA, h.message_id, &payloads);
+        let sent = self.respond(spi, ExchangeType::CREATE_CHILD_SA, h.message_id, &payloads);
         drop(payloads);
+        if !sent {
+            return;
+        }
         let old = &self.sas[&spi];
         let seed = skeyseed_rekey(
             old.suite.expect("est").prf,

@@ -4,6 +4,7 @@
 pub mod conn;
 pub mod crypto;
 pub mod endpoint;
+pub mod limits;
 pub mod plane;
 pub mod proposal;
 pub mod shell;

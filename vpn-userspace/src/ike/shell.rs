@@ -347,6 +347,13 @@ impl<S: SaSink> Shell<S> {
                 info[conn].status = s.into();
                 info[conn].reason = reason;
             }
+            Event::Warning { conn, message } => {
+                match conn.map(|c| self.ep.conn(c).name.clone()) {
+                    Some(name) => tracing::warn!("vpnd: conn {name}: {message}"),
+                    None => tracing::warn!("vpnd: IKE: {message}"),
+                }
+                return;
+            }
         }
         let mut info = self.info.lock().expect("not poisoned");
         for (c, i) in info.iter_mut().enumerate() {
@@ -535,8 +542,10 @@ impl<S: SaSink> Shell<S> {
                         "child_rekeyed": s.child_rekeyed, "ike_rekeyed": s.ike_rekeyed,
                         "auth_failed": s.auth_failed, "dpd_dead": s.dpd_dead,
                         "rejected_ke": s.rejected_ke,
+                        "encode_errors": s.encode_errors,
                     },
                     "worker": self.daemon.worker_stats.as_ref().map(|b| b.total().to_json()),
+                    "limits": self.ep.limits_status(),
                 }))
             }
             Request::ConnList => {

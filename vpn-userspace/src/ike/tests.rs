@@ -112,6 +112,7 @@ struct Plane {
     installs: usize,
     removes: usize,
     statuses: Vec<(ConnStatus, String)>,
+    warnings: Vec<String>,
 }
 
 impl Plane {
@@ -139,6 +140,7 @@ impl Plane {
                 }
             }
             Event::Status { status, reason, .. } => self.statuses.push((status, reason)),
+            Event::Warning { message, .. } => self.warnings.push(message),
         }
     }
 
@@ -920,6 +922,7 @@ fn raw_init(extra: Payload<'_>, major: u8) -> Vec<u8> {
             extra,
         ],
     )
+    .unwrap()
 }
 
 fn answer_to(data: &[u8]) -> Option<NotifyType> {
@@ -1272,3 +1275,90 @@ fn several_subnets_of_both_families_with_narrowing() {
     assert_eq!(b.peer_ts, a.local_ts);
     assert_eq!(b.local_ts, a.peer_ts);
 }
+
+/// Both sides allow 10.1.0.0/16 on A's side, so the ragged ranges are all inside policy.
+fn wide_opts(initiator: Initiator) -> ConnOpts {
+    ConnOpts {
+        local_ts: if initiator == Initiator::BiDirectional {
+            vec!["10.1.0.0/16"]
+        } else {
+            vec!["10.2.0.0/24"]
+        },
+        peer_ts: if initiator == Initiator::BiDirectional {
+            vec!["10.2.0.0/24"]
+        } else {
+            vec!["10.1.0.0/16"]
+        },
+        initiator,
+        ..Default::default()
+    }
+}
+
+fn normal_ts(s: &str) -> Vec<wire::Ts> {
+    super::ts::to_ts(&[parse_prefix(s).unwrap()])
+}
+
+/// Issue 14 (H1): a message of ours that cannot be encoded (here 300 selectors, more than
+/// the TS count octet holds) abandons its exchange, counted and reported, and nothing of it
+/// is installed: the endpoint keeps working.
+#[test]
+fn messages_that_cannot_be_encoded_abandon_the_exchange() {
+    let too_many = || {
+        (0..300u32)
+            .map(|i| {
+                let a = IpAddr::V4(std::net::Ipv4Addr::from(0x0a01_0000 + 2 * i));
+                wire::Ts::Range(wire::TrafficSelector::range(a, a))
+            })
+            .collect::<Vec<_>>()
+    };
+    // Our IKE_AUTH request: the IKE SA is dropped with the reason.
+    let mut n = Net::new(
+        wide_opts(Initiator::BiDirectional),
+        wide_opts(Initiator::ResponseOnly),
+    );
+    n.a.ep.ts_override = Some((too_many(), normal_ts("10.2.0.0/24")));
+    n.start();
+    assert_eq!(n.a.ep.stats.encode_errors, 1);
+    assert!(
+        n.a.plane.warnings[0].contains("IKE_AUTH request"),
+        "{:?}",
+        n.a.plane.warnings
+    );
+    assert!(n.a.plane.warnings[0].contains("TS list too long"));
+    assert!(down_reason(&n.a.plane).contains("could not be encoded"));
+    assert_eq!(n.a.ep.ike_sa_count().0, 0);
+    // Our IKE_AUTH answer: not sent, the half-open SA is forgotten.
+    let mut n = Net::new(
+        wide_opts(Initiator::BiDirectional),
+        wide_opts(Initiator::ResponseOnly),
+    );
+    n.b.ep.ts_override = Some((too_many(), normal_ts("10.2.0.0/24")));
+    n.start();
+    assert_eq!(n.b.ep.stats.encode_errors, 1);
+    assert!(n.b.plane.children.is_empty() && n.a.plane.children.is_empty());
+    assert_eq!(n.b.ep.ike_sa_count().0, 0);
+    // A rekey request: abandoned, the old CHILD_SA carries on and is rekeyed later.
+    let mut n = Net::new(
+        wide_opts(Initiator::BiDirectional),
+        wide_opts(Initiator::ResponseOnly),
+    );
+    n.start();
+    let spi = n.a.plane.out().unwrap().spi_out;
+    n.a.ep.ts_override = Some((too_many(), normal_ts("10.2.0.0/24")));
+    let child = n.a.plane.active.unwrap();
+    n.a.ep.rekey_child(child, n.now);
+    n.settle();
+    assert_eq!(n.a.ep.stats.encode_errors, 1);
+    assert_eq!(n.a.plane.out().unwrap().spi_out, spi);
+    n.a.ep.ts_override = None;
+    n.run(Duration::from_secs(31));
+    assert!(n.tunnel_up());
+    assert_ne!(
+        n.a.plane.out().unwrap().spi_out,
+        spi,
+        "rekeyed on the next attempt"
+    );
+    assert_eq!(n.a.ep.conn_status(0), ConnStatus::Active);
+}
+
+mod limits;

@@ -6,8 +6,9 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use super::{
-    ATTR_KEY_LENGTH, AuthMethod, Header, IKE_HEADER_LEN, IdType, NotifyType, PayloadType,
-    ProtocolId, RawPayload, Reader, TransformType, TsType, WireError, emit_generic_header,
+    ATTR_KEY_LENGTH, AuthMethod, EncodeError, Header, IKE_HEADER_LEN, IdType, NotifyType,
+    PayloadType, ProtocolId, RawPayload, Reader, TransformType, TsType, WireError,
+    emit_generic_header, field,
 };
 
 /// Last-substruc values (RFC 7296 3.3.1, 3.3.2).
@@ -18,16 +19,10 @@ const LAST: u8 = 0;
 /// Attribute format bit: set for TV (2-byte value), clear for TLV (RFC 7296 3.3.5).
 const ATTR_TV: u16 = 0x8000;
 
-/// Converts a length to its on-wire field, panicking on a value the field cannot hold:
-/// encoders are given well-formed values by the caller, and a silently wrapped length would
-/// produce a message that parses differently.
-fn field<T: TryFrom<usize>>(len: usize, what: &str) -> T {
-    T::try_from(len).unwrap_or_else(|_| panic!("{what} too long to encode ({len})"))
-}
-
-/// Overwrites a big-endian u16 length placeholder at `at`.
-fn patch_u16(out: &mut [u8], at: usize, len: usize, what: &str) {
-    out[at..at + 2].copy_from_slice(&field::<u16>(len, what).to_be_bytes());
+/// Overwrites a big-endian u16 length placeholder at `at` (written by the caller).
+fn patch_u16(out: &mut [u8], at: usize, len: usize, what: &'static str) -> Result<(), EncodeError> {
+    out[at..at + 2].copy_from_slice(&field::<u16>(len, what)?.to_be_bytes());
+    Ok(())
 }
 
 /// A transform attribute (RFC 7296 3.3.5).
@@ -206,7 +201,7 @@ fn parse_attributes(buf: &[u8]) -> Result<Vec<Attribute>, WireError> {
     Ok(attrs)
 }
 
-fn emit_sa(proposals: &[Proposal], out: &mut Vec<u8>) {
+fn emit_sa(proposals: &[Proposal], out: &mut Vec<u8>) -> Result<(), EncodeError> {
     for (i, p) in proposals.iter().enumerate() {
         let start = out.len();
         out.push(if i + 1 == proposals.len() {
@@ -218,8 +213,8 @@ fn emit_sa(proposals: &[Proposal], out: &mut Vec<u8>) {
         out.extend_from_slice(&[0, 0]);
         out.push(p.num);
         out.push(p.protocol.0);
-        out.push(field(p.spi.len(), "proposal SPI"));
-        out.push(field(p.transforms.len(), "proposal transform list"));
+        out.push(field(p.spi.len(), "proposal SPI")?);
+        out.push(field(p.transforms.len(), "proposal transform list")?);
         out.extend_from_slice(&p.spi);
         for (j, t) in p.transforms.iter().enumerate() {
             let tstart = out.len();
@@ -242,18 +237,19 @@ fn emit_sa(proposals: &[Proposal], out: &mut Vec<u8>) {
                     Attribute::Tlv { atype, value } => {
                         out.extend_from_slice(&(atype & !ATTR_TV).to_be_bytes());
                         out.extend_from_slice(
-                            &field::<u16>(value.len(), "attribute").to_be_bytes(),
+                            &field::<u16>(value.len(), "attribute")?.to_be_bytes(),
                         );
                         out.extend_from_slice(value);
                     }
                 }
             }
             let tlen = out.len() - tstart;
-            patch_u16(out, tstart + 2, tlen, "transform");
+            patch_u16(out, tstart + 2, tlen, "transform")?;
         }
         let plen = out.len() - start;
-        patch_u16(out, start + 2, plen, "proposal");
+        patch_u16(out, start + 2, plen, "proposal")?;
     }
+    Ok(())
 }
 
 /// Key Exchange payload body (RFC 7296 3.4).
@@ -369,12 +365,13 @@ impl<'a> Notify<'a> {
         }
     }
 
-    fn emit(&self, out: &mut Vec<u8>) {
+    fn emit(&self, out: &mut Vec<u8>) -> Result<(), EncodeError> {
         out.push(self.protocol.0);
-        out.push(field(self.spi.len(), "Notify SPI"));
+        out.push(field(self.spi.len(), "Notify SPI")?);
         out.extend_from_slice(&self.ntype.0.to_be_bytes());
         out.extend_from_slice(self.spi);
         out.extend_from_slice(self.data);
+        Ok(())
     }
 }
 
@@ -425,16 +422,21 @@ impl<'a> Delete<'a> {
         })
     }
 
-    /// # Panics
-    /// If an SPI is not `spi_size` bytes long.
-    fn emit(&self, out: &mut Vec<u8>) {
+    /// `Err(DeleteSpiSize)` if an SPI is not `spi_size` bytes long.
+    fn emit(&self, out: &mut Vec<u8>) -> Result<(), EncodeError> {
         out.push(self.protocol.0);
         out.push(self.spi_size);
-        out.extend_from_slice(&field::<u16>(self.spis.len(), "Delete SPI list").to_be_bytes());
+        out.extend_from_slice(&field::<u16>(self.spis.len(), "Delete SPI list")?.to_be_bytes());
         for spi in &self.spis {
-            assert_eq!(spi.len(), usize::from(self.spi_size), "Delete SPI size");
+            if spi.len() != usize::from(self.spi_size) {
+                return Err(EncodeError::DeleteSpiSize {
+                    len: spi.len(),
+                    spi_size: self.spi_size,
+                });
+            }
             out.extend_from_slice(spi);
         }
+        Ok(())
     }
 }
 
@@ -555,8 +557,8 @@ pub fn parse_ts(body: &[u8]) -> Result<Vec<Ts>, WireError> {
     Ok(out)
 }
 
-fn emit_ts(selectors: &[Ts], out: &mut Vec<u8>) {
-    out.push(field(selectors.len(), "TS list"));
+fn emit_ts(selectors: &[Ts], out: &mut Vec<u8>) -> Result<(), EncodeError> {
+    out.push(field(selectors.len(), "TS list")?);
     out.extend_from_slice(&[0, 0, 0]);
     for ts in selectors {
         match ts {
@@ -576,21 +578,22 @@ fn emit_ts(selectors: &[Ts], out: &mut Vec<u8>) {
                         out.extend_from_slice(&a.octets());
                         out.extend_from_slice(&b.octets());
                     }
-                    _ => panic!("traffic selector mixes address families"),
+                    _ => return Err(EncodeError::MixedFamilies),
                 }
                 let len = out.len() - start;
-                patch_u16(out, start + 2, len, "traffic selector");
+                patch_u16(out, start + 2, len, "traffic selector")?;
             }
             Ts::Unknown { ts_type, data } => {
                 out.push(ts_type.0);
                 out.push(0);
                 out.extend_from_slice(
-                    &field::<u16>(4 + data.len(), "traffic selector").to_be_bytes(),
+                    &field::<u16>(4 + data.len(), "traffic selector")?.to_be_bytes(),
                 );
                 out.extend_from_slice(data);
             }
         }
     }
+    Ok(())
 }
 
 /// A payload to encode, or a decoded one (see [`Payload::decode`]).
@@ -662,9 +665,9 @@ impl<'a> Payload<'a> {
     }
 
     /// Appends the body (no generic header).
-    fn emit_body(&self, out: &mut Vec<u8>) {
+    fn emit_body(&self, out: &mut Vec<u8>) -> Result<(), EncodeError> {
         match self {
-            Payload::Sa(p) => emit_sa(p, out),
+            Payload::Sa(p) => emit_sa(p, out)?,
             Payload::Ke(k) => k.emit(out),
             Payload::Nonce(b) | Payload::VendorId(b) | Payload::Raw { body: b, .. } => {
                 out.extend_from_slice(b)
@@ -674,10 +677,11 @@ impl<'a> Payload<'a> {
                 out.extend_from_slice(id.data);
             }
             Payload::Auth(a) => a.emit(out),
-            Payload::Notify(n) => n.emit(out),
-            Payload::Delete(d) => d.emit(out),
-            Payload::TsI(ts) | Payload::TsR(ts) => emit_ts(ts, out),
+            Payload::Notify(n) => n.emit(out)?,
+            Payload::Delete(d) => d.emit(out)?,
+            Payload::TsI(ts) | Payload::TsR(ts) => emit_ts(ts, out)?,
         }
+        Ok(())
     }
 }
 
@@ -685,36 +689,34 @@ impl<'a> Payload<'a> {
 /// fields, the last one's next payload NONE. Returns the first payload's type (NONE if the
 /// list is empty), for the IKE header or the SK payload's next-payload field.
 ///
-/// # Panics
-/// If a payload or one of its counted fields is too long for its length field, if a Delete
-/// SPI is not `spi_size` long, or if a traffic selector mixes address families.
-pub fn emit_chain(payloads: &[Payload<'_>], out: &mut Vec<u8>) -> PayloadType {
+/// An error if a payload or one of its counted fields is too long for its length field,
+/// if a Delete SPI is not `spi_size` long, or if a traffic selector mixes address families;
+/// `out` then holds a partial chain and must be discarded.
+pub fn emit_chain(payloads: &[Payload<'_>], out: &mut Vec<u8>) -> Result<PayloadType, EncodeError> {
     for (i, p) in payloads.iter().enumerate() {
         let next = payloads
             .get(i + 1)
             .map_or(PayloadType::NONE, Payload::ptype);
         let start = out.len();
         emit_generic_header(next, p.critical(), 0, out);
-        p.emit_body(out);
+        p.emit_body(out)?;
         let len = out.len() - start;
-        patch_u16(out, start + 2, len, "payload");
+        patch_u16(out, start + 2, len, "payload")?;
     }
-    payloads.first().map_or(PayloadType::NONE, Payload::ptype)
+    Ok(payloads.first().map_or(PayloadType::NONE, Payload::ptype))
 }
 
 /// A complete unencrypted message. `header.next_payload` and `header.length` are set here;
-/// the other fields are taken as given.
-///
-/// # Panics
-/// As [`emit_chain`], or if the message exceeds 4 GiB.
-pub fn emit_message(header: &Header, payloads: &[Payload<'_>]) -> Vec<u8> {
+/// the other fields are taken as given. Errors as [`emit_chain`], or if the message exceeds
+/// 4 GiB.
+pub fn emit_message(header: &Header, payloads: &[Payload<'_>]) -> Result<Vec<u8>, EncodeError> {
     let mut out = Vec::with_capacity(256);
     let mut h = *header;
     h.next_payload = payloads.first().map_or(PayloadType::NONE, Payload::ptype);
     h.length = 0;
     h.emit(&mut out);
-    emit_chain(payloads, &mut out);
-    let len: u32 = field(out.len(), "IKE message");
+    emit_chain(payloads, &mut out)?;
+    let len: u32 = field(out.len(), "IKE message")?;
     out[IKE_HEADER_LEN - 4..IKE_HEADER_LEN].copy_from_slice(&len.to_be_bytes());
-    out
+    Ok(out)
 }

@@ -9,7 +9,9 @@
 //! Encoding goes through [`Payload`]: [`emit_chain`] writes generic headers with the right
 //! next-payload and length fields, [`emit_message`] adds the IKE header. The SK payload is
 //! built by the caller (its body is ciphertext) with [`Header::emit`] and
-//! [`emit_generic_header`].
+//! [`emit_generic_header`]. Encoding never panics: a value that does not fit its length or
+//! count field is an [`EncodeError`] (what we answer can be shaped by the peer, e.g. its
+//! traffic selectors, and a panic would take down every tenant's tunnels).
 
 mod body;
 mod types;
@@ -58,6 +60,33 @@ pub enum WireError {
     BadTrafficSelector,
     #[error("empty {what}")]
     Empty { what: &'static str },
+}
+
+/// Why a message could not be encoded.
+#[derive(Clone, Debug, thiserror::Error, PartialEq, Eq)]
+pub enum EncodeError {
+    /// A length or count that its field cannot hold (e.g. more than 255 traffic selectors).
+    #[error("{what} too long to encode ({len}; the field holds at most {max})")]
+    TooLong {
+        what: &'static str,
+        len: usize,
+        max: u64,
+    },
+    #[error("traffic selector mixes address families")]
+    MixedFamilies,
+    #[error("Delete payload SPI of {len} bytes where the SPI size is {spi_size}")]
+    DeleteSpiSize { len: usize, spi_size: u8 },
+}
+
+/// Converts a length or count to its on-wire field (u8, u16 or u32). A silently wrapped
+/// length would produce a message that parses differently, so a value that does not fit is
+/// an error.
+pub fn field<T: TryFrom<usize>>(len: usize, what: &'static str) -> Result<T, EncodeError> {
+    T::try_from(len).map_err(|_| EncodeError::TooLong {
+        what,
+        len,
+        max: u64::MAX >> (64 - 8 * std::mem::size_of::<T>().min(8)),
+    })
 }
 
 /// A cursor over a byte slice; every read is bounds checked and names what it was reading.
@@ -319,7 +348,7 @@ pub fn exercise(buf: &[u8]) {
     else {
         return;
     };
-    let again = emit_message(&msg.header, &decoded);
+    let again = emit_message(&msg.header, &decoded).expect("a decoded message re-encodes");
     let reparsed = Message::parse(&again).expect("re-encoded message parses");
     let mut h = msg.header;
     h.length = reparsed.header.length;

@@ -113,7 +113,10 @@ fn sa_esp() -> Vec<Proposal> {
 
 fn emit_one(p: Payload<'_>) -> Vec<u8> {
     let mut out = Vec::new();
-    assert_eq!(emit_chain(std::slice::from_ref(&p), &mut out), p.ptype());
+    assert_eq!(
+        emit_chain(std::slice::from_ref(&p), &mut out).unwrap(),
+        p.ptype()
+    );
     out
 }
 
@@ -267,7 +270,7 @@ fn ike_sa_init_parse_and_emit() {
 
     let payloads = ike_sa_init_payloads(&[0x42; 64], &[0x77; 32], &[0x5a; 20]);
     let h = header(ExchangeType::IKE_SA_INIT, flags::INITIATOR, 0);
-    assert_eq!(emit_message(&h, &payloads), bytes);
+    assert_eq!(emit_message(&h, &payloads).unwrap(), bytes);
     let decoded: Vec<_> = m
         .payloads
         .iter()
@@ -427,7 +430,7 @@ fn unknown_values_survive() {
         minor: 3,
         ..header(ExchangeType(99), 0, 0xffff_ffff)
     };
-    let bytes = emit_message(&h, &payloads);
+    let bytes = emit_message(&h, &payloads).unwrap();
     let m = Message::parse(&bytes).unwrap();
     assert_eq!(m.header.exchange, ExchangeType(99));
     assert_eq!((m.header.flags, m.header.minor), (0xc7, 3));
@@ -440,7 +443,7 @@ fn unknown_values_survive() {
         .collect();
     assert_eq!(decoded, payloads);
     // And re-encoding reproduces the bytes.
-    assert_eq!(emit_message(&m.header, &decoded), bytes);
+    assert_eq!(emit_message(&m.header, &decoded).unwrap(), bytes);
 }
 
 #[test]
@@ -638,10 +641,71 @@ fn ts_parse_emit() {
         IpAddr::V6(Ipv6Addr::UNSPECIFIED),
     );
     assert_eq!(mixed.check(), Err(WireError::BadTrafficSelector));
-    assert!(
-        std::panic::catch_unwind(|| emit_one(Payload::TsI(vec![Ts::Range(mixed.clone())])))
-            .is_err()
+    let mut out = vec![];
+    assert_eq!(
+        emit_chain(&[Payload::TsI(vec![Ts::Range(mixed.clone())])], &mut out),
+        Err(EncodeError::MixedFamilies)
     );
+}
+
+/// What a peer makes us answer must never panic the encoder (issue 14, H1): a TS list whose
+/// count does not fit its octet, a Delete SPI of the wrong size and an over-long payload
+/// are errors. 255 selectors still encode.
+#[test]
+fn over_long_fields_are_errors_not_panics() {
+    let sel = |i: u32| {
+        let a = IpAddr::V4(Ipv4Addr::from(0x0a00_0000 + 4 * i));
+        Ts::Range(TrafficSelector::range(a, a))
+    };
+    let most: Vec<Ts> = (0..255).map(sel).collect();
+    let bytes = emit_one(Payload::TsR(most.clone()));
+    assert_eq!(parse_ts(&bytes[4..]).unwrap(), most);
+    let too_many: Vec<Ts> = (0..256).map(sel).collect();
+    let mut out = vec![];
+    let r = std::panic::catch_unwind(move || emit_chain(&[Payload::TsI(too_many)], &mut out));
+    assert_eq!(
+        r.expect("the encoder must not panic"),
+        Err(EncodeError::TooLong {
+            what: "TS list",
+            len: 256,
+            max: 255
+        })
+    );
+    let h = header(ExchangeType::CREATE_CHILD_SA, 0, 2);
+    let many: Vec<Ts> = (0..300).map(sel).collect();
+    assert!(matches!(
+        emit_message(&h, &[Payload::TsR(many)]),
+        Err(EncodeError::TooLong {
+            what: "TS list",
+            ..
+        })
+    ));
+    let spi = [1u8, 2, 3];
+    let mut out = vec![];
+    assert_eq!(
+        emit_chain(
+            &[Payload::Delete(Delete {
+                protocol: ProtocolId::ESP,
+                spi_size: 4,
+                spis: vec![&spi],
+            })],
+            &mut out,
+        ),
+        Err(EncodeError::DeleteSpiSize {
+            len: 3,
+            spi_size: 4
+        })
+    );
+    // A payload longer than its 16-bit length field.
+    let big = vec![0u8; 70_000];
+    let mut out = vec![];
+    assert!(matches!(
+        emit_chain(&[Payload::VendorId(&big)], &mut out),
+        Err(EncodeError::TooLong {
+            what: "payload",
+            ..
+        })
+    ));
 }
 
 #[test]
@@ -662,7 +726,7 @@ fn ike_auth_chain_and_sk() {
         Payload::TsR(ts_list()),
     ];
     let mut plain = Vec::new();
-    let first = emit_chain(&inner, &mut plain);
+    let first = emit_chain(&inner, &mut plain).unwrap();
     assert_eq!(first, PayloadType::IDI);
     let chain = parse_chain(first, &plain).unwrap();
     assert_eq!(chain.len(), 5);
@@ -844,7 +908,7 @@ fn corpus() -> Vec<Vec<u8>> {
         },
     ];
     let mut sk_plain = Vec::new();
-    let first = emit_chain(&inner, &mut sk_plain);
+    let first = emit_chain(&inner, &mut sk_plain).unwrap();
     let mut sk = Vec::new();
     let mut h = header(ExchangeType::IKE_AUTH, flags::INITIATOR, 1);
     h.next_payload = PayloadType::SK;
@@ -854,7 +918,7 @@ fn corpus() -> Vec<Vec<u8>> {
     sk.extend_from_slice(&sk_plain);
     vec![
         ike_sa_init_bytes(),
-        emit_message(&header(ExchangeType::IKE_AUTH, 0, 1), &inner),
+        emit_message(&header(ExchangeType::IKE_AUTH, 0, 1), &inner).unwrap(),
         sk,
         sk_plain,
     ]
@@ -920,5 +984,5 @@ fn corpus_round_trips() {
         .iter()
         .map(|p| Payload::decode(p).unwrap())
         .collect();
-    assert_eq!(&emit_message(&m.header, &decoded), bytes);
+    assert_eq!(&emit_message(&m.header, &decoded).unwrap(), bytes);
 }
