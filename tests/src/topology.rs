@@ -223,6 +223,10 @@ pub fn start_vpnd_with(
         .arg(vpnd_path()?)
         .arg("--config")
         .arg(&path)
+        // Manual SAs' sequence-number state with the test's files (removed with them), per
+        // instance: a restart in the same directory continues where the last run stopped.
+        .arg("--state-dir")
+        .arg(dir)
         .args(extra)
         .stderr(Stdio::piped())
         .stdout(Stdio::null())
