@@ -568,6 +568,25 @@ pub fn east_tenant(east: &NetNs, eh: &NetNs) -> Result<(VlanHost, String)> {
     Ok((vlan, cfg))
 }
 
+/// tcpdump on the "internet" bridge (every packet between the nodes, once) into
+/// `dir/wire.pcap`; stopped when the returned process drops. Waits until tcpdump had time to
+/// open the interface.
+pub fn capture_wire(inet: &NetNs, dir: &Path) -> Result<(Proc, PathBuf)> {
+    let pcap = dir.join("wire.pcap");
+    let p = Proc(
+        Command::new("ip")
+            .args(["netns", "exec", inet.name(), "tcpdump", "-i", "br0"])
+            .args(["-n", "-U", "-w"])
+            .arg(&pcap)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("tcpdump")?,
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    Ok((p, pcap))
+}
+
 /// Spawns a command inside a namespace, output discarded; killed on drop.
 pub fn spawn_in(ns: &NetNs, cmd: &[&str]) -> Result<Proc> {
     Ok(Proc(

@@ -7,7 +7,7 @@
 use std::{
     collections::HashMap,
     path::{Path, PathBuf},
-    process::{Command, Stdio},
+    process::Command,
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
@@ -17,7 +17,7 @@ use vpn_tests::{
     interop::{Pinger, ping_all},
     netns::require_root,
     raw::RawSocket,
-    topology::{Proc, TwoSite, start_vpnd_with, vpnctl_path},
+    topology::{TwoSite, capture_wire, start_vpnd_with, vpnctl_path},
 };
 
 /// East's outbound and inbound SPIs in the topology.
@@ -111,24 +111,12 @@ fn kill9_mid_traffic_repeats_no_sequence_number_and_old_packets_are_replays() ->
     require_root();
     // Dropped after the site (its daemons): the pins of the killed vpnd never outlive the test.
     let mut pins = Pins(None);
-    let mut pcap = PathBuf::new();
-    let mut tcpdump = None;
+    let mut capture = None;
     let mut site = TwoSite::start(|inet, dir| {
-        pcap = dir.join("wire.pcap");
-        tcpdump = Some(Proc(
-            Command::new("ip")
-                .args(["netns", "exec", inet.name()])
-                .args(["tcpdump", "-i", "br0", "-n", "-U", "-w"])
-                .arg(&pcap)
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .context("tcpdump")?,
-        ));
-        // Let tcpdump open the interface before anything is sent.
-        std::thread::sleep(Duration::from_secs(1));
+        capture = Some(capture_wire(inet, dir)?);
         Ok(())
     })?;
+    let (tcpdump, pcap) = capture.context("capture")?;
     let instance = site.east.name().to_string();
     pins.0 = Some(Path::new("/sys/fs/bpf").join(&instance));
 

@@ -64,8 +64,10 @@ pub const MAX_BLOCK: u64 = 1 << 26;
 const BLOCK_TIME: Duration = Duration::from_secs(1);
 /// How often the keeper looks at the counters.
 pub const TICK: Duration = Duration::from_millis(10);
-/// Rates are measured over at least this long.
-const RATE_WINDOW: Duration = Duration::from_millis(200);
+/// Rates are measured over at least this long: one tick, so that a stream that starts
+/// (TCP's slow start reaches 100,000 packets/s within tens of ms) gets its second-long block
+/// at the next tick, before it reaches the first, small one.
+const RATE_WINDOW: Duration = TICK;
 /// A failing write is reported again after this long.
 const REPORT_AGAIN: Duration = Duration::from_secs(10);
 
@@ -599,8 +601,8 @@ pub struct Reservation {
     failing: Option<(Instant, Instant)>,
     /// The workers reached the ceiling (reported once per episode).
     pressed: bool,
-    /// Multiplies `min_block` while the workers press the ceiling before the rate is known
-    /// (a burst at start): doubled at every such tick, back to 1 at the next rate measure.
+    /// Multiplies `min_block` while the workers press the ceiling (outbound, the rate is then
+    /// the ceiling's, not the demand's): doubled at every such tick, 1 again once they don't.
     boost: u64,
 }
 
@@ -761,8 +763,6 @@ impl Reservation {
                     let n = used.saturating_sub(u) as u128;
                     self.per_s = (n * 1_000_000 / dt.as_micros().max(1)) as u64;
                     self.rate_at = Some((now, used));
-                    // The rate now covers the burst that pressed the ceiling.
-                    self.boost = 1;
                 }
             }
         }
@@ -781,14 +781,17 @@ impl Reservation {
         }
         let used = gauge.used();
         let wanted = gauge.wanted().max(used);
-        self.measure(used, now);
+        // What the workers want, not what they got: at the ceiling `used` stands still.
+        self.measure(wanted, now);
         let at_ceiling = match self.side.direction {
             Direction::Out => used >= self.durable,
             Direction::In => wanted > self.durable,
         };
-        if at_ceiling {
-            self.boost = self.boost.saturating_mul(2).min(MAX_BLOCK);
-        }
+        self.boost = if at_ceiling {
+            self.boost.saturating_mul(2).min(MAX_BLOCK)
+        } else {
+            1
+        };
         if at_ceiling && self.durable < self.side.limit() && !self.pressed {
             self.pressed = true;
             tracing::warn!(
