@@ -223,6 +223,10 @@ pub fn start_vpnd_with(
         .arg(vpnd_path()?)
         .arg("--config")
         .arg(&path)
+        // Manual SAs' sequence-number state with the test's files (removed with them), per
+        // instance: a restart in the same directory continues where the last run stopped.
+        .arg("--state-dir")
+        .arg(dir)
         .args(extra)
         .stderr(Stdio::piped())
         .stdout(Stdio::null())
@@ -562,6 +566,25 @@ pub fn east_tenant(east: &NetNs, eh: &NetNs) -> Result<(VlanHost, String)> {
         mac_of(eh, "eth0")?
     );
     Ok((vlan, cfg))
+}
+
+/// tcpdump on the "internet" bridge (every packet between the nodes, once) into
+/// `dir/wire.pcap`; stopped when the returned process drops. Waits until tcpdump had time to
+/// open the interface.
+pub fn capture_wire(inet: &NetNs, dir: &Path) -> Result<(Proc, PathBuf)> {
+    let pcap = dir.join("wire.pcap");
+    let p = Proc(
+        Command::new("ip")
+            .args(["netns", "exec", inet.name(), "tcpdump", "-i", "br0"])
+            .args(["-n", "-U", "-w"])
+            .arg(&pcap)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("tcpdump")?,
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    Ok((p, pcap))
 }
 
 /// Spawns a command inside a namespace, output discarded; killed on drop.

@@ -4,8 +4,7 @@
 //! clear; a CHILD_SA rekey (SIGUSR1) under a 100/s ping loses nothing.
 
 use std::{
-    path::PathBuf,
-    process::{Command, Stdio},
+    process::Command,
     time::{Duration, Instant},
 };
 
@@ -14,7 +13,7 @@ use vpn_tests::{
     interop::{Pinger, iperf_tcp, parse_installed, ping_all, tail},
     netns::run,
     strongswan::skip_unless_root,
-    topology::{IkeKeying, Keying, Log, Proc, TwoSite},
+    topology::{IkeKeying, Keying, Log, TwoSite, capture_wire},
 };
 
 /// The CHILD_SA ids the log said carry outbound traffic, in order.
@@ -73,25 +72,13 @@ fn ike_two_vpnds_raw_esp_esn_traffic_capture_and_rekey() -> Result<()> {
         return Ok(());
     }
     let started = Instant::now();
-    let mut pcap = PathBuf::new();
-    let mut tcpdump = None;
     let keying = Keying::Ike(IkeKeying::default());
+    let mut capture = None;
     let mut site = TwoSite::start_with(&keying, |inet, dir| {
-        pcap = dir.join("wire.pcap");
-        tcpdump = Some(Proc(
-            Command::new("ip")
-                .args(["netns", "exec", inet.name(), "tcpdump", "-i", "br0"])
-                .args(["-n", "-U", "-w"])
-                .arg(&pcap)
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .context("tcpdump")?,
-        ));
-        // Let tcpdump open the interface before anything is sent.
-        std::thread::sleep(Duration::from_millis(500));
+        capture = Some(capture_wire(inet, dir)?);
         Ok(())
     })?;
+    let (tcpdump, pcap) = capture.context("capture")?;
     site.wait_active(Duration::from_secs(20))?;
     let spis0 = wait_mirrored(&site, "first CHILD_SA", |_| true)?;
     eprintln!("up in {:?}: East ESP {spis0:08x?}", started.elapsed());

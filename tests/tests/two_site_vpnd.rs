@@ -3,16 +3,12 @@
 //! works through the tunnel, and a capture in the middle holds ESP and nothing of the
 //! tenants' traffic in clear.
 
-use std::{
-    path::PathBuf,
-    process::{Command, Stdio},
-    time::Duration,
-};
+use std::{process::Command, time::Duration};
 
 use anyhow::{Context, Result};
 use vpn_tests::{
     netns::{require_root, run},
-    topology::{Proc, TwoSite, spawn_in},
+    topology::{TwoSite, capture_wire, spawn_in},
 };
 
 /// A counter from vpnd's final `WorkerStats { name: value, ... }` line.
@@ -55,31 +51,12 @@ fn vpnd_carries_ping_between_the_sites() -> Result<()> {
 #[test]
 fn vpnd_carries_ping_and_tcp_between_vlan_and_vxlan_sites() -> Result<()> {
     require_root();
-    let mut pcap = PathBuf::new();
-    let mut tcpdump = None;
+    let mut capture = None;
     let mut site = TwoSite::start(|inet, dir| {
-        pcap = dir.join("wire.pcap");
-        tcpdump = Some(Proc(
-            Command::new("ip")
-                .args([
-                    "netns",
-                    "exec",
-                    inet.name(),
-                    "tcpdump",
-                    "-i",
-                    "br0",
-                    "-n",
-                    "-U",
-                ])
-                .arg("-w")
-                .arg(&pcap)
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .context("tcpdump")?,
-        ));
+        capture = Some(capture_wire(inet, dir)?);
         Ok(())
     })?;
+    let (tcpdump, pcap) = capture.context("capture")?;
     let (eh, wh) = (&site.eh, &site.wh);
 
     eh.exec(&["ping", "-c", "3", "-i", "0.2", "-W", "2", "10.2.0.9"])

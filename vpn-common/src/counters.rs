@@ -176,10 +176,22 @@ pub enum DropReason {
     FragmentDuplicate = 45,
     /// A reassembled datagram that is not ESP (e.g. fragmented IKE, not handled yet).
     FragmentNotEsp = 46,
+    /// Outbound, manually keyed SA: the next sequence number lies beyond the block reserved
+    /// durably in its state file (vpnd's state keeper is late, or cannot write the file).
+    /// The packet is dropped; a number is never sent before it is on disk, so none repeats
+    /// after a crash.
+    SeqNotReserved = 47,
+    /// Inbound, manually keyed SA: an authenticated packet above the replay mark reserved
+    /// durably in its state file. Dropped until the mark is extended, so that no packet
+    /// accepted now can be accepted again after a restart.
+    InboundNotReserved = 48,
+    /// A manually keyed SA whose state file could not be trusted (unreadable, corrupt, wrong
+    /// permissions): it neither sends nor accepts until the file is fixed or the key replaced.
+    SaStateRefused = 49,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 36] = [
+    pub const ALL: [DropReason; 39] = [
         DropReason::TruncatedEthernet,
         DropReason::TruncatedVlan,
         DropReason::TruncatedIpv4,
@@ -216,6 +228,9 @@ impl DropReason {
         DropReason::FragmentTimeout,
         DropReason::FragmentDuplicate,
         DropReason::FragmentNotEsp,
+        DropReason::SeqNotReserved,
+        DropReason::InboundNotReserved,
+        DropReason::SaStateRefused,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -256,6 +271,9 @@ impl DropReason {
             DropReason::FragmentTimeout => "fragment_timeout",
             DropReason::FragmentDuplicate => "fragment_duplicate",
             DropReason::FragmentNotEsp => "fragment_not_esp",
+            DropReason::SeqNotReserved => "seq_not_reserved",
+            DropReason::InboundNotReserved => "inbound_not_reserved",
+            DropReason::SaStateRefused => "sa_state_refused",
         }
     }
 
@@ -319,14 +337,14 @@ mod tests {
 
     #[test]
     fn indices_are_unique_and_names_too() {
-        let all: [Counter; 54] = {
-            let mut a = [Counter::Outcome(Outcome::WirePassIke); 54];
+        let all: [Counter; 57] = {
+            let mut a = [Counter::Outcome(Outcome::WirePassIke); 57];
             for (slot, c) in a.iter_mut().zip(Counter::all()) {
                 *slot = c;
             }
             a
         };
-        assert_eq!(Counter::all().count(), 54);
+        assert_eq!(Counter::all().count(), 57);
         for (i, a) in all.iter().enumerate() {
             for b in &all[i + 1..] {
                 assert_ne!(a.index(), b.index());
@@ -343,6 +361,10 @@ mod tests {
         assert_eq!(DropReason::ReplayDuplicate as u32, 12);
         assert_eq!(DropReason::PolicyDiscard as u32, 21);
         assert_eq!(DropReason::UnknownSpi.counter(), 74);
+        assert_eq!(DropReason::FragmentNotEsp as u32, 46);
+        assert_eq!(DropReason::SeqNotReserved as u32, 47);
+        assert_eq!(DropReason::InboundNotReserved as u32, 48);
+        assert_eq!(DropReason::SaStateRefused as u32, 49);
     }
 
     #[test]

@@ -56,6 +56,34 @@ pub struct Config {
     pub endpoint_groups: Vec<crate::vpnaas::EndpointGroup>,
     #[serde(default)]
     pub ike: crate::vpnaas::IkeSettings,
+    /// Durable state of the manual SAs (see `crate::seqstate`).
+    #[serde(default)]
+    pub state: StateCfg,
+}
+
+/// `[state]`: where and how vpnd keeps the sequence numbers of manually keyed SAs across
+/// restarts.
+#[derive(Deserialize, Debug, Default)]
+#[serde(deny_unknown_fields)]
+pub struct StateCfg {
+    /// State files under DIR/INSTANCE/ (default `/var/lib/vpnd`; vpnd's `--state-dir` wins).
+    /// Durable storage: not `/run`, which a reboot empties.
+    pub dir: Option<PathBuf>,
+    /// Smallest outbound reservation, in sequence numbers: what a crash may skip.
+    pub out_block: Option<u64>,
+    /// Smallest inbound reservation: how many of the peer's packets a crash may drop as
+    /// replays (or a second of its traffic, if more).
+    pub in_block: Option<u64>,
+}
+
+impl StateCfg {
+    pub fn out_block(&self) -> u64 {
+        self.out_block.unwrap_or(crate::seqstate::DEFAULT_OUT_BLOCK)
+    }
+
+    pub fn in_block(&self) -> u64 {
+        self.in_block.unwrap_or(crate::seqstate::DEFAULT_IN_BLOCK)
+    }
 }
 
 fn default_frames() -> u32 {
@@ -650,6 +678,26 @@ impl Config {
                 }
             }
         }
+        if let Some(d) = &self.state.dir
+            && !d.is_absolute()
+        {
+            return Err(e("state", "dir", "must be an absolute path"));
+        }
+        for (field, b) in [
+            ("out_block", self.state.out_block),
+            ("in_block", self.state.in_block),
+        ] {
+            use crate::seqstate::{MAX_BLOCK, MIN_BLOCK};
+            if let Some(b) = b
+                && !(MIN_BLOCK..=MAX_BLOCK).contains(&b)
+            {
+                return Err(e(
+                    "state",
+                    field,
+                    &format!("{b} is not within {MIN_BLOCK}..={MAX_BLOCK}"),
+                ));
+            }
+        }
         for (i, m) in self.manual_sas.iter().enumerate() {
             let entry = format!("manual_sa {:?}", m.name);
             let earlier = &self.manual_sas[..i];
@@ -673,12 +721,37 @@ impl Config {
         self.validate_vpnaas(path)
     }
 
-    /// Parses keys and prefixes of every manual SA.
+    /// Parses keys and prefixes of every manual SA. No key may serve two SAs (`resolve`
+    /// already refuses one for both directions of an SA): they would count the same nonces
+    /// from 1, and share a state file.
     pub fn resolve_sas(&self, path: &Path) -> Result<Vec<ResolvedSa>, ConfigError> {
-        self.manual_sas
+        let sas: Vec<ResolvedSa> = self
+            .manual_sas
             .iter()
             .map(|m| resolve(m, path, &self.tenants))
-            .collect()
+            .collect::<Result<_, _>>()?;
+        // Every key of every SA, in order: the first repeat is the error.
+        let keys: Vec<(&str, &str, crate::seqstate::KeyId)> = sas
+            .iter()
+            .flat_map(|sa| {
+                [("key_in", &sa.key_in), ("key_out", &sa.key_out)]
+                    .map(|(f, k)| (sa.name.as_str(), f, crate::seqstate::KeyId::of(k)))
+            })
+            .collect();
+        for (i, (name, field, id)) in keys.iter().enumerate() {
+            if let Some((o, f, _)) = keys[..i].iter().find(|(_, _, k)| k == id) {
+                return Err(ConfigError {
+                    file: path.display().to_string(),
+                    entry: format!("manual_sa {name:?}"),
+                    field: (*field).into(),
+                    msg: format!(
+                        "the same key as manual_sa {o:?}'s {f}: AES-GCM nonces would repeat \
+                         (each direction of each SA needs its own key)"
+                    ),
+                });
+            }
+        }
+        Ok(sas)
     }
 }
 
@@ -876,6 +949,50 @@ key_out = "2222222222222222222222222222222222222222"
             let err = load(&text).err().expect(want).to_string();
             assert!(err.contains(want), "{err} should mention {want}");
             assert!(!err.contains("2222222222"), "keys never in errors: {err}");
+        }
+    }
+
+    /// A key serves one direction of one manual SA (else two counters start from 1 under
+    /// the same key); `[state]` is checked.
+    #[test]
+    fn one_key_per_direction_and_the_state_section() {
+        let same = GOOD.replace(&"2".repeat(40), &"1".repeat(40));
+        let err = load(&same).err().expect("same key both ways").to_string();
+        assert!(
+            err.contains("manual_sa \"east-west\": key_out") && err.contains("nonces"),
+            "{err}"
+        );
+        let shared = format!("{GOOD}{}", SA2.replace("3333", "2222"));
+        let err = load(&shared)
+            .err()
+            .expect("a key of another SA")
+            .to_string();
+        assert!(
+            err.contains("manual_sa \"second\": key_in") && err.contains("'s key_out"),
+            "{err}"
+        );
+        assert!(!err.contains("2222222222"), "keys never in errors: {err}");
+        load(&format!("{GOOD}{SA2}")).expect("four keys");
+
+        let (c, _) = load(&format!(
+            "{GOOD}[state]\ndir = \"/var/lib/x\"\nin_block = 64\n"
+        ))
+        .unwrap();
+        assert_eq!(c.state.dir.as_deref(), Some(Path::new("/var/lib/x")));
+        assert_eq!(
+            (c.state.in_block(), c.state.out_block()),
+            (64, crate::seqstate::DEFAULT_OUT_BLOCK)
+        );
+        for (extra, want) in [
+            ("dir = \"var/lib\"", "state: dir: must be an absolute path"),
+            ("out_block = 1", "state: out_block"),
+            ("in_block = 1099511627776", "state: in_block"),
+        ] {
+            let err = load(&format!("{GOOD}[state]\n{extra}\n"))
+                .err()
+                .expect(want)
+                .to_string();
+            assert!(err.contains(want), "{err} should mention {want}");
         }
     }
 

@@ -10,5 +10,6 @@ pub mod ike;
 pub mod nl;
 pub mod pktgen;
 pub mod probe;
+pub mod seqstate;
 pub mod vpnaas;
 pub mod xfrm;

@@ -28,6 +28,7 @@ use vpn_userspace::{
     control,
     dataplane::{
         Carrier, CarrierChoice, ChildSaSpec, Dataplane, Installer, LoadOptions, Side,
+        installer::Resume,
         neigh::{iface_info, resolve_neighbour},
         worker::{NextHop, StatsBoard, Tenant, TenantLink, Worker},
     },
@@ -37,6 +38,7 @@ use vpn_userspace::{
         plane::{ConnPlane, PlaneSink},
         shell::{Command, DaemonInfo, Shell},
     },
+    seqstate::{self, Direction, InboundGauge, Keeper, KeyId, Reservation, StateDir},
     vpnaas::BackendChoice,
     xfrm::{self, KernelBackend, OffloadMode},
 };
@@ -70,6 +72,10 @@ struct Args {
     /// Directory of the state file and control socket (`DIR/INSTANCE/`).
     #[arg(long, default_value = "/run/vpnd")]
     run_dir: PathBuf,
+    /// Durable state of the manual SAs (their sequence numbers and replay marks) under
+    /// `DIR/INSTANCE/`, overriding `[state] dir` (default /var/lib/vpnd).
+    #[arg(long)]
+    state_dir: Option<PathBuf>,
     /// XDP metadata carrier, overriding `[wire] xdp_carrier`: auto, adjust_meta or shim.
     #[arg(long)]
     xdp_carrier: Option<String>,
@@ -242,6 +248,24 @@ fn run() -> Result<()> {
         );
         return Ok(());
     }
+    // The manual SAs' sequence numbers survive restarts here (see `seqstate`); taken (and
+    // locked) before anything is touched. Negotiated SAs need none of it.
+    let mut keeper = if sas.is_empty() {
+        None
+    } else {
+        let base = args
+            .state_dir
+            .clone()
+            .or_else(|| cfg.state.dir.clone())
+            .unwrap_or_else(|| PathBuf::from(seqstate::DEFAULT_DIR));
+        let dir = base.join(&cfg.instance);
+        let store = StateDir::open(&dir).context("the manual SAs' sequence-number state")?;
+        tracing::info!(
+            "vpnd: manual SAs' sequence numbers and replay marks in {}",
+            dir.display()
+        );
+        Some(Keeper::new(store))
+    };
 
     let mode = match cfg.wire.xdp_mode.as_deref() {
         None | Some("native") | Some("auto") => XdpMode::Driver,
@@ -412,6 +436,29 @@ fn run() -> Result<()> {
                 n
             }
         };
+        // Where this key's counters continue: the first blocks are on disk before the SA is
+        // installed.
+        let keeper = keeper.as_mut().expect("opened when there are manual SAs");
+        let mut open = |direction| {
+            let (key, spi, min_block) = match direction {
+                Direction::Out => (&sa.key_out, sa.spi_out, cfg.state.out_block()),
+                Direction::In => (&sa.key_in, sa.spi_in, cfg.state.in_block()),
+            };
+            let side = seqstate::Side {
+                sa: sa.name.clone(),
+                direction,
+                key: KeyId::of(key),
+                spi,
+                esn: sa.esn,
+                min_block,
+            };
+            Reservation::open(keeper.store(), side)
+        };
+        let (out, inb) = (open(Direction::Out), open(Direction::In));
+        let resume = Resume {
+            outbound: Some(out.start()),
+            inbound: Some(inb.start()),
+        };
         let spec = ChildSaSpec {
             name: sa.name,
             tenant: sa.tenant,
@@ -430,8 +477,16 @@ fn run() -> Result<()> {
             next_hop,
             src_mac: wire_mac,
         };
-        let mut child = installer.install_inbound(&mut dp, &spec)?;
+        let mut child = installer.install_inbound_resumed(&mut dp, &spec, &resume)?;
         installer.activate_outbound(&mut dp, &mut child)?;
+        keeper.add(out, Box::new(child.outbound_sa().clone()));
+        keeper.add(
+            inb,
+            Box::new(InboundGauge {
+                state: child.inbound_state().clone(),
+                replay: dp.replay_shared(),
+            }),
+        );
         tracing::info!(
             "vpnd: SA {:?} installed: in {:#010x} (slot {}), out {:#010x} (slot {}), peer {}",
             child.name,
@@ -486,6 +541,15 @@ fn run() -> Result<()> {
         );
     }
     tracing::info!("vpnd: {n_workers} worker thread(s)");
+    // Keeps the manual SAs' reservations ahead of the workers.
+    let keeper_stop = Arc::new(AtomicBool::new(false));
+    let keeper = match keeper {
+        Some(k) => Some(
+            k.spawn(keeper_stop.clone())
+                .context("starting the sequence-number state thread")?,
+        ),
+        None => None,
+    };
 
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -693,6 +757,15 @@ fn run() -> Result<()> {
     for h in handles {
         let s = h.join().map_err(|_| anyhow::anyhow!("worker panicked"))?;
         stats.merge(&s);
+    }
+    // The workers are gone: the exact last numbers go to disk as a clean stop, so that the
+    // next start skips nothing (after a crash it continues above the reservation instead).
+    if let Some(k) = keeper {
+        keeper_stop.store(true, Ordering::Relaxed);
+        let mut k = k
+            .join()
+            .map_err(|_| anyhow::anyhow!("the sequence-number state thread panicked"))?;
+        k.finish();
     }
     tracing::info!("vpnd: stopping: {stats:?}");
     if let Some(installer) = &installer {

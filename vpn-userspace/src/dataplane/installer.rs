@@ -33,9 +33,12 @@ use super::{
     sa_tables::SaTables,
     worker::{InboundState, NextHop, OutboundState, Prefix, Selector},
 };
-use crate::esp::{
-    InboundSa, OutboundSa, Outer, SaKey,
-    crypto::{Backend, ICV_LEN, IV_LEN},
+use crate::{
+    esp::{
+        InboundSa, OutboundSa, Outer, SaKey,
+        crypto::{Backend, ICV_LEN, IV_LEN},
+    },
+    seqstate::Start,
 };
 
 /// Everything the data plane needs to know about one child SA pair.
@@ -89,6 +92,19 @@ impl InstalledChild {
     pub fn outbound_sa(&self) -> &Arc<OutboundSa> {
         &self.outbound.sa
     }
+
+    /// The inbound SA as the workers hold it (for the manual SAs' state keeper).
+    pub fn inbound_state(&self) -> &Arc<InboundState> {
+        &self.inbound
+    }
+}
+
+/// Where the counters of a manually keyed SA continue after a restart (from its state
+/// files, see `crate::seqstate`). Negotiated SAs start fresh: `Resume::default()`.
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
+pub struct Resume {
+    pub outbound: Option<Start>,
+    pub inbound: Option<Start>,
 }
 
 /// A kernel-backend child's entries in the XDP maps.
@@ -118,6 +134,9 @@ pub struct ChildStats {
     /// 2^64-1 with it): rekey well before `seq_out` reaches `seq_out_max`.
     pub seq_out: u64,
     pub seq_out_max: u64,
+    /// How far `seq_out` may go now: `seq_out_max`, or for a manually keyed SA the ceiling its
+    /// state file reserves.
+    pub seq_out_reserved: u64,
     /// Highest sequence number accepted inbound (the replay window's top).
     pub replay_top: u64,
 }
@@ -338,6 +357,20 @@ impl Installer {
         maps: &mut impl SaMaps,
         spec: &ChildSaSpec,
     ) -> Result<InstalledChild> {
+        self.install_inbound_resumed(maps, spec, &Resume::default())
+    }
+
+    /// `install_inbound` for a manually keyed SA that continues where its state files say:
+    /// the outbound counter after `resume.outbound.last` and up to its ceiling, the replay
+    /// window taking everything up to `resume.inbound.last` as received, the worker accepting
+    /// up to its ceiling; or, for a refused start, nothing either way. All of it is in place
+    /// before the SPI is published.
+    pub fn install_inbound_resumed(
+        &mut self,
+        maps: &mut impl SaMaps,
+        spec: &ChildSaSpec,
+        resume: &Resume,
+    ) -> Result<InstalledChild> {
         if spec.spi_in <= 255 || spec.spi_out <= 255 {
             bail!(
                 "child {:?}: SPIs {:#x}/{:#x}: 0-255 are reserved (RFC 4303 2.1)",
@@ -396,6 +429,22 @@ impl Installer {
             src_mac: spec.src_mac,
             mtu: spec.mtu,
         });
+        match resume.outbound {
+            Some(s) if s.refused => outbound.sa.refuse(),
+            Some(s) => outbound.sa.resume(s.last, s.ceiling),
+            None => {}
+        }
+        let window = match resume.inbound {
+            Some(s) if s.refused => {
+                inbound.sa.refuse();
+                ReplayWindow::new(spec.replay_window, spec.esn)
+            }
+            Some(s) => {
+                inbound.sa.limit_to(s.ceiling);
+                ReplayWindow::resume(spec.replay_window, spec.esn, s.last)
+            }
+            None => ReplayWindow::new(spec.replay_window, spec.esn),
+        };
         let sa_in = SaIn {
             slot: slot_in,
             tenant: spec.tenant,
@@ -412,13 +461,7 @@ impl Installer {
         let published = maps
             .reset_sa_stats(slot_in)
             .and_then(|()| maps.reset_sa_stats(slot_out))
-            .and_then(|()| {
-                maps.add_sa_in(
-                    spec.spi_in,
-                    sa_in,
-                    ReplayWindow::new(spec.replay_window, spec.esn),
-                )
-            });
+            .and_then(|()| maps.add_sa_in(spec.spi_in, sa_in, window));
         if let Err(e) = published {
             self.tables.remove_inbound(slot_in);
             self.slots.give_back(slot_out);
@@ -672,6 +715,7 @@ impl Installer {
             bytes_out: out.bytes(),
             seq_out: out.seq(),
             seq_out_max: out.seq_limit(),
+            seq_out_reserved: out.ceiling(),
             replay_top: self.replay.get(child.slot_in).map(|w| w.top()).unwrap_or(0),
         }
     }

@@ -84,7 +84,9 @@ fn validate_instance(name: &str) -> Result<()> {
 
 impl Dataplane {
     /// Loads the programs (not attached yet) and pins their maps. Existing pins of the same
-    /// instance are adopted, so a restarted daemon keeps the SAs and windows.
+    /// instance are adopted: the counters survive a restart, the SA entries and replay
+    /// windows do not (the new daemon clears them and installs its SAs afresh; a manual SA's
+    /// sequence numbers and replay mark come back from its state files, `crate::seqstate`).
     pub fn load(opts: &LoadOptions) -> Result<Dataplane> {
         validate_instance(&opts.instance)?;
         if opts.sa_slots == 0 || opts.sa_in_entries == 0 {

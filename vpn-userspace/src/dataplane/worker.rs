@@ -708,6 +708,9 @@ fn esp_packet(
         Err(vpn_common::ReplayError::Zero) => return Err(DropReason::ReplaySeqZero),
     };
     let d = st.sa.decapsulate(&mut ip[esp_off..end], seq)?;
+    // A manual SA accepts only up to its durable replay mark (authenticated first, so a
+    // forged sequence number cannot push the mark).
+    st.sa.admit(seq)?;
     // Only an authenticated packet moves the window (RFC 4303 3.4.3); checked again under
     // the slot's writer flag, in case another worker accepted the same number meanwhile.
     match ctx

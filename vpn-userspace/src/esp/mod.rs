@@ -12,7 +12,7 @@ pub mod reassembly;
 use std::{
     net::IpAddr,
     ops::Range,
-    sync::atomic::{AtomicU64, Ordering},
+    sync::atomic::{AtomicBool, AtomicU64, Ordering},
 };
 
 use vpn_common::DropReason;
@@ -49,6 +49,12 @@ pub struct OutboundSa {
     salt: [u8; SALT_LEN],
     /// Last sequence number used (0: none yet).
     seq: AtomicU64,
+    /// The highest sequence number this SA may use now: its limit (2^32-1 or 2^64-1) for a
+    /// negotiated SA; for a manually keyed one, what its state file reserves durably (raised
+    /// only after the file is on disk, see `crate::seqstate`).
+    ceiling: AtomicU64,
+    /// The manual SA's state file could not be trusted: nothing is sent (`SaStateRefused`).
+    refused: AtomicBool,
     /// Packets and inner bytes encapsulated (for lifetimes and the CLI).
     packets: AtomicU64,
     bytes: AtomicU64,
@@ -60,6 +66,14 @@ pub struct InboundSa {
     pub esn: bool,
     aead: Box<dyn Aead>,
     salt: [u8; SALT_LEN],
+    /// The highest sequence number the worker may accept now: unbounded for a negotiated SA;
+    /// for a manually keyed one, the replay mark its state file holds durably.
+    ceiling: AtomicU64,
+    /// The highest authenticated sequence number dropped for being above `ceiling`: tells
+    /// the state keeper how far the mark has to go.
+    wanted: AtomicU64,
+    /// The manual SA's state file could not be trusted: nothing is accepted.
+    refused: AtomicBool,
     /// Packets and inner bytes accepted (authenticated, replay window moved), counted by the
     /// worker through `count`.
     packets: AtomicU64,
@@ -117,26 +131,75 @@ impl OutboundSa {
             aead: key.aead_with(backend),
             salt: key.salt(),
             seq: AtomicU64::new(0),
+            ceiling: AtomicU64::new(if esn { u64::MAX } else { u32::MAX as u64 }),
+            refused: AtomicBool::new(false),
             packets: AtomicU64::new(0),
             bytes: AtomicU64::new(0),
         }
     }
 
     /// The next sequence number. Without ESN the counter stops at 2^32-1 and never wraps
-    /// (RFC 4303 3.3.3): the SA has to be rekeyed.
+    /// (RFC 4303 3.3.3): the SA has to be rekeyed. It never passes the ceiling either: the
+    /// ceiling is never above the limit, so one load and one compare cover both.
+    #[inline]
     pub fn next_seq(&self) -> Result<u64, DropReason> {
-        let limit = self.seq_limit();
+        // Acquire: pairs with `raise_ceiling`'s release, which follows the fsync.
+        let ceiling = self.ceiling.load(Ordering::Acquire);
         self.seq
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |s| {
-                (s < limit).then_some(s + 1)
+                (s < ceiling).then_some(s + 1)
             })
             .map(|s| s + 1)
-            .map_err(|_| DropReason::SeqExhausted)
+            .map_err(|s| self.why_stopped(s))
+    }
+
+    /// Why `next_seq` found no number after `s` (the cold path).
+    #[cold]
+    fn why_stopped(&self, s: u64) -> DropReason {
+        if s >= self.seq_limit() {
+            DropReason::SeqExhausted
+        } else if self.refused.load(Ordering::Relaxed) {
+            DropReason::SaStateRefused
+        } else {
+            DropReason::SeqNotReserved
+        }
     }
 
     /// Last sequence number sent.
     pub fn seq(&self) -> u64 {
         self.seq.load(Ordering::Relaxed)
+    }
+
+    /// The highest sequence number the SA may use now (see `ceiling`).
+    pub fn ceiling(&self) -> u64 {
+        self.ceiling.load(Ordering::Acquire)
+    }
+
+    /// Lets the SA use sequence numbers up to `ceiling` (at most its limit). Never lowers
+    /// the ceiling. The caller has made `ceiling` durable first.
+    pub fn raise_ceiling(&self, ceiling: u64) {
+        self.ceiling
+            .fetch_max(ceiling.min(self.seq_limit()), Ordering::Release);
+    }
+
+    /// Before the SA is used: continue after `last` (the last number that may have been sent
+    /// with this key) up to `ceiling` (clamped to `last..=limit`).
+    pub fn resume(&self, last: u64, ceiling: u64) {
+        let last = last.min(self.seq_limit());
+        self.seq.store(last, Ordering::Relaxed);
+        self.ceiling
+            .store(ceiling.clamp(last, self.seq_limit()), Ordering::Release);
+    }
+
+    /// Before the SA is used: send nothing (its state could not be trusted).
+    pub fn refuse(&self) {
+        self.refused.store(true, Ordering::Relaxed);
+        let s = self.seq();
+        self.ceiling.store(s, Ordering::Release);
+    }
+
+    pub fn is_refused(&self) -> bool {
+        self.refused.load(Ordering::Relaxed)
     }
 
     /// Packets encapsulated so far.
@@ -268,9 +331,64 @@ impl InboundSa {
             esn,
             aead: key.aead_with(backend),
             salt: key.salt(),
+            ceiling: AtomicU64::new(u64::MAX),
+            wanted: AtomicU64::new(0),
+            refused: AtomicBool::new(false),
             packets: AtomicU64::new(0),
             bytes: AtomicU64::new(0),
         }
+    }
+
+    /// Whether the worker may accept the authenticated sequence number `seq` (one load, one
+    /// compare). Above the ceiling, the number is remembered for the state keeper and the
+    /// packet is dropped: accepting it before the mark is durable would let it be replayed
+    /// after a crash.
+    #[inline]
+    pub fn admit(&self, seq: u64) -> Result<(), DropReason> {
+        if seq <= self.ceiling.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        self.above_ceiling(seq)
+    }
+
+    #[cold]
+    fn above_ceiling(&self, seq: u64) -> Result<(), DropReason> {
+        if self.refused.load(Ordering::Relaxed) {
+            return Err(DropReason::SaStateRefused);
+        }
+        self.wanted.fetch_max(seq, Ordering::Relaxed);
+        Err(DropReason::InboundNotReserved)
+    }
+
+    /// The highest sequence number the worker may accept now.
+    pub fn ceiling(&self) -> u64 {
+        self.ceiling.load(Ordering::Acquire)
+    }
+
+    /// The highest authenticated sequence number dropped above the ceiling (0: none).
+    pub fn wanted(&self) -> u64 {
+        self.wanted.load(Ordering::Relaxed)
+    }
+
+    /// Lets the worker accept up to `ceiling`; never lowers it. The caller has made
+    /// `ceiling` durable first.
+    pub fn raise_ceiling(&self, ceiling: u64) {
+        self.ceiling.fetch_max(ceiling, Ordering::Release);
+    }
+
+    /// Before the SA is published: accept nothing above `ceiling`.
+    pub fn limit_to(&self, ceiling: u64) {
+        self.ceiling.store(ceiling, Ordering::Release);
+    }
+
+    /// Before the SA is published: accept nothing (its state could not be trusted).
+    pub fn refuse(&self) {
+        self.refused.store(true, Ordering::Relaxed);
+        self.ceiling.store(0, Ordering::Release);
+    }
+
+    pub fn is_refused(&self) -> bool {
+        self.refused.load(Ordering::Relaxed)
     }
 
     /// Records one accepted packet of `inner_len` plaintext bytes (called by the worker once

@@ -233,6 +233,64 @@ fn sequence_never_wraps_without_esn() {
     assert_eq!(tx.next_seq(), Ok(1 << 32));
 }
 
+/// A manual SA's counter stops at its durable reservation, then goes on once the ceiling is
+/// raised; it never goes back below where it resumed.
+#[test]
+fn sequence_stops_at_the_reserved_ceiling() {
+    let k = key(Cipher::Aes128Gcm16);
+    let tx = OutboundSa::new(7, &k, false, outer4(false));
+    assert_eq!(
+        tx.ceiling(),
+        u32::MAX as u64,
+        "negotiated SA: the RFC limit"
+    );
+    tx.resume(1000, 1002);
+    assert_eq!(tx.next_seq(), Ok(1001));
+    assert_eq!(tx.next_seq(), Ok(1002));
+    assert_eq!(tx.next_seq(), Err(DropReason::SeqNotReserved));
+    assert_eq!(tx.seq(), 1002, "a drop uses no number");
+    tx.raise_ceiling(1001);
+    assert_eq!(tx.ceiling(), 1002, "never lowered");
+    tx.raise_ceiling(u64::MAX);
+    assert_eq!(
+        tx.ceiling(),
+        u32::MAX as u64,
+        "clamped to the limit without ESN"
+    );
+    assert_eq!(tx.next_seq(), Ok(1003));
+    // Resumed at the limit: exhausted, not "not reserved".
+    let tx = OutboundSa::new(7, &k, false, outer4(false));
+    tx.resume(u32::MAX as u64 + 5, u64::MAX);
+    assert_eq!(tx.next_seq(), Err(DropReason::SeqExhausted));
+    // Refused: nothing goes out, by its own reason.
+    let tx = OutboundSa::new(7, &k, true, outer4(false));
+    tx.refuse();
+    let mut out = vec![0u8; 256];
+    assert_eq!(
+        tx.encapsulate(&inner_v4(40, 0, false), &mut out),
+        Err(DropReason::SaStateRefused)
+    );
+    assert_eq!(tx.seq(), 0);
+}
+
+#[test]
+fn inbound_admits_up_to_the_ceiling_and_remembers_what_it_dropped() {
+    let k = key(Cipher::Aes128Gcm16);
+    let rx = InboundSa::new(7, &k, false);
+    assert_eq!(rx.admit(u64::MAX), Ok(()), "negotiated SA: unbounded");
+    rx.limit_to(100);
+    assert_eq!(rx.admit(100), Ok(()));
+    assert_eq!(rx.admit(150), Err(DropReason::InboundNotReserved));
+    assert_eq!(rx.admit(120), Err(DropReason::InboundNotReserved));
+    assert_eq!(rx.wanted(), 150);
+    rx.raise_ceiling(50);
+    assert_eq!(rx.ceiling(), 100, "never lowered");
+    rx.raise_ceiling(200);
+    assert_eq!(rx.admit(150), Ok(()));
+    rx.refuse();
+    assert_eq!(rx.admit(1), Err(DropReason::SaStateRefused));
+}
+
 /// Builds an ESP packet from a raw plaintext (payload + trailer chosen by the test).
 fn raw_esp(k: &SaKey, spi: u32, seq: u32, plaintext: &[u8]) -> Vec<u8> {
     let aead = k.aead();
