@@ -228,6 +228,10 @@ pub struct IkeSettings {
     /// Seconds a rekeyed SA's inbound half stays after deletion (packets in flight).
     #[serde(default = "d_2")]
     pub rekey_overlap: u64,
+    /// Prefixes per side of one CHILD_SA (after narrowing); more are refused with
+    /// TS_UNACCEPTABLE. Bounds what a peer's selectors cost the data plane.
+    #[serde(default = "d_16")]
+    pub max_selectors: usize,
 }
 
 impl Default for IkeSettings {
@@ -250,6 +254,9 @@ fn d_30u() -> u64 {
 }
 fn d_2() -> u64 {
     2
+}
+fn d_16() -> usize {
+    16
 }
 fn d_ike_version() -> String {
     "v2".into()
@@ -492,6 +499,10 @@ impl Config {
         if s.rekey_overlap > 3600 {
             return Err(ie("rekey_overlap", "at most 3600 seconds".into()));
         }
+        // The worker checks each packet against local x peer prefixes: 64 x 64 at most.
+        if !(1..=64).contains(&s.max_selectors) {
+            return Err(ie("max_selectors", "1 to 64 prefixes".into()));
+        }
         Ok(())
     }
 
@@ -596,6 +607,17 @@ impl Config {
                 (None, false) => (c.peer_cidrs.clone(), "peer_cidrs"),
             };
             let peer_ts = subnets(&peer_src).map_err(|m| ce(peer_field, m))?;
+            let max = self.ike.max_selectors;
+            for (n, field) in [(local_ts.len(), local_field), (peer_ts.len(), peer_field)] {
+                if n > max {
+                    return Err(ce(
+                        field,
+                        format!(
+                            "{n} subnets, more than [ike] max_selectors ({max}): raise it or merge subnets"
+                        ),
+                    ));
+                }
+            }
             if !families_meet(&local_ts, &peer_ts) {
                 return Err(ce(
                     peer_field,
@@ -1346,6 +1368,12 @@ dpd = { action = "restart", interval = 10, timeout = 40 }
             ),
             (with(cidrs, "peer_cidrs = []"), C, "peer_cidrs"),
             (with(cidrs, ""), C, "peer_cidrs"),
+            (
+                with(cidrs, "peer_cidrs = [\"10.2.0.0/24\", \"10.3.0.0/24\"]")
+                    + "[ike]\nmax_selectors = 1\n",
+                C,
+                "peer_cidrs",
+            ),
             (with(cidrs, "peer_ep_group = \"nope\""), C, "peer_ep_group"),
             (
                 group("endpoints = [\"10.9.0.0/24\"]")
@@ -1427,6 +1455,8 @@ dpd = { action = "restart", interval = 10, timeout = 40 }
             (ike("half_open_timeout = 86400"), "ike", "half_open_timeout"),
             (ike("rekey_overlap = 100000"), "ike", "rekey_overlap"),
             (ike("rekey_overlap = -2"), "ike", "rekey_overlap"),
+            (ike("max_selectors = 0"), "ike", "max_selectors"),
+            (ike("max_selectors = 65"), "ike", "max_selectors"),
             (ike("bogus = 1"), "ike", "bogus"),
             (
                 with("instance = \"t\"", "instance = \"t\"\nike = 1"),

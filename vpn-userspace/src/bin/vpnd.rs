@@ -503,6 +503,7 @@ fn run() -> Result<()> {
             cookie_threshold: cfg.ike.cookie_threshold,
             half_open_timeout: Duration::from_secs(cfg.ike.half_open_timeout),
             overlap: Duration::from_secs(cfg.ike.rekey_overlap),
+            max_selectors: cfg.ike.max_selectors,
             ..Settings::default()
         };
         let mut ep = Endpoint::new(settings);

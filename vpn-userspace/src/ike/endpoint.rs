@@ -56,6 +56,9 @@ pub struct Settings {
     pub overlap: Duration,
     /// NAT keepalive interval (RFC 3948 4).
     pub keepalive: Duration,
+    /// Prefixes per side of one CHILD_SA, after narrowing (`[ike] max_selectors`): beyond
+    /// it a CHILD_SA is refused (TS_UNACCEPTABLE as responder).
+    pub max_selectors: usize,
 }
 
 impl Default for Settings {
@@ -69,6 +72,7 @@ impl Default for Settings {
             retransmit_tries: 5,
             overlap: Duration::from_secs(2),
             keepalive: Duration::from_secs(20),
+            max_selectors: 16,
         }
     }
 }
@@ -155,6 +159,11 @@ pub struct Stats {
     /// Messages of ours that could not be encoded (a field too long): the exchange was
     /// abandoned instead.
     pub encode_errors: u64,
+    /// CHILD_SAs refused because a side's selectors make more than `max_selectors`
+    /// prefixes (TS_UNACCEPTABLE as responder, the exchange failed as initiator).
+    pub ts_over_limit: u64,
+    /// Calls into the core that panicked, caught by the shell (a bug; the process lives on).
+    pub panics: u64,
 }
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
@@ -379,6 +388,9 @@ pub struct Endpoint {
     /// real ones (a peer that offers or answers whatever selectors it likes).
     #[cfg(test)]
     pub(crate) ts_override: Option<(Vec<wire::Ts>, Vec<wire::Ts>)>,
+    /// Tests only: the next received datagram panics (the shell's last line of defence).
+    #[cfg(test)]
+    pub(crate) panic_on_receive: bool,
 }
 
 const NONCE_LEN: usize = 32;
@@ -439,6 +451,26 @@ fn unknown_critical(payloads: &[RawPayload<'_>]) -> Option<PayloadType> {
         .map(|p| p.ptype)
 }
 
+/// Our side's prefixes and the peer's.
+type AcceptedTs = (Vec<Prefix>, Vec<Prefix>);
+
+/// Initiator: the responder's TSi (our side) and TSr (the peer's), within what we offered
+/// and the limit.
+fn accept_ts(
+    inner: &[RawPayload<'_>],
+    local: &[Prefix],
+    peer: &[Prefix],
+    max: usize,
+) -> Result<AcceptedTs, ts::Refused> {
+    let parse = |t| {
+        body_of(inner, t)
+            .and_then(|b| wire::parse_ts(b).ok())
+            .ok_or(ts::Refused::Outside)
+    };
+    let (tsi, tsr) = (parse(PayloadType::TSI)?, parse(PayloadType::TSR)?);
+    Ok((ts::accept(&tsi, local, max)?, ts::accept(&tsr, peer, max)?))
+}
+
 fn nonce_ok(n: &[u8]) -> bool {
     (16..=256).contains(&n.len())
 }
@@ -471,6 +503,8 @@ impl Endpoint {
             stats: Stats::default(),
             #[cfg(test)]
             ts_override: None,
+            #[cfg(test)]
+            panic_on_receive: false,
         }
     }
 
@@ -1176,6 +1210,33 @@ impl Endpoint {
         });
     }
 
+    /// Selectors past `max_selectors`: counted and reported (the caller refuses the CHILD_SA).
+    fn ts_over_limit(&mut self, conn: ConnId, whose: &str) {
+        self.stats.ts_over_limit += 1;
+        let max = self.settings.max_selectors;
+        self.events.push_back(Event::Warning {
+            conn: Some(conn),
+            message: format!(
+                "{whose} traffic selectors make more than {max} prefixes per side ([ike] max_selectors): CHILD_SA refused"
+            ),
+        });
+    }
+
+    /// Initiator: the responder's selectors for a CHILD_SA of `conn` (not a rekey).
+    fn accept_conn_ts(
+        &self,
+        conn: ConnId,
+        inner: &[RawPayload<'_>],
+    ) -> Result<AcceptedTs, ts::Refused> {
+        let cfg = &self.conns[conn].cfg;
+        accept_ts(
+            inner,
+            &cfg.local_ts,
+            &cfg.peer_ts,
+            self.settings.max_selectors,
+        )
+    }
+
     /// Queues a request on an IKE SA; sent at once if the window is free.
     fn request(&mut self, spi: u64, p: Pending, now: Instant) {
         let Some(sa) = self.sas.get_mut(&spi) else {
@@ -1598,6 +1659,10 @@ impl Endpoint {
     /// One received UDP datagram (payload only), with our address and the peer's.
     pub fn handle(&mut self, now: Instant, local: SocketAddr, remote: SocketAddr, data: &[u8]) {
         self.stats.received += 1;
+        #[cfg(test)]
+        if std::mem::take(&mut self.panic_on_receive) {
+            panic!("test hook: panic on receive");
+        }
         let data = if local.port() == self.settings.natt_port {
             // RFC 3948 2.2: IKE behind a non-ESP marker; 0xff is a keepalive; else ESP.
             if data.len() < 4 || data[..4] != [0; 4] {
@@ -2363,8 +2428,16 @@ impl Endpoint {
         )
         .ok_or(NotifyType::NO_PROPOSAL_CHOSEN)?;
         // TSi is the initiator's side: the peer's subnets when the peer initiated.
-        let peer_ts = ts::narrow(&tsi, &cfg.peer_ts);
-        let local_ts = ts::narrow(&tsr, &cfg.local_ts);
+        let max = self.settings.max_selectors;
+        let narrowed = ts::narrow(&tsi, &cfg.peer_ts, max).and_then(|p| {
+            let l = ts::narrow(&tsr, &cfg.local_ts, max)?;
+            Ok((p, l))
+        });
+        let Ok((peer_ts, local_ts)) = narrowed else {
+            let conn = sa.conn;
+            self.ts_over_limit(conn, "the peer's");
+            return Err(NotifyType::TS_UNACCEPTABLE);
+        };
         if peer_ts.is_empty() || local_ts.is_empty() {
             return Err(NotifyType::TS_UNACCEPTABLE);
         }
@@ -2573,17 +2646,19 @@ impl Endpoint {
             self.request(spi, Pending::DeleteIke, now);
             return;
         }
+        let ts = self.accept_conn_ts(conn, inner);
         let cfg = &self.conns[conn].cfg;
+        let too_many = ts == Err(ts::Refused::TooMany);
         let accepted = (|| {
             let chosen = wire::parse_sa(body_of(inner, PayloadType::SA)?).ok()?;
             let (suite, spi_out) = proposal::accept_esp(&cfg.esp, &chosen, None)?;
-            let tsi = wire::parse_ts(body_of(inner, PayloadType::TSI)?).ok()?;
-            let tsr = wire::parse_ts(body_of(inner, PayloadType::TSR)?).ok()?;
-            let local_ts = ts::accept(&tsi, &cfg.local_ts)?;
-            let peer_ts = ts::accept(&tsr, &cfg.peer_ts)?;
+            let (local_ts, peer_ts) = ts.ok()?;
             Some((suite, spi_out, local_ts, peer_ts))
         })();
         let Some((suite, spi_out, local_ts, peer_ts)) = accepted else {
+            if too_many {
+                self.ts_over_limit(conn, "the peer's");
+            }
             let r = format!(
                 "CHILD_SA with {}: the peer's choice is not one we offered",
                 remote.ip()
@@ -2705,7 +2780,9 @@ impl Endpoint {
             self.status(conn, ConnStatus::Down, r);
             return;
         }
+        let ts = self.accept_conn_ts(conn, inner);
         let cfg = &self.conns[conn].cfg;
+        let too_many = ts == Err(ts::Refused::TooMany);
         let parsed = (|| {
             let chosen = wire::parse_sa(body_of(inner, PayloadType::SA)?).ok()?;
             let (suite, spi_out) =
@@ -2720,13 +2797,13 @@ impl Endpoint {
                 ),
                 None => None,
             };
-            let tsi = wire::parse_ts(body_of(inner, PayloadType::TSI)?).ok()?;
-            let tsr = wire::parse_ts(body_of(inner, PayloadType::TSR)?).ok()?;
-            let local_ts = ts::accept(&tsi, &cfg.local_ts)?;
-            let peer_ts = ts::accept(&tsr, &cfg.peer_ts)?;
+            let (local_ts, peer_ts) = ts.ok()?;
             Some((suite, spi_out, nr, g_ir, local_ts, peer_ts))
         })();
         let Some((suite, spi_out, nr, g_ir, local_ts, peer_ts)) = parsed else {
+            if too_many {
+                self.ts_over_limit(conn, "the peer's");
+            }
             let r = format!(
                 "new CHILD_SA with {}: the peer's choice is not one we offered",
                 remote.ip()
@@ -2783,6 +2860,14 @@ impl Endpoint {
             return;
         }
         let cfg = &self.conns[conn].cfg;
+        // Within what the old SA covers.
+        let ts = self
+            .children
+            .get(&old)
+            .map_or(Err(ts::Refused::Outside), |c| {
+                accept_ts(inner, &c.local_ts, &c.peer_ts, self.settings.max_selectors)
+            });
+        let too_many = ts == Err(ts::Refused::TooMany);
         let parsed = (|| {
             let chosen = wire::parse_sa(body_of(inner, PayloadType::SA)?).ok()?;
             let (suite, spi_out) =
@@ -2797,14 +2882,13 @@ impl Endpoint {
                 ),
                 None => None,
             };
-            let c = self.children.get(&old)?;
-            let tsi = wire::parse_ts(body_of(inner, PayloadType::TSI)?).ok()?;
-            let tsr = wire::parse_ts(body_of(inner, PayloadType::TSR)?).ok()?;
-            let local_ts = ts::accept(&tsi, &c.local_ts)?;
-            let peer_ts = ts::accept(&tsr, &c.peer_ts)?;
+            let (local_ts, peer_ts) = ts.ok()?;
             Some((suite, spi_out, nr, g_ir, local_ts, peer_ts))
         })();
         let Some((suite, spi_out, nr, g_ir, local_ts, peer_ts)) = parsed else {
+            if too_many {
+                self.ts_over_limit(conn, "the peer's");
+            }
             if let Some(c) = self.children.get_mut(&old) {
                 c.rekey_requested = false;
                 c.rekey_at = now + Duration::from_secs(30);

@@ -239,6 +239,40 @@ impl<S: SaSink> Shell<S> {
         std::time::Instant::now().max(self.epoch_std)
     }
 
+    /// The operator's view of the connections. A panic caught while it was held (see
+    /// [`Shell::guarded`]) leaves it poisoned; what it holds is still the best we have.
+    fn info(&self) -> std::sync::MutexGuard<'_, Vec<ConnInfo>> {
+        self.info
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Runs one step of the core (a datagram, the timers, the data-plane counters, one
+    /// event) as the last line of defence: a panic there is a bug, and unwinding the IKE task
+    /// would take every tenant's tunnels down with it. It is caught, counted (`ike panics` in
+    /// `vpnctl status`) and logged, and vpnd carries on; the core may have applied that one
+    /// input halfway, which its timers and the peer's retransmissions mend.
+    fn guarded(&mut self, what: &str, f: impl FnOnce(&mut Self)) {
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(self)));
+        if let Err(p) = r {
+            self.ep.stats.panics += 1;
+            let msg = p
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| p.downcast_ref::<String>().cloned())
+                .unwrap_or_default();
+            tracing::error!(
+                "vpnd: IKE: panic while handling {what} ({msg}): caught, vpnd carries on; this is a bug, please report it"
+            );
+        }
+    }
+
+    /// One datagram from the network, into the core.
+    fn receive(&mut self, local: SocketAddr, remote: SocketAddr, data: &[u8]) {
+        let now = self.now();
+        self.guarded("a datagram", |s| s.ep.handle(now, local, remote, data));
+    }
+
     /// Applies the core's events, then sends what it queued. In this order: the data plane
     /// must hold a new inbound SA before the message that lets the peer use it leaves (the
     /// CREATE_CHILD_SA response), and must have switched outbound before the Delete of the
@@ -247,7 +281,7 @@ impl<S: SaSink> Shell<S> {
     /// dropped as an unknown SPI.
     async fn flush(&mut self) {
         while let Some(e) = self.ep.poll_event() {
-            self.apply(e);
+            self.guarded("an event", |s| s.apply(e));
         }
         while let Some(t) = self.ep.poll_transmit() {
             match self.sockets.get(&t.src) {
@@ -260,7 +294,7 @@ impl<S: SaSink> Shell<S> {
             }
         }
         while let Some(e) = self.ep.poll_event() {
-            self.apply(e);
+            self.guarded("an event", |s| s.apply(e));
         }
     }
 
@@ -323,7 +357,7 @@ impl<S: SaSink> Shell<S> {
                     let hold = self.ep.conn(conn).dpd.action == super::conn::DpdAction::Hold;
                     self.sink.conn_down(conn, hold);
                 }
-                let mut info = self.info.lock().expect("not poisoned");
+                let mut info = self.info();
                 info[conn].status = s.into();
                 info[conn].reason = reason;
             }
@@ -335,7 +369,7 @@ impl<S: SaSink> Shell<S> {
                 return;
             }
         }
-        let mut info = self.info.lock().expect("not poisoned");
+        let mut info = self.info();
         for (c, i) in info.iter_mut().enumerate() {
             i.children = self
                 .ep
@@ -464,7 +498,7 @@ impl<S: SaSink> Shell<S> {
             self.meta.resize(id + 1, (0, 0));
         }
         self.meta[id] = (rc.tenant, rc.replay_window);
-        self.info.lock().expect("not poisoned").push(ConnInfo {
+        self.info().push(ConnInfo {
             name: rc.conn.name.clone(),
             status: "DOWN".into(),
             reason: "added by reload".into(),
@@ -522,11 +556,12 @@ impl<S: SaSink> Shell<S> {
                         "child_rekeyed": s.child_rekeyed, "ike_rekeyed": s.ike_rekeyed,
                         "auth_failed": s.auth_failed, "dpd_dead": s.dpd_dead,
                         "encode_errors": s.encode_errors,
+                        "ts_over_limit": s.ts_over_limit, "panics": s.panics,
                     },
                 }))
             }
             Request::ConnList => {
-                let info = self.info.lock().expect("not poisoned").clone();
+                let info = self.info().clone();
                 let mut out = vec![];
                 for (id, i) in info.iter().enumerate() {
                     if self.ep.is_removed(id) {
@@ -677,8 +712,7 @@ impl<S: SaSink> Shell<S> {
                     }
                 }
                 Some((local, remote, data)) = self.rx.recv() => {
-                    let now = self.now();
-                    self.ep.handle(now, local, remote, &data);
+                    self.receive(local, remote, &data);
                 }
                 Some(c) = commands.recv() => {
                     if let Err(e) = self.command(c).await {
@@ -691,9 +725,9 @@ impl<S: SaSink> Shell<S> {
                 }
                 _ = tokio::time::sleep_until(deadline) => {
                     let now = self.now();
-                    self.ep.handle_timeout(now);
+                    self.guarded("the timers", |s| s.ep.handle_timeout(now));
                 }
-                _ = usage.tick() => self.poll_usage(),
+                _ = usage.tick() => self.guarded("data-plane counters", |s| s.poll_usage()),
             }
             self.flush().await;
         }
@@ -709,8 +743,7 @@ impl<S: SaSink> Shell<S> {
         while self.ep.ike_sa_count().0 > 0 {
             tokio::select! {
                 Some((local, remote, data)) = self.rx.recv() => {
-                    let now = self.now();
-                    self.ep.handle(now, local, remote, &data);
+                    self.receive(local, remote, &data);
                     self.flush().await;
                 }
                 _ = tokio::time::sleep_until(until) => break,
@@ -723,4 +756,86 @@ impl<S: SaSink> Shell<S> {
 
 fn prefix_str(p: &crate::dataplane::worker::Prefix) -> String {
     format!("{}/{}", p.addr, p.len)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ike::{
+        conn::Initiator,
+        tests::{A, B, ConnOpts, conn, ip, raw_init, settings},
+        wire::Payload,
+    };
+
+    /// A data plane that only counts what the shell asks of it.
+    #[derive(Default)]
+    struct Recorder {
+        downs: usize,
+    }
+
+    impl SaSink for Recorder {
+        fn install_inbound(&mut self, _: ChildSa) -> Result<()> {
+            Ok(())
+        }
+        fn activate_outbound(&mut self, _: ConnId, _: ChildId) -> Result<()> {
+            Ok(())
+        }
+        fn remove(&mut self, _: ConnId, _: ChildId) -> Result<()> {
+            Ok(())
+        }
+        fn usage(&self, _: ChildId) -> Option<ChildUsage> {
+            None
+        }
+        fn conn_down(&mut self, _: ConnId, _: bool) {
+            self.downs += 1;
+        }
+    }
+
+    /// B's vpnd, response-only towards A, without sockets.
+    fn responder() -> Shell<Recorder> {
+        let mut ep = Endpoint::new(settings());
+        let o = ConnOpts {
+            initiator: Initiator::ResponseOnly,
+            ..Default::default()
+        };
+        ep.add_conn(conn(B, A, &o));
+        let (tx, rx) = mpsc::channel(1);
+        Shell::finish(ep, Recorder::default(), HashMap::new(), tx, rx).unwrap()
+    }
+
+    /// What `flush` does, minus the sockets: events applied, datagrams dropped.
+    fn drain(sh: &mut Shell<Recorder>) {
+        while let Some(e) = sh.ep.poll_event() {
+            sh.guarded("an event", |s| s.apply(e));
+        }
+        while sh.ep.poll_transmit().is_some() {}
+    }
+
+    fn addrs() -> (SocketAddr, SocketAddr) {
+        (SocketAddr::new(ip(B), 500), SocketAddr::new(ip(A), 500))
+    }
+
+    /// Issue 14 (H1): a panic in the core on network input is caught, counted (shown by
+    /// `vpnctl status`) and logged; the next datagram is handled as usual.
+    #[test]
+    fn a_panic_in_the_core_is_caught_and_counted() {
+        let mut sh = responder();
+        let (lb, la) = addrs();
+        let init = raw_init(Payload::VendorId(b"x"), 2);
+        sh.ep.panic_on_receive = true;
+        sh.receive(lb, la, &init);
+        assert_eq!(sh.ep.stats.panics, 1);
+        assert!(sh.ep.poll_transmit().is_none());
+        // Still alive: the same request is answered (INVALID_SYNTAX: its KE is junk).
+        sh.receive(lb, la, &init);
+        assert_eq!(sh.ep.stats.panics, 1);
+        assert_eq!(sh.ep.stats.received, 2);
+        assert!(sh.ep.poll_transmit().is_some());
+        drain(&mut sh);
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let r = rt.block_on(sh.control(Request::Status));
+        assert_eq!(r.data.unwrap()["ike"]["panics"], 1);
+    }
 }

@@ -20,24 +20,24 @@ use super::{
 };
 use crate::config::parse_prefix;
 
-const A: &str = "192.0.2.1";
-const B: &str = "198.51.100.2";
+pub(super) const A: &str = "192.0.2.1";
+pub(super) const B: &str = "198.51.100.2";
 
-fn ip(s: &str) -> IpAddr {
+pub(super) fn ip(s: &str) -> IpAddr {
     s.parse().unwrap()
 }
 
-struct ConnOpts {
-    ike: &'static str,
-    esp: &'static str,
-    psk: &'static str,
-    initiator: Initiator,
-    dpd: Dpd,
-    encap: Encap,
-    lifetimes: Lifetimes,
-    local_ts: Vec<&'static str>,
-    peer_ts: Vec<&'static str>,
-    peer_id: Option<&'static str>,
+pub(super) struct ConnOpts {
+    pub(super) ike: &'static str,
+    pub(super) esp: &'static str,
+    pub(super) psk: &'static str,
+    pub(super) initiator: Initiator,
+    pub(super) dpd: Dpd,
+    pub(super) encap: Encap,
+    pub(super) lifetimes: Lifetimes,
+    pub(super) local_ts: Vec<&'static str>,
+    pub(super) peer_ts: Vec<&'static str>,
+    pub(super) peer_id: Option<&'static str>,
 }
 
 impl Default for ConnOpts {
@@ -61,7 +61,7 @@ impl Default for ConnOpts {
     }
 }
 
-fn conn(local: &str, peer: &str, o: &ConnOpts) -> ConnConfig {
+pub(super) fn conn(local: &str, peer: &str, o: &ConnOpts) -> ConnConfig {
     let (lts, pts) = if local == A {
         (vec!["10.1.0.0/24"], vec!["10.2.0.0/24"])
     } else {
@@ -168,7 +168,7 @@ struct Net {
     check_invariant: bool,
 }
 
-fn settings() -> Settings {
+pub(super) fn settings() -> Settings {
     Settings {
         ike_port: 500,
         natt_port: 4500,
@@ -895,7 +895,7 @@ fn half_open_sas_time_out() {
 }
 
 /// A raw IKE_SA_INIT request with extra payloads, for the negative tests.
-fn raw_init(extra: Payload<'_>, major: u8) -> Vec<u8> {
+pub(super) fn raw_init(extra: Payload<'_>, major: u8) -> Vec<u8> {
     let p = IkeProposal::parse("aes256gcm16-prfsha256-ecp256").unwrap();
     let ke = vec![4u8; 64];
     let ni = vec![9u8; 32];
@@ -1359,4 +1359,94 @@ fn messages_that_cannot_be_encoded_abandon_the_exchange() {
         "rekeyed on the next attempt"
     );
     assert_eq!(n.a.ep.conn_status(0), ConnStatus::Active);
+}
+
+/// Sixteen ranges inside 10.1.0.0/16, 10.1.16i.1 - 10.1.16i+15.254: 22 prefixes each, 352
+/// in all, more than a TS payload's count octet (an answer carrying them used to panic).
+fn ragged_ts() -> Vec<wire::Ts> {
+    (0..16u32)
+        .map(|i| {
+            let base = 0x0a01_0000 + (i << 12);
+            wire::Ts::Range(wire::TrafficSelector::range(
+                IpAddr::V4(std::net::Ipv4Addr::from(base + 1)),
+                IpAddr::V4(std::net::Ipv4Addr::from(base + 4094)),
+            ))
+        })
+        .collect()
+}
+
+/// Issue 14 (H1): selectors that split into more prefixes than `max_selectors` are refused,
+/// counted on the refusing side: TS_UNACCEPTABLE from a responder (IKE_AUTH and rekey), a
+/// failed exchange for an initiator (IKE_AUTH and rekey answers). Nothing of them is
+/// installed, and the endpoints carry on.
+#[test]
+fn oversized_selectors_are_refused_and_counted() {
+    let net = || {
+        Net::new(
+            wide_opts(Initiator::BiDirectional),
+            wide_opts(Initiator::ResponseOnly),
+        )
+    };
+    // Responder, IKE_AUTH: TS_UNACCEPTABLE.
+    let mut n = net();
+    n.a.ep.ts_override = Some((ragged_ts(), normal_ts("10.2.0.0/24")));
+    n.start();
+    assert_eq!(n.b.ep.stats.ts_over_limit, 1);
+    assert!(
+        n.b.plane
+            .warnings
+            .iter()
+            .any(|w| w.contains("max_selectors")),
+        "{:?}",
+        n.b.plane.warnings
+    );
+    assert!(down_reason(&n.a.plane).contains("TS_UNACCEPTABLE"));
+    assert!(n.a.plane.children.is_empty() && n.b.plane.children.is_empty());
+    assert_eq!(n.a.ep.stats.encode_errors + n.b.ep.stats.encode_errors, 0);
+    // The peer, honest again, gets its tunnel from the same endpoint.
+    n.a.ep.ts_override = None;
+    n.a.ep.set_admin_up(0, true, n.now);
+    n.run(Duration::from_secs(5));
+    assert!(n.tunnel_up());
+    // Responder, rekey: TS_UNACCEPTABLE, the old SA carries on.
+    let spi = n.a.plane.out().unwrap().spi_out;
+    n.a.ep.ts_override = Some((ragged_ts(), normal_ts("10.2.0.0/24")));
+    n.a.ep.rekey_child(n.a.plane.active.unwrap(), n.now);
+    n.settle();
+    assert_eq!(n.b.ep.stats.ts_over_limit, 2);
+    assert_eq!(n.a.plane.out().unwrap().spi_out, spi);
+    assert_eq!((n.a.plane.children.len(), n.b.plane.children.len()), (1, 1));
+    assert!(n.tunnel_up());
+    // Initiator, IKE_AUTH answer: refused, the IKE SA deleted.
+    let mut n = net();
+    n.b.ep.ts_override = Some((ragged_ts(), normal_ts("10.2.0.0/24")));
+    n.check_invariant = false;
+    n.start();
+    assert_eq!(n.a.ep.stats.ts_over_limit, 1);
+    assert!(n.a.plane.installs == 0 && n.a.plane.children.is_empty());
+    assert!(down_reason(&n.a.plane).contains("not one we offered"));
+    assert!(
+        n.a.plane
+            .warnings
+            .iter()
+            .any(|w| w.contains("max_selectors")),
+        "{:?}",
+        n.a.plane.warnings
+    );
+    assert_eq!(n.a.ep.ike_sa_count().0, 0);
+    assert_eq!(n.b.ep.ike_sa_count().0, 0);
+    // Initiator, rekey answer: refused, the old SA carries on.
+    let mut n = net();
+    n.start();
+    let spi = n.a.plane.out().unwrap().spi_out;
+    n.b.ep.ts_override = Some((ragged_ts(), normal_ts("10.2.0.0/24")));
+    n.a.ep.rekey_child(n.a.plane.active.unwrap(), n.now);
+    n.settle();
+    assert_eq!(n.a.ep.stats.ts_over_limit, 1);
+    assert_eq!(
+        n.a.plane.installs, 1,
+        "nothing of the refused rekey installed"
+    );
+    assert_eq!(n.a.plane.out().unwrap().spi_out, spi);
+    assert!(n.tunnel_up());
 }
