@@ -368,6 +368,8 @@ struct ConnRuntime {
     /// Next (re)initiation for Restart after a failure, with backoff.
     retry_at: Option<Instant>,
     failures: u32,
+    /// The reason of the last status event.
+    reason: String,
 }
 
 pub struct Endpoint {
@@ -520,6 +522,7 @@ impl Endpoint {
             status: ConnStatus::Down,
             retry_at: None,
             failures: 0,
+            reason: String::new(),
         });
         self.conns.len() - 1
     }
@@ -645,13 +648,18 @@ impl Endpoint {
         self.events.pop_front()
     }
 
+    /// Reports a change of state, or a new reason for being down. Nothing else: a failure
+    /// repeated (a peer retrying with the same wrong proposal, or anyone spoofing its
+    /// IKE_SA_INIT) must not cost a log line, a rewrite of connections.json and data-plane
+    /// updates each time.
     fn status(&mut self, conn: ConnId, status: ConnStatus, reason: impl Into<String>) {
         let reason = reason.into();
         let c = &mut self.conns[conn];
-        if c.status == status && status != ConnStatus::Down {
+        if c.status == status && (status != ConnStatus::Down || c.reason == reason) {
             return;
         }
         c.status = status;
+        c.reason.clone_from(&reason);
         self.events.push_back(Event::Status {
             conn,
             status,
@@ -1913,11 +1921,15 @@ impl Endpoint {
         }
         let cfg = &self.conns[conn].cfg;
         let Some((suite, num, _)) = proposal::choose_ike(&cfg.ike, &offers) else {
+            // Unauthenticated: anyone can send this from the peer's address. It may name
+            // why a connection is down (its port left out, so repeats are the same reason),
+            // never take down one that is connecting or up.
             let reason = format!(
-                "IKE_SA_INIT from {remote}: NO_PROPOSAL_CHOSEN (none of the peer's proposals matches ours)"
+                "IKE_SA_INIT from {}: NO_PROPOSAL_CHOSEN (none of the peer's proposals matches ours)",
+                remote.ip()
             );
             self.plain_notify(local, remote, &h, NotifyType::NO_PROPOSAL_CHOSEN, &[]);
-            if self.conns[conn].status != ConnStatus::Active {
+            if self.conns[conn].status == ConnStatus::Down {
                 self.status(conn, ConnStatus::Down, reason);
             }
             return;

@@ -112,6 +112,52 @@ pub enum Command {
     Reload,
 }
 
+/// Warnings a peer, or anyone spoofing one, can cause over and over: at most [`LogLimit::BURST`]
+/// lines per kind and connection in each [`LogLimit::WINDOW`]; the first line let through
+/// after a pause says how many were held back.
+#[derive(Default)]
+struct LogLimit {
+    quotas: HashMap<(Option<ConnId>, &'static str), Quota>,
+}
+
+struct Quota {
+    start: std::time::Instant,
+    used: u32,
+    suppressed: u64,
+}
+
+impl LogLimit {
+    const BURST: u32 = 5;
+    const WINDOW: Duration = Duration::from_secs(60);
+
+    /// None: hold this line back. Some(suffix): log it, with the suffix appended.
+    fn admit(
+        &mut self,
+        conn: Option<ConnId>,
+        kind: &'static str,
+        now: std::time::Instant,
+    ) -> Option<String> {
+        let q = self.quotas.entry((conn, kind)).or_insert(Quota {
+            start: now,
+            used: 0,
+            suppressed: 0,
+        });
+        if now >= q.start + Self::WINDOW {
+            q.start = now;
+            q.used = 0;
+        }
+        if q.used >= Self::BURST {
+            q.suppressed += 1;
+            return None;
+        }
+        q.used += 1;
+        Some(match std::mem::take(&mut q.suppressed) {
+            0 => String::new(),
+            n => format!(" ({n} similar suppressed)"),
+        })
+    }
+}
+
 pub struct Shell<S: SaSink> {
     pub ep: Endpoint,
     pub sink: S,
@@ -130,6 +176,7 @@ pub struct Shell<S: SaSink> {
     /// Per connection: tenant and replay window (beyond the core's view).
     pub meta: Vec<(u32, u32)>,
     started: std::time::Instant,
+    log_limit: LogLimit,
 }
 
 impl<S: SaSink> Shell<S> {
@@ -232,6 +279,7 @@ impl<S: SaSink> Shell<S> {
             reloader: None,
             meta: Vec::new(),
             started: std::time::Instant::now(),
+            log_limit: LogLimit::default(),
         })
     }
 
@@ -286,8 +334,10 @@ impl<S: SaSink> Shell<S> {
         while let Some(t) = self.ep.poll_transmit() {
             match self.sockets.get(&t.src) {
                 Some(s) => {
-                    if let Err(e) = s.send_to(&t.data, t.dst).await {
-                        tracing::warn!("vpnd: IKE send {} -> {}: {e}", t.src, t.dst);
+                    if let Err(e) = s.send_to(&t.data, t.dst).await
+                        && let Some(more) = self.log_limit.admit(None, "send", self.now())
+                    {
+                        tracing::warn!("vpnd: IKE send {} -> {}: {e}{more}", t.src, t.dst);
                     }
                 }
                 None => tracing::info!("vpnd: no IKE socket for {}", t.src),
@@ -348,12 +398,14 @@ impl<S: SaSink> Shell<S> {
                     ConnStatus::Down => "DOWN",
                     ConnStatus::Connecting => "CONNECTING",
                 };
-                if status == ConnStatus::Down {
-                    tracing::warn!(conn = %name, status = s, "vpnd: conn {name}: {s}: {reason}");
-                } else {
+                if status != ConnStatus::Down {
                     tracing::info!(conn = %name, status = s, "vpnd: conn {name}: {s}: {reason}");
+                } else if let Some(more) = self.log_limit.admit(Some(conn), "down", self.now()) {
+                    tracing::warn!(conn = %name, status = s, "vpnd: conn {name}: {s}: {reason}{more}");
                 }
-                if status == ConnStatus::Down {
+                // Down again with another reason: the data plane is already down.
+                let was_down = self.info()[conn].status == "DOWN";
+                if status == ConnStatus::Down && !was_down {
                     let hold = self.ep.conn(conn).dpd.action == super::conn::DpdAction::Hold;
                     self.sink.conn_down(conn, hold);
                 }
@@ -362,9 +414,12 @@ impl<S: SaSink> Shell<S> {
                 info[conn].reason = reason;
             }
             Event::Warning { conn, message } => {
+                let Some(more) = self.log_limit.admit(conn, "warning", self.now()) else {
+                    return;
+                };
                 match conn.map(|c| self.ep.conn(c).name.clone()) {
-                    Some(name) => tracing::warn!("vpnd: conn {name}: {message}"),
-                    None => tracing::warn!("vpnd: IKE: {message}"),
+                    Some(name) => tracing::warn!("vpnd: conn {name}: {message}{more}"),
+                    None => tracing::warn!("vpnd: IKE: {message}{more}"),
                 }
                 return;
             }
@@ -763,7 +818,7 @@ mod tests {
     use super::*;
     use crate::ike::{
         conn::Initiator,
-        tests::{A, B, ConnOpts, conn, ip, raw_init, settings},
+        tests::{A, B, ConnOpts, conn, ip, raw_init, settings, spoofed_init},
         wire::Payload,
     };
 
@@ -837,5 +892,85 @@ mod tests {
             .unwrap();
         let r = rt.block_on(sh.control(Request::Status));
         assert_eq!(r.data.unwrap()["ike"]["panics"], 1);
+    }
+
+    /// What vpnd logs while `f` runs (tracing's text format, one line per event).
+    fn logged(f: impl FnOnce()) -> String {
+        #[derive(Clone, Default)]
+        struct Buf(Arc<Mutex<Vec<u8>>>);
+        impl std::io::Write for Buf {
+            fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(b);
+                Ok(b.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let buf = Buf::default();
+        let w = buf.clone();
+        let sub = tracing_subscriber::fmt()
+            .with_ansi(false)
+            .with_max_level(tracing::Level::INFO)
+            .with_writer(move || w.clone())
+            .finish();
+        tracing::subscriber::with_default(sub, f);
+        String::from_utf8(buf.0.lock().unwrap().clone()).unwrap()
+    }
+
+    /// Issue 14 (M4): a thousand spoofed IKE_SA_INITs cost one WARN line, one rewrite of
+    /// connections.json and no data-plane update (each used to cost all three).
+    #[test]
+    fn spoofed_init_flood_costs_one_line() {
+        let mut sh = responder();
+        let dir = std::env::temp_dir().join(format!("vpnd-m4-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("connections.json");
+        sh.status_file = Some(file.clone());
+        let lb = addrs().0;
+        let log = logged(|| {
+            for i in 0..1000 {
+                sh.receive(
+                    lb,
+                    SocketAddr::new(ip(A), 1024 + i as u16),
+                    &spoofed_init(i),
+                );
+                drain(&mut sh);
+                if i == 0 {
+                    // Written once for the first refusal; never again.
+                    std::fs::remove_file(&file).unwrap();
+                }
+            }
+        });
+        let exists = file.exists();
+        let _ = std::fs::remove_dir_all(&dir);
+        let warns: Vec<&str> = log.lines().filter(|l| l.contains("WARN")).collect();
+        assert_eq!(warns.len(), 1, "{warns:?}");
+        assert!(warns[0].contains("DOWN: IKE_SA_INIT from 192.0.2.1: NO_PROPOSAL_CHOSEN"));
+        assert!(log.lines().count() <= 2, "{log}");
+        assert!(!exists, "connections.json rewritten");
+        assert_eq!(sh.sink.downs, 0);
+        assert_eq!(sh.ep.stats.received, 1000);
+    }
+
+    #[test]
+    fn repeated_warnings_are_rate_limited_with_a_count() {
+        let mut l = LogLimit::default();
+        let t0 = std::time::Instant::now();
+        for _ in 0..LogLimit::BURST {
+            assert_eq!(l.admit(Some(0), "warning", t0).as_deref(), Some(""));
+        }
+        for _ in 0..10 {
+            assert_eq!(l.admit(Some(0), "warning", t0), None);
+        }
+        // Other connections and kinds have their own quota.
+        assert_eq!(l.admit(Some(1), "warning", t0).as_deref(), Some(""));
+        assert_eq!(l.admit(Some(0), "down", t0).as_deref(), Some(""));
+        let later = t0 + LogLimit::WINDOW;
+        assert_eq!(
+            l.admit(Some(0), "warning", later).as_deref(),
+            Some(" (10 similar suppressed)")
+        );
+        assert_eq!(l.admit(Some(0), "warning", later).as_deref(), Some(""));
     }
 }

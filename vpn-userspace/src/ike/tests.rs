@@ -896,11 +896,21 @@ fn half_open_sas_time_out() {
 
 /// A raw IKE_SA_INIT request with extra payloads, for the negative tests.
 pub(super) fn raw_init(extra: Payload<'_>, major: u8) -> Vec<u8> {
-    let p = IkeProposal::parse("aes256gcm16-prfsha256-ecp256").unwrap();
+    init_request(
+        0x1122_3344_5566_7788,
+        "aes256gcm16-prfsha256-ecp256",
+        major,
+        extra,
+    )
+}
+
+/// An IKE_SA_INIT request anyone could send (its KE is no valid point).
+pub(super) fn init_request(ispi: u64, proposal: &str, major: u8, extra: Payload<'_>) -> Vec<u8> {
+    let p = IkeProposal::parse(proposal).unwrap();
     let ke = vec![4u8; 64];
     let ni = vec![9u8; 32];
     let h = Header {
-        ispi: 0x1122_3344_5566_7788,
+        ispi,
         rspi: 0,
         next_payload: PayloadType::NONE,
         major,
@@ -1448,5 +1458,89 @@ fn oversized_selectors_are_refused_and_counted() {
         "nothing of the refused rekey installed"
     );
     assert_eq!(n.a.plane.out().unwrap().spi_out, spi);
+    assert!(n.tunnel_up());
+}
+
+/// An IKE_SA_INIT from A's address that B refuses (NO_PROPOSAL_CHOSEN): what anyone can
+/// send, from any port, with any SPI.
+pub(super) fn spoofed_init(i: u32) -> Vec<u8> {
+    init_request(
+        0x5000 + u64::from(i),
+        "aes128gcm16-prfsha384-ecp384",
+        2,
+        Payload::VendorId(b"spoofed"),
+    )
+}
+
+/// Issue 14 (M4): IKE_SA_INITs anyone can send from the peer's address (proposals we
+/// refuse, any port, any SPI, or garbage) change no state: one DOWN naming the cause on a
+/// connection that is down anyway, none on one that is connecting or up.
+#[test]
+fn spoofed_init_requests_change_no_state() {
+    let o = || ConnOpts {
+        initiator: Initiator::ResponseOnly,
+        ..Default::default()
+    };
+    let mut b = Endpoint::new(settings());
+    b.add_conn(conn(B, A, &o()));
+    let (now, lb) = (Instant::now(), SocketAddr::new(ip(B), 500));
+    let mut x = 0x9e37_79b9_7f4a_7c15u64;
+    for i in 0..1000 {
+        let from = SocketAddr::new(ip(A), 1024 + i as u16);
+        b.handle(now, lb, from, &spoofed_init(i));
+        // Garbage too: an IKE_SA_INIT header, then noise.
+        let mut junk = spoofed_init(i)[..28].to_vec();
+        junk.extend((0..64).map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        }));
+        b.handle(now, lb, from, &junk);
+    }
+    let mut statuses = vec![];
+    while let Some(e) = b.poll_event() {
+        if let Event::Status { status, reason, .. } = e {
+            statuses.push((status, reason));
+        }
+    }
+    assert_eq!(
+        statuses.len(),
+        1,
+        "{:?}",
+        &statuses[..statuses.len().min(3)]
+    );
+    assert_eq!(statuses[0].0, ConnStatus::Down);
+    assert!(statuses[0].1.contains("NO_PROPOSAL_CHOSEN"), "{statuses:?}");
+    assert_eq!(b.ike_sa_count().0, 0);
+    // A connects (its first IKE_SA_INIT lost): spoofed requests do not take it down.
+    let mut n = Net::new(ConnOpts::default(), o());
+    n.filter = Box::new(|_| false);
+    n.start();
+    let spoof = |n: &mut Net, i: u32| {
+        let from = SocketAddr::new(ip(B), 2000 + i as u16);
+        n.a.ep
+            .handle(n.now, SocketAddr::new(ip(A), 500), from, &spoofed_init(i));
+        n.settle();
+    };
+    for i in 0..100 {
+        spoof(&mut n, i);
+    }
+    assert_eq!(n.a.ep.conn_status(0), ConnStatus::Connecting);
+    assert!(
+        n.a.plane.statuses.iter().all(|s| s.0 != ConnStatus::Down),
+        "{:?}",
+        n.a.plane.statuses
+    );
+    // Up (the retransmission gets through): still nothing.
+    n.filter = Box::new(|_| true);
+    n.run(Duration::from_secs(5));
+    assert!(n.tunnel_up());
+    let seen = n.a.plane.statuses.len();
+    for i in 0..100 {
+        spoof(&mut n, i);
+    }
+    assert_eq!(n.a.plane.statuses.len(), seen);
+    assert_eq!(n.a.ep.conn_status(0), ConnStatus::Active);
     assert!(n.tunnel_up());
 }
