@@ -9,7 +9,7 @@
 //! INFORMATIONAL Delete and liveness checks, retransmission, NAT-T. Message-ID window 1.
 
 use std::{
-    collections::{HashMap, VecDeque},
+    collections::{BTreeMap, HashMap, VecDeque},
     net::{IpAddr, SocketAddr},
     time::{Duration, Instant},
 };
@@ -375,10 +375,12 @@ struct ConnRuntime {
 pub struct Endpoint {
     settings: Settings,
     conns: Vec<ConnRuntime>,
-    sas: HashMap<u64, IkeSa>,
+    /// Ordered maps: the order in which SAs are visited is the same in every run, so a
+    /// simulated scenario replays exactly from its seed.
+    sas: BTreeMap<u64, IkeSa>,
     /// Responder: (peer, initiator SPI) -> our SPI, to answer retransmitted IKE_SA_INIT.
     half_open: HashMap<(SocketAddr, u64), u64>,
-    children: HashMap<ChildId, Child>,
+    children: BTreeMap<ChildId, Child>,
     next_child: ChildId,
     /// Removals waiting for the overlap to pass.
     removals: Vec<(Instant, ConnId, ChildId)>,
@@ -494,9 +496,9 @@ impl Endpoint {
         Endpoint {
             settings,
             conns: Vec::new(),
-            sas: HashMap::new(),
+            sas: BTreeMap::new(),
             half_open: HashMap::new(),
-            children: HashMap::new(),
+            children: BTreeMap::new(),
             next_child: 1,
             removals: Vec::new(),
             cookie_secret: Zeroizing::new(crypto::random_bytes(32)),
@@ -674,7 +676,12 @@ impl Endpoint {
     pub fn initiate(&mut self, conn: ConnId, now: Instant) {
         if let Some(spi) = self.established_sa(conn) {
             // The IKE SA survived its CHILD_SA (deleted by the peer, or refused): a new one.
-            if !self.children.values().any(|c| c.conn == conn) {
+            // One being deleted does not count (`conn up` while its Delete is on its way
+            // was a no-op; found by `random_interleavings_always_converge`).
+            let live = self.children.values().any(|c| {
+                c.conn == conn && matches!(c.state, ChildState::Active | ChildState::InboundOnly)
+            });
+            if !live {
                 self.create_child(spi, now);
             }
             return;
@@ -2745,7 +2752,11 @@ impl Endpoint {
         let est: Vec<(u64, Vec<u8>, bool)> = self
             .sas
             .iter()
-            .filter(|(_, s)| s.conn == conn && s.state == IkeState::Established && !s.rekeyed)
+            // Not one we are deleting (`conn down` then `up`): it goes anyway, and taking it
+            // for the survivor deleted the new one (seed 0x1400c7).
+            .filter(|(_, s)| {
+                s.conn == conn && s.state == IkeState::Established && !s.rekeyed && !s.closing()
+            })
             .map(|(k, s)| (*k, s.ni.clone().min(s.nr.clone()), s.initiator))
             .collect();
         if est.len() < 2 {
@@ -2787,6 +2798,10 @@ impl Endpoint {
     ) {
         let conn = self.sas[&spi].conn;
         let remote = self.sas[&spi].remote;
+        if self.sas[&spi].closing() {
+            // `conn down` meanwhile: the peer's half goes with our Delete of the IKE SA.
+            return;
+        }
         if let Some(n) = first_error(inner) {
             let r = format!("new CHILD_SA with {} refused: {:?}", remote.ip(), n.ntype);
             self.status(conn, ConnStatus::Down, r);
@@ -2970,7 +2985,7 @@ impl Endpoint {
             {
                 self.move_children(spi, p);
                 self.stats.ike_rekeyed += 1;
-                self.sas.get_mut(&spi).expect("present").rekeyed = true;
+                self.await_peer_delete(spi, now);
             } else {
                 self.sas.get_mut(&spi).expect("present").rekey_at =
                     Some(now + Duration::from_secs(10));
@@ -3013,6 +3028,11 @@ impl Endpoint {
         let new = self.successor(
             spi, new_spi, new_spi, peer_spi, true, suite, keys, ni, nr, now,
         );
+        if self.sas[&spi].closing() {
+            // `conn down` while this rekey was in flight: the new SA goes too, or it would
+            // outlive the connection (seed 0x140174).
+            self.request(new, Pending::DeleteIke, now);
+        }
         // Collision (RFC 7296 2.8.2): both rekeyed; the SA with the lowest nonce goes.
         let peer = self.sas.get(&spi).and_then(|s| s.peer_rekey.clone());
         self.sas.get_mut(&spi).expect("present").rekeyed = true;
@@ -3029,6 +3049,18 @@ impl Endpoint {
         self.move_children(spi, new);
         self.stats.ike_rekeyed += 1;
         self.request(spi, Pending::DeleteIke, now);
+    }
+
+    /// An IKE SA replaced by the peer's rekey: the peer deletes it next. Should that Delete
+    /// never come (lost for good, or the peer restarted meanwhile), the SA goes by itself
+    /// after a grace longer than the peer's retransmissions, not at its hard lifetime hours
+    /// later (found by `random_interleavings_always_converge`, seed 0x1401f0).
+    fn await_peer_delete(&mut self, spi: u64, now: Instant) {
+        const GRACE: Duration = Duration::from_secs(300);
+        if let Some(sa) = self.sas.get_mut(&spi) {
+            sa.rekeyed = true;
+            sa.expire_at = Some(sa.expire_at.map_or(now + GRACE, |t| t.min(now + GRACE)));
+        }
     }
 
     fn move_children(&mut self, from: u64, to: u64) {
@@ -3101,7 +3133,7 @@ impl Endpoint {
         inner: &[RawPayload<'_>],
     ) {
         let sa = &self.sas[&spi];
-        if sa.state != IkeState::Established || sa.rekeyed {
+        if sa.state != IkeState::Established || sa.rekeyed || sa.closing() {
             // Rekeyed or closing: TEMPORARY_FAILURE (RFC 7296 2.25).
             self.respond(
                 spi,
@@ -3446,9 +3478,8 @@ impl Endpoint {
             self.sas[&spi].inflight.as_ref().map(|i| &i.kind),
             Some(Pending::RekeyIke { .. })
         );
-        let old_sa = self.sas.get_mut(&spi).expect("present");
-        old_sa.peer_rekey = Some((new, min_nonce));
-        old_sa.rekeyed = true;
+        self.sas.get_mut(&spi).expect("present").peer_rekey = Some((new, min_nonce));
+        self.await_peer_delete(spi, now);
         if !we_rekey_too {
             self.move_children(spi, new);
             self.stats.ike_rekeyed += 1;

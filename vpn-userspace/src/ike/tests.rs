@@ -1544,3 +1544,222 @@ fn spoofed_init_requests_change_no_state() {
     assert_eq!(n.a.ep.conn_status(0), ConnStatus::Active);
     assert!(n.tunnel_up());
 }
+
+/// `conn up` while our Delete of the CHILD_SA is on its way brings a new CHILD_SA: the dying
+/// one counted as live, and the connection stayed DOWN on an established IKE SA (issue 14,
+/// M5; found by `random_interleavings_always_converge`, seed 0x14002f).
+#[test]
+fn admin_up_while_a_child_is_being_deleted_brings_a_new_one() {
+    let mut n = Net::new(
+        ConnOpts::default(),
+        ConnOpts {
+            initiator: Initiator::ResponseOnly,
+            ..Default::default()
+        },
+    );
+    n.start();
+    let old = n.a.plane.out().unwrap().spi_out;
+    n.check_invariant = false;
+    n.a.ep.delete_child(n.a.plane.active.unwrap(), n.now);
+    n.a.ep.set_admin_up(0, true, n.now);
+    n.run(Duration::from_secs(5));
+    assert_eq!(n.a.ep.conn_status(0), ConnStatus::Active);
+    assert!(n.tunnel_up());
+    assert_ne!(n.a.plane.out().unwrap().spi_out, old);
+    assert_eq!(n.a.ep.ike_sa_count(), (1, 1));
+}
+
+/// xorshift64: the scenarios' choices, reproducible from a seed.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        let mut x = self.0;
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        self.0 = x;
+        x
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+
+    fn chance(&mut self, percent: u64) -> bool {
+        self.below(100) < percent
+    }
+}
+
+/// One random scenario of issue 14 (M5): rekeys of either kind from either side, `conn down`
+/// and `conn up`, CHILD_SA deletes, message loss up to blackouts long enough for DPD, at
+/// random instants (several in the same instant too). Then the network heals and the
+/// operator's last action is `conn up` (mostly, sometimes right after a rekey and `conn
+/// down`) or `conn down`; within ten simulated minutes the connection must be ACTIVE on both
+/// sides with one IKE SA and one CHILD_SA each and matching keys, or DOWN with nothing left
+/// on either side.
+fn chaos(seed: u64) {
+    use std::{cell::RefCell, rc::Rc};
+    struct Unseed;
+    impl Drop for Unseed {
+        fn drop(&mut self) {
+            super::crypto::seed_test_rng(None);
+        }
+    }
+    super::crypto::seed_test_rng(Some(seed));
+    let _unseed = Unseed;
+    let mut r = Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
+    let dpd = |action| Dpd {
+        action,
+        interval: Duration::from_secs(10),
+        timeout: Duration::from_secs(40),
+    };
+    let esp = if r.chance(50) {
+        "aes128gcm16-ecp256"
+    } else {
+        "aes128gcm16"
+    };
+    let b_initiates = r.chance(30);
+    let mut n = Net::new(
+        ConnOpts {
+            esp,
+            dpd: dpd(DpdAction::Restart),
+            ..Default::default()
+        },
+        ConnOpts {
+            esp,
+            dpd: dpd(if b_initiates {
+                DpdAction::Restart
+            } else {
+                DpdAction::Clear
+            }),
+            initiator: if b_initiates {
+                Initiator::BiDirectional
+            } else {
+                Initiator::ResponseOnly
+            },
+            ..Default::default()
+        },
+    );
+    // Percent of datagrams lost, and the loss's own generator.
+    let loss = Rc::new(RefCell::new((0u64, Rng(seed ^ 0x5555_5555))));
+    let l = loss.clone();
+    n.filter = Box::new(move |_| {
+        let (pct, rng) = &mut *l.borrow_mut();
+        !rng.chance(*pct)
+    });
+    n.check_invariant = false;
+    n.start();
+    let child = |p: &Plane, r: &mut Rng| {
+        let ids: Vec<ChildId> = p.children.keys().copied().collect();
+        (!ids.is_empty()).then(|| ids[r.below(ids.len() as u64) as usize])
+    };
+    for _ in 0..4 + r.below(12) {
+        let now = n.now;
+        let act = r.below(10);
+        match act {
+            // Rekey (0, 1) or delete (6, 7) a CHILD_SA of A (even) or B (odd).
+            0 | 1 | 6 | 7 => {
+                let side = if act.is_multiple_of(2) {
+                    &mut n.a
+                } else {
+                    &mut n.b
+                };
+                if let Some(c) = child(&side.plane, &mut r) {
+                    if act < 2 {
+                        side.ep.rekey_child(c, now)
+                    } else {
+                        side.ep.delete_child(c, now)
+                    }
+                }
+            }
+            2 => n.a.ep.rekey_ike(0, now),
+            3 => n.b.ep.rekey_ike(0, now),
+            4 => n.a.ep.set_admin_up(0, false, now),
+            5 => n.a.ep.set_admin_up(0, true, now),
+            // Lossy, or a blackout (DPD gives up after 40 s of it).
+            8 => loss.borrow_mut().0 = [20, 50, 100][r.below(3) as usize],
+            _ => loss.borrow_mut().0 = 0,
+        }
+        match r.below(4) {
+            // The next action in the same instant, the peer's answers delivered or not.
+            0 => n.settle(),
+            1 => n.run(Duration::from_millis(r.below(3000))),
+            _ => n.run(Duration::from_secs(r.below(90))),
+        }
+    }
+    // The network heals and what is in flight lands (a Delete the peer's operator sent
+    // may legitimately take the connection down after our last `conn up`).
+    loss.borrow_mut().0 = 0;
+    n.run(Duration::from_secs(120));
+    if r.chance(30) {
+        // The sequence of the report: a rekey in flight, `conn down`, `conn up`.
+        if let Some(c) = child(&n.a.plane, &mut r) {
+            n.a.ep.rekey_child(c, n.now);
+        }
+        n.a.ep.set_admin_up(0, false, n.now);
+    }
+    let up = r.chance(80);
+    n.a.ep.set_admin_up(0, up, n.now);
+    n.run(Duration::from_secs(600));
+    let state = format!(
+        "seed {seed:#x}: A {:?} {:?} {} children, B {:?} {:?} {} children; A statuses {:?}",
+        n.a.ep.conn_status(0),
+        n.a.ep.ike_sa_count(),
+        n.a.plane.children.len(),
+        n.b.ep.conn_status(0),
+        n.b.ep.ike_sa_count(),
+        n.b.plane.children.len(),
+        &n.a.plane.statuses[n.a.plane.statuses.len().saturating_sub(4)..],
+    );
+    if up {
+        assert_eq!(n.a.ep.conn_status(0), ConnStatus::Active, "{state}");
+        assert_eq!(n.b.ep.conn_status(0), ConnStatus::Active, "{state}");
+        assert!(n.tunnel_up(), "{state}");
+        n.invariant();
+        assert_eq!(n.a.ep.ike_sa_count(), (1, 1), "{state}");
+        assert_eq!(n.b.ep.ike_sa_count(), (1, 1), "{state}");
+        assert_eq!(n.a.plane.children.len(), 1, "{state}");
+        assert_eq!(n.b.plane.children.len(), 1, "{state}");
+    } else {
+        assert_eq!(n.a.ep.conn_status(0), ConnStatus::Down, "{state}");
+        assert_eq!(n.a.ep.ike_sa_count().0, 0, "{state}");
+        assert!(n.a.plane.children.is_empty(), "{state}");
+        assert!(n.b.plane.children.is_empty(), "{state}");
+    }
+}
+
+/// Issue 14 (M5): 500 random interleavings (see [`chaos`]) always end ACTIVE, or DOWN when
+/// the operator's last word was `conn down`. A failure names its seed; `chaos(seed)`
+/// replays it exactly (nonces, SPIs and jitter come from the seed too). IKE_CHAOS_CASES=N
+/// runs more.
+#[test]
+fn random_interleavings_always_converge() {
+    // Seeds that found bugs in the first version of these scenarios (kept whatever the
+    // range below becomes): `conn up` ignoring a CHILD_SA being deleted (0x14002f, now
+    // `admin_up_while_a_child_is_being_deleted_brings_a_new_one`), a closing IKE SA taken
+    // for the survivor of two (0x1400c7), a rekey completing after `conn down` (0x140174),
+    // a rekeyed IKE SA kept for hours when the peer's Delete never came (0x1401f0).
+    const FOUND: [u64; 4] = [0x14_002f, 0x14_00c7, 0x14_0174, 0x14_01f0];
+    let cases: u64 = std::env::var("IKE_CHAOS_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(500);
+    let mut failed = vec![];
+    for seed in FOUND.into_iter().chain((0..cases).map(|i| 0x14_0000 + i)) {
+        if let Err(e) = std::panic::catch_unwind(|| chaos(seed)) {
+            let msg = e
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| e.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_default();
+            failed.push(format!("seed {seed:#x}: {msg}"));
+        }
+    }
+    assert!(
+        failed.is_empty(),
+        "{} of {cases} failed:\n{}",
+        failed.len(),
+        failed.join("\n")
+    );
+}
