@@ -231,6 +231,10 @@ pub struct IkeSettings {
     /// `[ike.limits]`: what one peer may cost.
     #[serde(default)]
     pub limits: crate::ike::limits::Limits,
+    /// Prefixes per side of one CHILD_SA (after narrowing); more are refused with
+    /// TS_UNACCEPTABLE. Bounds what a peer's selectors cost the data plane.
+    #[serde(default = "d_16")]
+    pub max_selectors: usize,
 }
 
 impl Default for IkeSettings {
@@ -253,6 +257,9 @@ fn d_30u() -> u64 {
 }
 fn d_2() -> u64 {
     2
+}
+fn d_16() -> usize {
+    16
 }
 fn d_ike_version() -> String {
     "v2".into()
@@ -502,6 +509,10 @@ impl Config {
         s.limits
             .validate()
             .map_err(|(f, m)| e("top level".into(), &format!("ike.limits.{f}"), m))?;
+        // The worker checks each packet against local x peer prefixes: 64 x 64 at most.
+        if !(1..=64).contains(&s.max_selectors) {
+            return Err(ie("max_selectors", "1 to 64 prefixes".into()));
+        }
         Ok(())
     }
 
@@ -606,6 +617,17 @@ impl Config {
                 (None, false) => (c.peer_cidrs.clone(), "peer_cidrs"),
             };
             let peer_ts = subnets(&peer_src).map_err(|m| ce(peer_field, m))?;
+            let max = self.ike.max_selectors;
+            for (n, field) in [(local_ts.len(), local_field), (peer_ts.len(), peer_field)] {
+                if n > max {
+                    return Err(ce(
+                        field,
+                        format!(
+                            "{n} subnets, more than [ike] max_selectors ({max}): raise it or merge subnets"
+                        ),
+                    ));
+                }
+            }
             if !families_meet(&local_ts, &peer_ts) {
                 return Err(ce(
                     peer_field,
@@ -1363,6 +1385,12 @@ dpd = { action = "restart", interval = 10, timeout = 40 }
             ),
             (with(cidrs, "peer_cidrs = []"), C, "peer_cidrs"),
             (with(cidrs, ""), C, "peer_cidrs"),
+            (
+                with(cidrs, "peer_cidrs = [\"10.2.0.0/24\", \"10.3.0.0/24\"]")
+                    + "[ike]\nmax_selectors = 1\n",
+                C,
+                "peer_cidrs",
+            ),
             (with(cidrs, "peer_ep_group = \"nope\""), C, "peer_ep_group"),
             (
                 group("endpoints = [\"10.9.0.0/24\"]")
@@ -1444,6 +1472,8 @@ dpd = { action = "restart", interval = 10, timeout = 40 }
             (ike("half_open_timeout = 86400"), "ike", "half_open_timeout"),
             (ike("rekey_overlap = 100000"), "ike", "rekey_overlap"),
             (ike("rekey_overlap = -2"), "ike", "rekey_overlap"),
+            (ike("max_selectors = 0"), "ike", "max_selectors"),
+            (ike("max_selectors = 65"), "ike", "max_selectors"),
             (ike("bogus = 1"), "ike", "bogus"),
             (
                 ike("[ike.limits]\nhalf_open_per_peer = 0"),

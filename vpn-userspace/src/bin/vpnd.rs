@@ -576,6 +576,7 @@ fn run() -> Result<()> {
             half_open_timeout: Duration::from_secs(cfg.ike.half_open_timeout),
             overlap: Duration::from_secs(cfg.ike.rekey_overlap),
             limits: cfg.ike.limits.clone(),
+            max_selectors: cfg.ike.max_selectors,
             ..Settings::default()
         };
         let mut ep = Endpoint::new(settings);

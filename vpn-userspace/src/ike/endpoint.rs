@@ -9,7 +9,7 @@
 //! INFORMATIONAL Delete and liveness checks, retransmission, NAT-T. Message-ID window 1.
 
 use std::{
-    collections::{HashMap, VecDeque},
+    collections::{BTreeMap, HashMap, VecDeque},
     net::{IpAddr, SocketAddr},
     time::{Duration, Instant},
 };
@@ -59,6 +59,9 @@ pub struct Settings {
     pub keepalive: Duration,
     /// What one peer may cost (`[ike.limits]`).
     pub limits: Limits,
+    /// Prefixes per side of one CHILD_SA, after narrowing (`[ike] max_selectors`): beyond
+    /// it a CHILD_SA is refused (TS_UNACCEPTABLE as responder).
+    pub max_selectors: usize,
 }
 
 impl Default for Settings {
@@ -73,6 +76,7 @@ impl Default for Settings {
             overlap: Duration::from_secs(2),
             keepalive: Duration::from_secs(20),
             limits: Limits::default(),
+            max_selectors: 16,
         }
     }
 }
@@ -164,6 +168,11 @@ pub struct Stats {
     pub encode_errors: u64,
     /// Limits hit (`[ike.limits]`).
     pub limits: LimitStats,
+    /// CHILD_SAs refused because a side's selectors make more than `max_selectors`
+    /// prefixes (TS_UNACCEPTABLE as responder, the exchange failed as initiator).
+    pub ts_over_limit: u64,
+    /// Calls into the core that panicked, caught by the shell (a bug; the process lives on).
+    pub panics: u64,
 }
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
@@ -368,15 +377,19 @@ struct ConnRuntime {
     /// Next (re)initiation for Restart after a failure, with backoff.
     retry_at: Option<Instant>,
     failures: u32,
+    /// The reason of the last status event.
+    reason: String,
 }
 
 pub struct Endpoint {
     settings: Settings,
     conns: Vec<ConnRuntime>,
-    sas: HashMap<u64, IkeSa>,
+    /// Ordered maps: the order in which SAs are visited is the same in every run, so a
+    /// simulated scenario replays exactly from its seed.
+    sas: BTreeMap<u64, IkeSa>,
     /// Responder: the half-open IKE SAs, counted per peer.
     half_open: HalfOpen,
-    children: HashMap<ChildId, Child>,
+    children: BTreeMap<ChildId, Child>,
     next_child: ChildId,
     /// Removals waiting for the overlap to pass.
     removals: Vec<(Instant, ConnId, ChildId)>,
@@ -389,6 +402,9 @@ pub struct Endpoint {
     /// real ones (a peer that offers or answers whatever selectors it likes).
     #[cfg(test)]
     pub(crate) ts_override: Option<(Vec<wire::Ts>, Vec<wire::Ts>)>,
+    /// Tests only: the next received datagram panics (the shell's last line of defence).
+    #[cfg(test)]
+    pub(crate) panic_on_receive: bool,
 }
 
 const NONCE_LEN: usize = 32;
@@ -457,6 +473,26 @@ fn unknown_critical(payloads: &[RawPayload<'_>]) -> Option<PayloadType> {
         .map(|p| p.ptype)
 }
 
+/// Our side's prefixes and the peer's.
+type AcceptedTs = (Vec<Prefix>, Vec<Prefix>);
+
+/// Initiator: the responder's TSi (our side) and TSr (the peer's), within what we offered
+/// and the limit.
+fn accept_ts(
+    inner: &[RawPayload<'_>],
+    local: &[Prefix],
+    peer: &[Prefix],
+    max: usize,
+) -> Result<AcceptedTs, ts::Refused> {
+    let parse = |t| {
+        body_of(inner, t)
+            .and_then(|b| wire::parse_ts(b).ok())
+            .ok_or(ts::Refused::Outside)
+    };
+    let (tsi, tsr) = (parse(PayloadType::TSI)?, parse(PayloadType::TSR)?);
+    Ok((ts::accept(&tsi, local, max)?, ts::accept(&tsr, peer, max)?))
+}
+
 fn nonce_ok(n: &[u8]) -> bool {
     (16..=256).contains(&n.len())
 }
@@ -484,9 +520,9 @@ impl Endpoint {
         Endpoint {
             settings,
             conns: Vec::new(),
-            sas: HashMap::new(),
+            sas: BTreeMap::new(),
             half_open: HalfOpen::default(),
-            children: HashMap::new(),
+            children: BTreeMap::new(),
             next_child: 1,
             removals: Vec::new(),
             cookies,
@@ -496,6 +532,8 @@ impl Endpoint {
             stats: Stats::default(),
             #[cfg(test)]
             ts_override: None,
+            #[cfg(test)]
+            panic_on_receive: false,
         }
     }
 
@@ -511,6 +549,7 @@ impl Endpoint {
             status: ConnStatus::Down,
             retry_at: None,
             failures: 0,
+            reason: String::new(),
         });
         self.conns.len() - 1
     }
@@ -636,13 +675,18 @@ impl Endpoint {
         self.events.pop_front()
     }
 
+    /// Reports a change of state, or a new reason for being down. Nothing else: a failure
+    /// repeated (a peer retrying with the same wrong proposal, or anyone spoofing its
+    /// IKE_SA_INIT) must not cost a log line, a rewrite of connections.json and data-plane
+    /// updates each time.
     fn status(&mut self, conn: ConnId, status: ConnStatus, reason: impl Into<String>) {
         let reason = reason.into();
         let c = &mut self.conns[conn];
-        if c.status == status && status != ConnStatus::Down {
+        if c.status == status && (status != ConnStatus::Down || c.reason == reason) {
             return;
         }
         c.status = status;
+        c.reason.clone_from(&reason);
         self.events.push_back(Event::Status {
             conn,
             status,
@@ -657,7 +701,12 @@ impl Endpoint {
     pub fn initiate(&mut self, conn: ConnId, now: Instant) {
         if let Some(spi) = self.established_sa(conn) {
             // The IKE SA survived its CHILD_SA (deleted by the peer, or refused): a new one.
-            if !self.children.values().any(|c| c.conn == conn) {
+            // One being deleted does not count (`conn up` while its Delete is on its way
+            // was a no-op; found by `random_interleavings_always_converge`).
+            let live = self.children.values().any(|c| {
+                c.conn == conn && matches!(c.state, ChildState::Active | ChildState::InboundOnly)
+            });
+            if !live {
                 self.create_child(spi, now);
             }
             return;
@@ -1201,6 +1250,33 @@ impl Endpoint {
         });
     }
 
+    /// Selectors past `max_selectors`: counted and reported (the caller refuses the CHILD_SA).
+    fn ts_over_limit(&mut self, conn: ConnId, whose: &str) {
+        self.stats.ts_over_limit += 1;
+        let max = self.settings.max_selectors;
+        self.events.push_back(Event::Warning {
+            conn: Some(conn),
+            message: format!(
+                "{whose} traffic selectors make more than {max} prefixes per side ([ike] max_selectors): CHILD_SA refused"
+            ),
+        });
+    }
+
+    /// Initiator: the responder's selectors for a CHILD_SA of `conn` (not a rekey).
+    fn accept_conn_ts(
+        &self,
+        conn: ConnId,
+        inner: &[RawPayload<'_>],
+    ) -> Result<AcceptedTs, ts::Refused> {
+        let cfg = &self.conns[conn].cfg;
+        accept_ts(
+            inner,
+            &cfg.local_ts,
+            &cfg.peer_ts,
+            self.settings.max_selectors,
+        )
+    }
+
     /// Queues a request on an IKE SA; sent at once if the window is free.
     fn request(&mut self, spi: u64, p: Pending, now: Instant) {
         let Some(sa) = self.sas.get_mut(&spi) else {
@@ -1623,6 +1699,10 @@ impl Endpoint {
     /// One received UDP datagram (payload only), with our address and the peer's.
     pub fn handle(&mut self, now: Instant, local: SocketAddr, remote: SocketAddr, data: &[u8]) {
         self.stats.received += 1;
+        #[cfg(test)]
+        if std::mem::take(&mut self.panic_on_receive) {
+            panic!("test hook: panic on receive");
+        }
         let data = if local.port() == self.settings.natt_port {
             // RFC 3948 2.2: IKE behind a non-ESP marker; 0xff is a keepalive; else ESP.
             if data.len() < 4 || data[..4] != [0; 4] {
@@ -1912,11 +1992,15 @@ impl Endpoint {
         };
         let cfg = &self.conns[conn].cfg;
         let Some((suite, num, _)) = proposal::choose_ike(&cfg.ike, &offers) else {
+            // Unauthenticated: anyone can send this from the peer's address. It may name
+            // why a connection is down (its port left out, so repeats are the same reason),
+            // never take down one that is connecting or up.
             let reason = format!(
-                "IKE_SA_INIT from {remote}: NO_PROPOSAL_CHOSEN (none of the peer's proposals matches ours)"
+                "IKE_SA_INIT from {}: NO_PROPOSAL_CHOSEN (none of the peer's proposals matches ours)",
+                remote.ip()
             );
             self.plain_notify(local, remote, &h, NotifyType::NO_PROPOSAL_CHOSEN, &[]);
-            if self.conns[conn].status != ConnStatus::Active {
+            if self.conns[conn].status == ConnStatus::Down {
                 self.status(conn, ConnStatus::Down, reason);
             }
             return;
@@ -2448,8 +2532,16 @@ impl Endpoint {
         )
         .ok_or(NotifyType::NO_PROPOSAL_CHOSEN)?;
         // TSi is the initiator's side: the peer's subnets when the peer initiated.
-        let peer_ts = ts::narrow(&tsi, &cfg.peer_ts);
-        let local_ts = ts::narrow(&tsr, &cfg.local_ts);
+        let max = self.settings.max_selectors;
+        let narrowed = ts::narrow(&tsi, &cfg.peer_ts, max).and_then(|p| {
+            let l = ts::narrow(&tsr, &cfg.local_ts, max)?;
+            Ok((p, l))
+        });
+        let Ok((peer_ts, local_ts)) = narrowed else {
+            let conn = sa.conn;
+            self.ts_over_limit(conn, "the peer's");
+            return Err(NotifyType::TS_UNACCEPTABLE);
+        };
         if peer_ts.is_empty() || local_ts.is_empty() {
             return Err(NotifyType::TS_UNACCEPTABLE);
         }
@@ -2658,17 +2750,19 @@ impl Endpoint {
             self.request(spi, Pending::DeleteIke, now);
             return;
         }
+        let ts = self.accept_conn_ts(conn, inner);
         let cfg = &self.conns[conn].cfg;
+        let too_many = ts == Err(ts::Refused::TooMany);
         let accepted = (|| {
             let chosen = wire::parse_sa(body_of(inner, PayloadType::SA)?).ok()?;
             let (suite, spi_out) = proposal::accept_esp(&cfg.esp, &chosen, None)?;
-            let tsi = wire::parse_ts(body_of(inner, PayloadType::TSI)?).ok()?;
-            let tsr = wire::parse_ts(body_of(inner, PayloadType::TSR)?).ok()?;
-            let local_ts = ts::accept(&tsi, &cfg.local_ts)?;
-            let peer_ts = ts::accept(&tsr, &cfg.peer_ts)?;
+            let (local_ts, peer_ts) = ts.ok()?;
             Some((suite, spi_out, local_ts, peer_ts))
         })();
         let Some((suite, spi_out, local_ts, peer_ts)) = accepted else {
+            if too_many {
+                self.ts_over_limit(conn, "the peer's");
+            }
             let r = format!(
                 "CHILD_SA with {}: the peer's choice is not one we offered",
                 remote.ip()
@@ -2860,7 +2954,11 @@ impl Endpoint {
         let est: Vec<(u64, Vec<u8>, bool)> = self
             .sas
             .iter()
-            .filter(|(_, s)| s.conn == conn && s.state == IkeState::Established && !s.rekeyed)
+            // Not one we are deleting (`conn down` then `up`): it goes anyway, and taking it
+            // for the survivor deleted the new one (seed 0x1400c7).
+            .filter(|(_, s)| {
+                s.conn == conn && s.state == IkeState::Established && !s.rekeyed && !s.closing()
+            })
             .map(|(k, s)| (*k, s.ni.clone().min(s.nr.clone()), s.initiator))
             .collect();
         if est.len() < 2 {
@@ -2902,12 +3000,18 @@ impl Endpoint {
     ) {
         let conn = self.sas[&spi].conn;
         let remote = self.sas[&spi].remote;
+        if self.sas[&spi].closing() {
+            // `conn down` meanwhile: the peer's half goes with our Delete of the IKE SA.
+            return;
+        }
         if let Some(n) = first_error(inner) {
             let r = format!("new CHILD_SA with {} refused: {:?}", remote.ip(), n.ntype);
             self.status(conn, ConnStatus::Down, r);
             return;
         }
+        let ts = self.accept_conn_ts(conn, inner);
         let cfg = &self.conns[conn].cfg;
+        let too_many = ts == Err(ts::Refused::TooMany);
         let parsed = (|| {
             let chosen = wire::parse_sa(body_of(inner, PayloadType::SA)?).ok()?;
             let (suite, spi_out) =
@@ -2922,13 +3026,13 @@ impl Endpoint {
                 ),
                 None => None,
             };
-            let tsi = wire::parse_ts(body_of(inner, PayloadType::TSI)?).ok()?;
-            let tsr = wire::parse_ts(body_of(inner, PayloadType::TSR)?).ok()?;
-            let local_ts = ts::accept(&tsi, &cfg.local_ts)?;
-            let peer_ts = ts::accept(&tsr, &cfg.peer_ts)?;
+            let (local_ts, peer_ts) = ts.ok()?;
             Some((suite, spi_out, nr, g_ir, local_ts, peer_ts))
         })();
         let Some((suite, spi_out, nr, g_ir, local_ts, peer_ts)) = parsed else {
+            if too_many {
+                self.ts_over_limit(conn, "the peer's");
+            }
             let r = format!(
                 "new CHILD_SA with {}: the peer's choice is not one we offered",
                 remote.ip()
@@ -2985,6 +3089,14 @@ impl Endpoint {
             return;
         }
         let cfg = &self.conns[conn].cfg;
+        // Within what the old SA covers.
+        let ts = self
+            .children
+            .get(&old)
+            .map_or(Err(ts::Refused::Outside), |c| {
+                accept_ts(inner, &c.local_ts, &c.peer_ts, self.settings.max_selectors)
+            });
+        let too_many = ts == Err(ts::Refused::TooMany);
         let parsed = (|| {
             let chosen = wire::parse_sa(body_of(inner, PayloadType::SA)?).ok()?;
             let (suite, spi_out) =
@@ -2999,14 +3111,13 @@ impl Endpoint {
                 ),
                 None => None,
             };
-            let c = self.children.get(&old)?;
-            let tsi = wire::parse_ts(body_of(inner, PayloadType::TSI)?).ok()?;
-            let tsr = wire::parse_ts(body_of(inner, PayloadType::TSR)?).ok()?;
-            let local_ts = ts::accept(&tsi, &c.local_ts)?;
-            let peer_ts = ts::accept(&tsr, &c.peer_ts)?;
+            let (local_ts, peer_ts) = ts.ok()?;
             Some((suite, spi_out, nr, g_ir, local_ts, peer_ts))
         })();
         let Some((suite, spi_out, nr, g_ir, local_ts, peer_ts)) = parsed else {
+            if too_many {
+                self.ts_over_limit(conn, "the peer's");
+            }
             if let Some(c) = self.children.get_mut(&old) {
                 c.rekey_requested = false;
                 c.rekey_at = now + Duration::from_secs(30);
@@ -3076,7 +3187,7 @@ impl Endpoint {
             {
                 self.move_children(spi, p);
                 self.stats.ike_rekeyed += 1;
-                self.sas.get_mut(&spi).expect("present").rekeyed = true;
+                self.await_peer_delete(spi, now);
             } else {
                 self.sas.get_mut(&spi).expect("present").rekey_at =
                     Some(now + Duration::from_secs(10));
@@ -3119,6 +3230,11 @@ impl Endpoint {
         let new = self.successor(
             spi, new_spi, new_spi, peer_spi, true, suite, keys, ni, nr, now,
         );
+        if self.sas[&spi].closing() {
+            // `conn down` while this rekey was in flight: the new SA goes too, or it would
+            // outlive the connection (seed 0x140174).
+            self.request(new, Pending::DeleteIke, now);
+        }
         // Collision (RFC 7296 2.8.2): both rekeyed; the SA with the lowest nonce goes.
         let peer = self.sas.get(&spi).and_then(|s| s.peer_rekey.clone());
         self.sas.get_mut(&spi).expect("present").rekeyed = true;
@@ -3135,6 +3251,18 @@ impl Endpoint {
         self.move_children(spi, new);
         self.stats.ike_rekeyed += 1;
         self.request(spi, Pending::DeleteIke, now);
+    }
+
+    /// An IKE SA replaced by the peer's rekey: the peer deletes it next. Should that Delete
+    /// never come (lost for good, or the peer restarted meanwhile), the SA goes by itself
+    /// after a grace longer than the peer's retransmissions, not at its hard lifetime hours
+    /// later (found by `random_interleavings_always_converge`, seed 0x1401f0).
+    fn await_peer_delete(&mut self, spi: u64, now: Instant) {
+        const GRACE: Duration = Duration::from_secs(300);
+        if let Some(sa) = self.sas.get_mut(&spi) {
+            sa.rekeyed = true;
+            sa.expire_at = Some(sa.expire_at.map_or(now + GRACE, |t| t.min(now + GRACE)));
+        }
     }
 
     fn move_children(&mut self, from: u64, to: u64) {
@@ -3207,7 +3335,7 @@ impl Endpoint {
         inner: &[RawPayload<'_>],
     ) {
         let sa = &self.sas[&spi];
-        if sa.state != IkeState::Established || sa.rekeyed {
+        if sa.state != IkeState::Established || sa.rekeyed || sa.closing() {
             // Rekeyed or closing: TEMPORARY_FAILURE (RFC 7296 2.25).
             self.respond(
                 spi,
@@ -3565,9 +3693,8 @@ impl Endpoint {
             self.sas[&spi].inflight.as_ref().map(|i| &i.kind),
             Some(Pending::RekeyIke { .. })
         );
-        let old_sa = self.sas.get_mut(&spi).expect("present");
-        old_sa.peer_rekey = Some((new, min_nonce));
-        old_sa.rekeyed = true;
+        self.sas.get_mut(&spi).expect("present").peer_rekey = Some((new, min_nonce));
+        self.await_peer_delete(spi, now);
         if !we_rekey_too {
             self.move_children(spi, new);
             self.stats.ike_rekeyed += 1;

@@ -115,6 +115,52 @@ pub enum Command {
     Reload,
 }
 
+/// Warnings a peer, or anyone spoofing one, can cause over and over: at most [`LogLimit::BURST`]
+/// lines per kind and connection in each [`LogLimit::WINDOW`]; the first line let through
+/// after a pause says how many were held back.
+#[derive(Default)]
+struct LogLimit {
+    quotas: HashMap<(Option<ConnId>, &'static str), Quota>,
+}
+
+struct Quota {
+    start: std::time::Instant,
+    used: u32,
+    suppressed: u64,
+}
+
+impl LogLimit {
+    const BURST: u32 = 5;
+    const WINDOW: Duration = Duration::from_secs(60);
+
+    /// None: hold this line back. Some(suffix): log it, with the suffix appended.
+    fn admit(
+        &mut self,
+        conn: Option<ConnId>,
+        kind: &'static str,
+        now: std::time::Instant,
+    ) -> Option<String> {
+        let q = self.quotas.entry((conn, kind)).or_insert(Quota {
+            start: now,
+            used: 0,
+            suppressed: 0,
+        });
+        if now >= q.start + Self::WINDOW {
+            q.start = now;
+            q.used = 0;
+        }
+        if q.used >= Self::BURST {
+            q.suppressed += 1;
+            return None;
+        }
+        q.used += 1;
+        Some(match std::mem::take(&mut q.suppressed) {
+            0 => String::new(),
+            n => format!(" ({n} similar suppressed)"),
+        })
+    }
+}
+
 pub struct Shell<S: SaSink> {
     pub ep: Endpoint,
     pub sink: S,
@@ -133,6 +179,7 @@ pub struct Shell<S: SaSink> {
     /// Per connection: tenant and replay window (beyond the core's view).
     pub meta: Vec<(u32, u32)>,
     started: std::time::Instant,
+    log_limit: LogLimit,
 }
 
 impl<S: SaSink> Shell<S> {
@@ -163,17 +210,6 @@ impl<S: SaSink> Shell<S> {
     /// the queue the sockets feed.
     pub fn datagram_sender(&self) -> mpsc::Sender<(SocketAddr, SocketAddr, Vec<u8>)> {
         self.tx.clone()
-    }
-
-    /// A datagram from a socket or a worker. A worker's may name any destination its sender
-    /// chose: only our sockets' addresses are served.
-    fn receive(&mut self, local: SocketAddr, remote: SocketAddr, data: &[u8]) {
-        if !self.sockets.contains_key(&local) {
-            self.ep.stats.dropped_no_conn += 1;
-            return;
-        }
-        let now = self.now();
-        self.ep.handle(now, local, remote, data);
     }
 
     /// Sockets on the IKE and NAT-T ports of one local address (once).
@@ -252,11 +288,57 @@ impl<S: SaSink> Shell<S> {
             reloader: None,
             meta: Vec::new(),
             started: std::time::Instant::now(),
+            log_limit: LogLimit::default(),
         })
     }
 
     fn now(&self) -> std::time::Instant {
         std::time::Instant::now().max(self.epoch_std)
+    }
+
+    /// The operator's view of the connections. A panic caught while it was held (see
+    /// [`Shell::guarded`]) leaves it poisoned; what it holds is still the best we have.
+    fn info(&self) -> std::sync::MutexGuard<'_, Vec<ConnInfo>> {
+        self.info
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Runs one step of the core (a datagram, the timers, the data-plane counters, one
+    /// event) as the last line of defence: a panic there is a bug, and unwinding the IKE task
+    /// would take every tenant's tunnels down with it. It is caught, counted (`ike panics` in
+    /// `vpnctl status`) and logged, and vpnd carries on; the core may have applied that one
+    /// input halfway, which its timers and the peer's retransmissions mend.
+    fn guarded(&mut self, what: &str, f: impl FnOnce(&mut Self)) {
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(self)));
+        if let Err(p) = r {
+            self.ep.stats.panics += 1;
+            let msg = p
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| p.downcast_ref::<String>().cloned())
+                .unwrap_or_default();
+            tracing::error!(
+                "vpnd: IKE: panic while handling {what} ({msg}): caught, vpnd carries on; this is a bug, please report it"
+            );
+        }
+    }
+
+    /// A datagram from the queue: from a socket, or from a worker (IKE that arrived in IP
+    /// fragments). A worker's may name any destination its sender chose: only our sockets'
+    /// addresses are served.
+    fn dequeued(&mut self, local: SocketAddr, remote: SocketAddr, data: &[u8]) {
+        if !self.sockets.contains_key(&local) {
+            self.ep.stats.dropped_no_conn += 1;
+            return;
+        }
+        self.receive(local, remote, data);
+    }
+
+    /// One datagram from the network, into the core.
+    fn receive(&mut self, local: SocketAddr, remote: SocketAddr, data: &[u8]) {
+        let now = self.now();
+        self.guarded("a datagram", |s| s.ep.handle(now, local, remote, data));
     }
 
     /// Applies the core's events, then sends what it queued. In this order: the data plane
@@ -267,20 +349,22 @@ impl<S: SaSink> Shell<S> {
     /// dropped as an unknown SPI.
     async fn flush(&mut self) {
         while let Some(e) = self.ep.poll_event() {
-            self.apply(e);
+            self.guarded("an event", |s| s.apply(e));
         }
         while let Some(t) = self.ep.poll_transmit() {
             match self.sockets.get(&t.src) {
                 Some(s) => {
-                    if let Err(e) = s.send_to(&t.data, t.dst).await {
-                        tracing::warn!("vpnd: IKE send {} -> {}: {e}", t.src, t.dst);
+                    if let Err(e) = s.send_to(&t.data, t.dst).await
+                        && let Some(more) = self.log_limit.admit(None, "send", self.now())
+                    {
+                        tracing::warn!("vpnd: IKE send {} -> {}: {e}{more}", t.src, t.dst);
                     }
                 }
                 None => tracing::info!("vpnd: no IKE socket for {}", t.src),
             }
         }
         while let Some(e) = self.ep.poll_event() {
-            self.apply(e);
+            self.guarded("an event", |s| s.apply(e));
         }
     }
 
@@ -334,28 +418,33 @@ impl<S: SaSink> Shell<S> {
                     ConnStatus::Down => "DOWN",
                     ConnStatus::Connecting => "CONNECTING",
                 };
-                if status == ConnStatus::Down {
-                    tracing::warn!(conn = %name, status = s, "vpnd: conn {name}: {s}: {reason}");
-                } else {
+                if status != ConnStatus::Down {
                     tracing::info!(conn = %name, status = s, "vpnd: conn {name}: {s}: {reason}");
+                } else if let Some(more) = self.log_limit.admit(Some(conn), "down", self.now()) {
+                    tracing::warn!(conn = %name, status = s, "vpnd: conn {name}: {s}: {reason}{more}");
                 }
-                if status == ConnStatus::Down {
+                // Down again with another reason: the data plane is already down.
+                let was_down = self.info()[conn].status == "DOWN";
+                if status == ConnStatus::Down && !was_down {
                     let hold = self.ep.conn(conn).dpd.action == super::conn::DpdAction::Hold;
                     self.sink.conn_down(conn, hold);
                 }
-                let mut info = self.info.lock().expect("not poisoned");
+                let mut info = self.info();
                 info[conn].status = s.into();
                 info[conn].reason = reason;
             }
             Event::Warning { conn, message } => {
+                let Some(more) = self.log_limit.admit(conn, "warning", self.now()) else {
+                    return;
+                };
                 match conn.map(|c| self.ep.conn(c).name.clone()) {
-                    Some(name) => tracing::warn!("vpnd: conn {name}: {message}"),
-                    None => tracing::warn!("vpnd: IKE: {message}"),
+                    Some(name) => tracing::warn!("vpnd: conn {name}: {message}{more}"),
+                    None => tracing::warn!("vpnd: IKE: {message}{more}"),
                 }
                 return;
             }
         }
-        let mut info = self.info.lock().expect("not poisoned");
+        let mut info = self.info();
         for (c, i) in info.iter_mut().enumerate() {
             i.children = self
                 .ep
@@ -484,7 +573,7 @@ impl<S: SaSink> Shell<S> {
             self.meta.resize(id + 1, (0, 0));
         }
         self.meta[id] = (rc.tenant, rc.replay_window);
-        self.info.lock().expect("not poisoned").push(ConnInfo {
+        self.info().push(ConnInfo {
             name: rc.conn.name.clone(),
             status: "DOWN".into(),
             reason: "added by reload".into(),
@@ -543,13 +632,14 @@ impl<S: SaSink> Shell<S> {
                         "auth_failed": s.auth_failed, "dpd_dead": s.dpd_dead,
                         "rejected_ke": s.rejected_ke,
                         "encode_errors": s.encode_errors,
+                        "ts_over_limit": s.ts_over_limit, "panics": s.panics,
                     },
                     "worker": self.daemon.worker_stats.as_ref().map(|b| b.total().to_json()),
                     "limits": self.ep.limits_status(),
                 }))
             }
             Request::ConnList => {
-                let info = self.info.lock().expect("not poisoned").clone();
+                let info = self.info().clone();
                 let mut out = vec![];
                 for (id, i) in info.iter().enumerate() {
                     if self.ep.is_removed(id) {
@@ -699,7 +789,7 @@ impl<S: SaSink> Shell<S> {
                         break;
                     }
                 }
-                Some((local, remote, data)) = self.rx.recv() => self.receive(local, remote, &data),
+                Some((local, remote, data)) = self.rx.recv() => self.dequeued(local, remote, &data),
                 Some(c) = commands.recv() => {
                     if let Err(e) = self.command(c).await {
                         tracing::warn!("vpnd: {e:#}");
@@ -711,9 +801,9 @@ impl<S: SaSink> Shell<S> {
                 }
                 _ = tokio::time::sleep_until(deadline) => {
                     let now = self.now();
-                    self.ep.handle_timeout(now);
+                    self.guarded("the timers", |s| s.ep.handle_timeout(now));
                 }
-                _ = usage.tick() => self.poll_usage(),
+                _ = usage.tick() => self.guarded("data-plane counters", |s| s.poll_usage()),
             }
             self.flush().await;
         }
@@ -729,7 +819,7 @@ impl<S: SaSink> Shell<S> {
         while self.ep.ike_sa_count().0 > 0 {
             tokio::select! {
                 Some((local, remote, data)) = self.rx.recv() => {
-                    self.receive(local, remote, &data);
+                    self.dequeued(local, remote, &data);
                     self.flush().await;
                 }
                 _ = tokio::time::sleep_until(until) => break,
@@ -742,4 +832,166 @@ impl<S: SaSink> Shell<S> {
 
 fn prefix_str(p: &crate::dataplane::worker::Prefix) -> String {
     format!("{}/{}", p.addr, p.len)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ike::{
+        conn::Initiator,
+        tests::{A, B, ConnOpts, conn, ip, raw_init, settings, spoofed_init},
+        wire::Payload,
+    };
+
+    /// A data plane that only counts what the shell asks of it.
+    #[derive(Default)]
+    struct Recorder {
+        downs: usize,
+    }
+
+    impl SaSink for Recorder {
+        fn install_inbound(&mut self, _: ChildSa) -> Result<()> {
+            Ok(())
+        }
+        fn activate_outbound(&mut self, _: ConnId, _: ChildId) -> Result<()> {
+            Ok(())
+        }
+        fn remove(&mut self, _: ConnId, _: ChildId) -> Result<()> {
+            Ok(())
+        }
+        fn usage(&self, _: ChildId) -> Option<ChildUsage> {
+            None
+        }
+        fn conn_down(&mut self, _: ConnId, _: bool) {
+            self.downs += 1;
+        }
+    }
+
+    /// B's vpnd, response-only towards A, without sockets.
+    fn responder() -> Shell<Recorder> {
+        let mut ep = Endpoint::new(settings());
+        let o = ConnOpts {
+            initiator: Initiator::ResponseOnly,
+            ..Default::default()
+        };
+        ep.add_conn(conn(B, A, &o));
+        let (tx, rx) = mpsc::channel(1);
+        Shell::finish(ep, Recorder::default(), HashMap::new(), tx, rx).unwrap()
+    }
+
+    /// What `flush` does, minus the sockets: events applied, datagrams dropped.
+    fn drain(sh: &mut Shell<Recorder>) {
+        while let Some(e) = sh.ep.poll_event() {
+            sh.guarded("an event", |s| s.apply(e));
+        }
+        while sh.ep.poll_transmit().is_some() {}
+    }
+
+    fn addrs() -> (SocketAddr, SocketAddr) {
+        (SocketAddr::new(ip(B), 500), SocketAddr::new(ip(A), 500))
+    }
+
+    /// Issue 14 (H1): a panic in the core on network input is caught, counted (shown by
+    /// `vpnctl status`) and logged; the next datagram is handled as usual.
+    #[test]
+    fn a_panic_in_the_core_is_caught_and_counted() {
+        let mut sh = responder();
+        let (lb, la) = addrs();
+        let init = raw_init(Payload::VendorId(b"x"), 2);
+        sh.ep.panic_on_receive = true;
+        sh.receive(lb, la, &init);
+        assert_eq!(sh.ep.stats.panics, 1);
+        assert!(sh.ep.poll_transmit().is_none());
+        // Still alive: the same request is answered (INVALID_SYNTAX: its KE is junk).
+        sh.receive(lb, la, &init);
+        assert_eq!(sh.ep.stats.panics, 1);
+        assert_eq!(sh.ep.stats.received, 2);
+        assert!(sh.ep.poll_transmit().is_some());
+        drain(&mut sh);
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let r = rt.block_on(sh.control(Request::Status));
+        assert_eq!(r.data.unwrap()["ike"]["panics"], 1);
+    }
+
+    /// What vpnd logs while `f` runs (tracing's text format, one line per event).
+    fn logged(f: impl FnOnce()) -> String {
+        #[derive(Clone, Default)]
+        struct Buf(Arc<Mutex<Vec<u8>>>);
+        impl std::io::Write for Buf {
+            fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(b);
+                Ok(b.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let buf = Buf::default();
+        let w = buf.clone();
+        let sub = tracing_subscriber::fmt()
+            .with_ansi(false)
+            .with_max_level(tracing::Level::INFO)
+            .with_writer(move || w.clone())
+            .finish();
+        tracing::subscriber::with_default(sub, f);
+        String::from_utf8(buf.0.lock().unwrap().clone()).unwrap()
+    }
+
+    /// Issue 14 (M4): a thousand spoofed IKE_SA_INITs cost one WARN line, one rewrite of
+    /// connections.json and no data-plane update (each used to cost all three).
+    #[test]
+    fn spoofed_init_flood_costs_one_line() {
+        let mut sh = responder();
+        let dir = std::env::temp_dir().join(format!("vpnd-m4-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("connections.json");
+        sh.status_file = Some(file.clone());
+        let lb = addrs().0;
+        let log = logged(|| {
+            for i in 0..1000 {
+                sh.receive(
+                    lb,
+                    SocketAddr::new(ip(A), 1024 + i as u16),
+                    &spoofed_init(i),
+                );
+                drain(&mut sh);
+                if i == 0 {
+                    // Written once for the first refusal; never again.
+                    std::fs::remove_file(&file).unwrap();
+                }
+            }
+        });
+        let exists = file.exists();
+        let _ = std::fs::remove_dir_all(&dir);
+        let warns: Vec<&str> = log.lines().filter(|l| l.contains("WARN")).collect();
+        assert_eq!(warns.len(), 1, "{warns:?}");
+        assert!(warns[0].contains("DOWN: IKE_SA_INIT from 192.0.2.1: NO_PROPOSAL_CHOSEN"));
+        assert!(log.lines().count() <= 2, "{log}");
+        assert!(!exists, "connections.json rewritten");
+        assert_eq!(sh.sink.downs, 0);
+        assert_eq!(sh.ep.stats.received, 1000);
+    }
+
+    #[test]
+    fn repeated_warnings_are_rate_limited_with_a_count() {
+        let mut l = LogLimit::default();
+        let t0 = std::time::Instant::now();
+        for _ in 0..LogLimit::BURST {
+            assert_eq!(l.admit(Some(0), "warning", t0).as_deref(), Some(""));
+        }
+        for _ in 0..10 {
+            assert_eq!(l.admit(Some(0), "warning", t0), None);
+        }
+        // Other connections and kinds have their own quota.
+        assert_eq!(l.admit(Some(1), "warning", t0).as_deref(), Some(""));
+        assert_eq!(l.admit(Some(0), "down", t0).as_deref(), Some(""));
+        let later = t0 + LogLimit::WINDOW;
+        assert_eq!(
+            l.admit(Some(0), "warning", later).as_deref(),
+            Some(" (10 similar suppressed)")
+        );
+        assert_eq!(l.admit(Some(0), "warning", later).as_deref(), Some(""));
+    }
 }

@@ -110,9 +110,17 @@ fn any_port(t: &TrafficSelector) -> bool {
     t.ip_proto == 0 && t.start_port == 0 && t.end_port == 65535
 }
 
-/// Responder narrowing: the intersection of the offered selectors with our prefixes, as
-/// prefixes. Empty means TS_UNACCEPTABLE.
-pub fn narrow(offered: &[Ts], ours: &[Prefix]) -> Vec<Prefix> {
+/// The selectors of one side split into more prefixes than the per-CHILD_SA limit
+/// (`[ike] max_selectors`). Unbounded, a peer's ragged ranges become thousands of prefixes:
+/// their cross product is scanned per decrypted packet and each one takes a node-wide policy
+/// slot.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub struct TooMany;
+
+/// Responder narrowing: the intersection of the offered selectors with our prefixes, as at
+/// most `max` prefixes. Empty means TS_UNACCEPTABLE; so does `TooMany` (we do not pick a
+/// subset on the peer's behalf).
+pub fn narrow(offered: &[Ts], ours: &[Prefix], max: usize) -> Result<Vec<Prefix>, TooMany> {
     let mut out: Vec<Prefix> = vec![];
     for t in offered {
         let Ts::Range(t) = t else { continue };
@@ -135,19 +143,34 @@ pub fn narrow(offered: &[Ts], ours: &[Prefix]) -> Vec<Prefix> {
                     out.push(q);
                 }
             }
+            // Checked as we go: the scan of `out` above stays short.
+            if out.len() > max {
+                return Err(TooMany);
+            }
         }
     }
-    out
+    Ok(out)
+}
+
+/// Why the initiator refuses a responder's selectors.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum Refused {
+    /// Outside what we offered, not installable, or none.
+    Outside,
+    /// More than `max` prefixes.
+    TooMany,
 }
 
 /// Initiator: every selector the responder returned must lie inside one we offered and be
-/// installable; returns them as prefixes, or None.
-pub fn accept(returned: &[Ts], offered: &[Prefix]) -> Option<Vec<Prefix>> {
+/// installable, and they must make at most `max` prefixes.
+pub fn accept(returned: &[Ts], offered: &[Prefix], max: usize) -> Result<Vec<Prefix>, Refused> {
     let mut out = vec![];
     for t in returned {
-        let Ts::Range(t) = t else { return None };
+        let Ts::Range(t) = t else {
+            return Err(Refused::Outside);
+        };
         if !any_port(t) || t.start.is_ipv4() != t.end.is_ipv4() {
-            return None;
+            return Err(Refused::Outside);
         }
         let inside = offered.iter().any(|p| {
             let (ps, pe) = prefix_range(p);
@@ -156,11 +179,17 @@ pub fn accept(returned: &[Ts], offered: &[Prefix]) -> Option<Vec<Prefix>> {
                 && to_u128(t.end) <= to_u128(pe)
         });
         if !inside {
-            return None;
+            return Err(Refused::Outside);
         }
         out.extend(range_prefixes(t.start, t.end));
+        if out.len() > max {
+            return Err(Refused::TooMany);
+        }
     }
-    (!out.is_empty()).then_some(out)
+    if out.is_empty() {
+        return Err(Refused::Outside);
+    }
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -214,11 +243,14 @@ mod tests {
         // The initiator asks for 10.0.0.0/8; we allow 10.2.0.0/24 and 2001:db8::/64.
         let offered = to_ts(&[p("10.0.0.0/8")]);
         assert_eq!(
-            narrow(&offered, &[p("10.2.0.0/24"), p("2001:db8::/64")]),
-            vec![p("10.2.0.0/24")]
+            narrow(&offered, &[p("10.2.0.0/24"), p("2001:db8::/64")], 16),
+            Ok(vec![p("10.2.0.0/24")])
         );
         // Nothing in common.
-        assert!(narrow(&to_ts(&[p("192.168.0.0/16")]), &[p("10.2.0.0/24")]).is_empty());
+        assert_eq!(
+            narrow(&to_ts(&[p("192.168.0.0/16")]), &[p("10.2.0.0/24")], 16),
+            Ok(vec![])
+        );
         // Port-specific selectors are not installable and are skipped.
         let tcp = vec![Ts::Range(TrafficSelector {
             ip_proto: 6,
@@ -227,17 +259,48 @@ mod tests {
             start: "10.2.0.0".parse().unwrap(),
             end: "10.2.0.255".parse().unwrap(),
         })];
-        assert!(narrow(&tcp, &[p("10.2.0.0/24")]).is_empty());
+        assert_eq!(narrow(&tcp, &[p("10.2.0.0/24")], 16), Ok(vec![]));
     }
 
     #[test]
     fn initiator_checks_narrowed_result() {
         let offered = [p("10.1.0.0/16")];
         assert_eq!(
-            accept(&to_ts(&[p("10.1.2.0/24")]), &offered),
-            Some(vec![p("10.1.2.0/24")])
+            accept(&to_ts(&[p("10.1.2.0/24")]), &offered, 16),
+            Ok(vec![p("10.1.2.0/24")])
         );
-        assert_eq!(accept(&to_ts(&[p("10.0.0.0/8")]), &offered), None);
-        assert_eq!(accept(&[], &offered), None);
+        assert_eq!(
+            accept(&to_ts(&[p("10.0.0.0/8")]), &offered, 16),
+            Err(Refused::Outside)
+        );
+        assert_eq!(accept(&[], &offered, 16), Err(Refused::Outside));
+    }
+
+    /// Issue 14 (H1): ragged ranges split into many prefixes; past the limit both sides
+    /// refuse instead of building (and later sending) hundreds of them.
+    #[test]
+    fn prefix_limit_per_side() {
+        // 10.1.0.1 - 10.1.15.254 is 22 prefixes; sixteen such ranges are 352, more than a TS
+        // payload's count octet holds.
+        let ragged: Vec<Ts> = (0..16u32)
+            .map(|i| {
+                let base = 0x0a01_0000 + (i << 12);
+                Ts::Range(TrafficSelector::range(
+                    IpAddr::V4(Ipv4Addr::from(base + 1)),
+                    IpAddr::V4(Ipv4Addr::from(base + 4094)),
+                ))
+            })
+            .collect();
+        let Ts::Range(r) = &ragged[0] else {
+            unreachable!()
+        };
+        assert_eq!(range_prefixes(r.start, r.end).len(), 22);
+        let ours = [p("10.1.0.0/16")];
+        assert_eq!(narrow(&ragged, &ours, 16), Err(TooMany));
+        assert_eq!(accept(&ragged, &ours, 16), Err(Refused::TooMany));
+        assert_eq!(narrow(&ragged, &ours, 352).map(|v| v.len()), Ok(352));
+        assert_eq!(accept(&ragged, &ours, 352).map(|v| v.len()), Ok(352));
+        assert_eq!(narrow(&ragged[..1], &ours, 22).map(|v| v.len()), Ok(22));
+        assert_eq!(narrow(&ragged[..1], &ours, 21), Err(TooMany));
     }
 }

@@ -491,7 +491,31 @@ pub fn random_bytes(len: usize) -> Vec<u8> {
 }
 
 pub(crate) fn fill_random(buf: &mut [u8]) {
+    #[cfg(test)]
+    if let Some(mut x) = TEST_RNG.get() {
+        for b in buf.iter_mut() {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            *b = (x >> 24) as u8;
+        }
+        TEST_RNG.set(Some(x));
+        return;
+    }
     aws_lc_rs::rand::fill(buf).expect("system random number generator failed");
+}
+
+#[cfg(test)]
+thread_local! {
+    /// Tests only: this thread's nonces, SPIs and jitter from a seeded xorshift instead of
+    /// the system's generator, so a simulated scenario replays from its seed.
+    static TEST_RNG: std::cell::Cell<Option<u64>> = const { std::cell::Cell::new(None) };
+}
+
+/// Tests only: seeds this thread's generator (None: the system's again).
+#[cfg(test)]
+pub(crate) fn seed_test_rng(seed: Option<u64>) {
+    TEST_RNG.set(seed.map(|s| s | 1));
 }
 
 /// A random non-zero IKE SPI.
