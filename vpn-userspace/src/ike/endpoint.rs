@@ -9,7 +9,7 @@
 //! INFORMATIONAL Delete and liveness checks, retransmission, NAT-T. Message-ID window 1.
 
 use std::{
-    collections::{BTreeMap, HashMap, VecDeque},
+    collections::{BTreeMap, VecDeque},
     net::{IpAddr, SocketAddr},
     time::{Duration, Instant},
 };
