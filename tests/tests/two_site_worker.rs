@@ -19,7 +19,7 @@ use anyhow::{Context, Result};
 use aya::programs::XdpMode;
 use vpn_common::{
     Counter, DropReason, Outcome, ReplayWindow,
-    maps::{POLICY_PROTECT, PolicyValue, SaIn},
+    maps::{POLICY_PROTECT, PolicyValue, SaIn, VtepPair},
 };
 use vpn_tests::{
     netns::{NetNs, require_root, unique},
@@ -290,7 +290,11 @@ fn east_vlan_to_west_vxlan_and_back_through_esp() -> Result<()> {
         dp.attach_tenant("ten", XdpMode::Driver)?;
         let wire = dp.bind_sockets(Side::Wire, "wire", 0, 1024)?;
         let ten = dp.bind_sockets(Side::Tenant, "ten", 0, 1024)?;
-        dp.set_vni_tenant(5001, 5)?;
+        dp.set_vni_tenant(
+            5001,
+            5,
+            VtepPair::v4([192, 168, 100, 1], [192, 168, 100, 2]),
+        )?;
         dp.set_policy_v4(
             5,
             "10.1.0.0".parse()?,

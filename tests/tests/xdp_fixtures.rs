@@ -8,7 +8,7 @@ use vpn_common::{
     Counter, DropReason, Outcome, ReplayWindow, XdpMeta,
     maps::{
         IfaceConfig, NO_TENANT, PEER_F_AFXDP, PEER_F_KERNEL, POLICY_BYPASS, POLICY_DISCARD,
-        POLICY_KERNEL, POLICY_PROTECT, PeerKey, PolicyValue, SA_F_KERNEL, SaIn,
+        POLICY_KERNEL, POLICY_PROTECT, PeerKey, PolicyValue, SA_F_KERNEL, SaIn, VtepPair,
         WIRE_F_UNKNOWN_SPI_PASS, WireConfig, programs,
     },
     meta::{
@@ -764,7 +764,49 @@ fn esp_ingress_fixtures(carrier: Carrier) -> Result<()> {
 
 const TENANT_VLAN_A: u16 = 100; // tenant 7
 const TENANT_VLAN_B: u16 = 200; // tenant 8
-const VNI_B: u32 = 5001; // tenant 8
+const VNI_B: u32 = 5001; // tenant 8, VTEPs 172.24.4.10 (theirs) -> 172.24.4.226 (ours)
+const VNI_B6: u32 = 5002; // tenant 8, VTEPs fd00::10 (theirs) -> fd00::226 (ours)
+
+fn vteps_b() -> VtepPair {
+    VtepPair::v4([172, 24, 4, 226], [172, 24, 4, 10])
+}
+
+fn vteps_b6() -> VtepPair {
+    let a = |s: &str| s.parse::<std::net::Ipv6Addr>().expect("IPv6").octets();
+    VtepPair::v6(a("fd00::226"), a("fd00::10"))
+}
+
+/// A VXLAN frame of `vni` between the given outer addresses (IPv4 or IPv6), with a tenant
+/// IPv4 packet to `dst` inside.
+fn vxlan_between(src: &str, outer_dst: &str, vni: u32, dst: &str) -> Vec<u8> {
+    let p = if src.contains(':') {
+        Packet::eth().ipv6(src, outer_dst)
+    } else {
+        Packet::eth().ipv4(src, outer_dst)
+    };
+    p.udp(49152, 4789)
+        .vxlan(vni)
+        .inner_eth()
+        .ipv4("10.1.0.5", dst)
+        .payload_len(32)
+        .build()
+}
+
+/// IPv6 from a tenant host to `dst` behind `n` destination-options headers (the fast path
+/// walks four).
+fn ipv6_ext_chain(vid: Option<u16>, n: usize, dst: &str) -> Vec<u8> {
+    let p = match vid {
+        Some(v) => Packet::eth().vlan(v),
+        None => Packet::eth(),
+    };
+    p.ipv6_with("2001:db8:1::5", dst, |h| {
+        for _ in 0..n {
+            h.ext.push((60, vec![1, 4, 0, 0, 0, 0]));
+        }
+    })
+    .payload_len(32)
+    .build()
+}
 
 fn out_meta(flags: u8, slot: u32, tenant: u32) -> XdpMeta {
     XdpMeta {
@@ -815,6 +857,17 @@ impl SpliceVlan for Vec<u8> {
         self.splice(12..12, tag);
         self
     }
+}
+
+/// Sets the default tenant of the interface `BPF_PROG_TEST_RUN` delivers on (loopback, 1).
+fn default_tenant(dp: &mut Dataplane, tenant: u32) -> Result<()> {
+    dp.set_iface(
+        1,
+        IfaceConfig {
+            default_tenant: tenant,
+            xsk_base: 0,
+        },
+    )
 }
 
 fn protect(slot: u32) -> PolicyValue {
@@ -870,18 +923,12 @@ fn tenant_ingress_fixtures_shim() -> Result<()> {
 fn tenant_ingress_fixtures(carrier: Carrier) -> Result<()> {
     let (_ns, sock) = xsk_env()?;
     let mut dp = load("vpnfix-tenant", carrier)?;
-    // test_run delivers on the loopback device of our namespace (ifindex 1).
-    dp.set_iface(
-        1,
-        IfaceConfig {
-            default_tenant: 9,
-            xsk_base: 0,
-        },
-    )?;
+    default_tenant(&mut dp, 9)?;
     dp.set_tenant_xsk(0, sock.fd())?;
     dp.set_vlan_tenant(TENANT_VLAN_A, 7)?;
     dp.set_vlan_tenant(TENANT_VLAN_B, 8)?;
-    dp.set_vni_tenant(VNI_B, 8)?;
+    dp.set_vni_tenant(VNI_B, 8, vteps_b())?;
+    dp.set_vni_tenant(VNI_B6, 8, vteps_b6())?;
     // Same CIDR in three tenants, each to its own SA.
     dp.set_policy_v4(7, "10.2.0.0".parse()?, 24, protect(10))?;
     dp.set_policy_v4(8, "10.2.0.0".parse()?, 24, protect(11))?;
@@ -906,6 +953,18 @@ fn tenant_ingress_fixtures(carrier: Carrier) -> Result<()> {
         },
     )?;
     dp.set_policy_v6(7, "2001:db8:2::".parse()?, 48, protect(13))?;
+    dp.set_policy_v6(8, "2001:db8:2::".parse()?, 48, protect(11))?;
+    dp.set_policy_v6(9, "2001:db8:2::".parse()?, 48, protect(14))?;
+    // A DPD hold (RFC 3706: the peer is gone, its traffic is held back, not sent in clear).
+    dp.set_policy_v6(
+        7,
+        "2001:db8:66::".parse()?,
+        48,
+        PolicyValue {
+            sa_slot: 0,
+            action: POLICY_DISCARD,
+        },
+    )?;
     // SAs in the kernel (action KERNEL): tagged tenant 7, untagged default tenant 9, VXLAN
     // tenant 8, and IPv6 in tenant 7.
     dp.set_policy_v4(7, "10.77.0.0".parse()?, 16, kernel(15))?;
@@ -925,7 +984,7 @@ fn tenant_ingress_fixtures(carrier: Carrier) -> Result<()> {
     let vxlan6 = Packet::eth()
         .ipv6("fd00::10", "fd00::226")
         .udp(49152, 4789)
-        .vxlan(VNI_B)
+        .vxlan(VNI_B6)
         .inner_eth()
         .ipv4("10.1.0.5", "10.2.0.5")
         .payload_len(32)
@@ -996,24 +1055,8 @@ fn tenant_ingress_fixtures(carrier: Carrier) -> Result<()> {
             Expect::Pass,
             out(Outcome::TenantPassNoTenant),
         )
-        .prepare(|dp| {
-            dp.set_iface(
-                1,
-                IfaceConfig {
-                    default_tenant: NO_TENANT,
-                    xsk_base: 0,
-                },
-            )
-        })
-        .cleanup(|dp| {
-            dp.set_iface(
-                1,
-                IfaceConfig {
-                    default_tenant: 9,
-                    xsk_base: 0,
-                },
-            )
-        }),
+        .prepare(|dp| default_tenant(dp, NO_TENANT))
+        .cleanup(|dp| default_tenant(dp, 9)),
         Fixture::new(
             "no_policy",
             vlan_frame(TENANT_VLAN_A, "192.0.2.9"),
@@ -1131,6 +1174,137 @@ fn tenant_ingress_fixtures(carrier: Carrier) -> Result<()> {
             Expect::Drop,
             drop_(DropReason::TruncatedIpv4),
         ),
+        // ---- VXLAN only between the VNI's VTEPs (a spoofed frame would inject into the
+        //      tenant its VNI names) ----
+        Fixture::new(
+            "vxlan_spoofed_vtep_source",
+            vxlan_between("172.24.4.99", "172.24.4.226", VNI_B, "10.2.0.5"),
+            Expect::Drop,
+            drop_(DropReason::VxlanSourceNotVtep),
+        ),
+        Fixture::new(
+            "vxlan_wrong_vtep_destination",
+            vxlan_between("172.24.4.10", "172.24.4.227", VNI_B, "10.2.0.5"),
+            Expect::Drop,
+            drop_(DropReason::VxlanDestNotVtep),
+        ),
+        Fixture::new(
+            // The source of another VNI's VTEP pair is no better.
+            "vxlan_vtep_pair_of_another_vni",
+            vxlan_between("fd00::10", "fd00::226", VNI_B, "10.2.0.5"),
+            Expect::Drop,
+            drop_(DropReason::VxlanSourceNotVtep),
+        ),
+        Fixture::new(
+            "vxlan_v6_spoofed_vtep_source",
+            vxlan_between("fd00::11", "fd00::226", VNI_B6, "10.2.0.5"),
+            Expect::Drop,
+            drop_(DropReason::VxlanSourceNotVtep),
+        ),
+        Fixture::new(
+            // Differs from our VTEP in the last word only.
+            "vxlan_v6_wrong_vtep_destination",
+            vxlan_between("fd00::10", "fd00::227", VNI_B6, "10.2.0.5"),
+            Expect::Drop,
+            drop_(DropReason::VxlanDestNotVtep),
+        ),
+        Fixture::new(
+            // ARP too: the worker would learn the sender as a host of the VNI's tenant.
+            "vxlan_arp_spoofed_vtep_source",
+            {
+                let mut f = vxlan_arp(VNI_B);
+                // Outer IPv4 source (checksum not checked here).
+                f[26..30].copy_from_slice(&[172, 24, 4, 99]);
+                f
+            },
+            Expect::Drop,
+            drop_(DropReason::VxlanSourceNotVtep),
+        ),
+        Fixture::new(
+            "vxlan_vni_without_vteps",
+            vxlan_frame(VNI_B, "10.2.0.5"),
+            Expect::Drop,
+            drop_(DropReason::VxlanNoVtep),
+        )
+        .prepare(|dp| dp.remove_vni_vteps(VNI_B).map(|_| ()))
+        .cleanup(|dp| dp.set_vni_vteps(VNI_B, vteps_b())),
+        // ---- IPv6 with more extension headers than the fast path walks: classified by the
+        //      fixed header's destination, never passed in clear toward a protected prefix ----
+        Fixture::new(
+            "vlan_ipv6_five_ext_headers_to_protected",
+            ipv6_ext_chain(Some(TENANT_VLAN_A), 5, "2001:db8:2::7"),
+            Expect::Drop,
+            drop_(DropReason::Ipv6UnparsedProtected),
+        ),
+        Fixture::new(
+            "vlan_ipv6_five_ext_headers_to_unprotected",
+            ipv6_ext_chain(Some(TENANT_VLAN_A), 5, "2001:db8:99::7"),
+            Expect::Pass,
+            out(Outcome::TenantPassNoPolicy),
+        ),
+        Fixture::new(
+            "vlan_ipv6_five_ext_headers_to_dpd_hold",
+            ipv6_ext_chain(Some(TENANT_VLAN_A), 5, "2001:db8:66::7"),
+            Expect::Drop,
+            drop_(DropReason::PolicyDiscard),
+        ),
+        Fixture::new(
+            "vlan_ipv6_five_ext_headers_to_kernel_sa",
+            ipv6_ext_chain(Some(TENANT_VLAN_A), 5, "2001:db8:77::7"),
+            Expect::Pass,
+            out(Outcome::TenantPassKernel),
+        ),
+        Fixture::new(
+            "vlan_ipv6_four_ext_headers_to_protected",
+            ipv6_ext_chain(Some(TENANT_VLAN_A), 4, "2001:db8:2::7"),
+            redirect(
+                out_meta(META_F_FROM_VLAN | META_F_IPV6, 13, 7),
+                &ipv6_ext_chain(None, 4, "2001:db8:2::7"),
+            ),
+            out(Outcome::TenantRedirect),
+        ),
+        Fixture::new(
+            "untagged_ipv6_five_ext_headers_to_protected",
+            ipv6_ext_chain(None, 5, "2001:db8:2::7"),
+            Expect::Drop,
+            drop_(DropReason::Ipv6UnparsedProtected),
+        ),
+        Fixture::new(
+            "untagged_ipv6_five_ext_headers_without_default_tenant",
+            ipv6_ext_chain(None, 5, "2001:db8:2::7"),
+            Expect::Pass,
+            out(Outcome::TenantPassNoTenant),
+        )
+        .prepare(|dp| default_tenant(dp, NO_TENANT))
+        .cleanup(|dp| default_tenant(dp, 9)),
+        Fixture::new(
+            "vxlan_inner_ipv6_five_ext_headers_to_protected",
+            {
+                let inner = ipv6_ext_chain(None, 5, "2001:db8:2::7");
+                let mut f = Packet::eth()
+                    .ipv4("172.24.4.10", "172.24.4.226")
+                    .udp(49152, 4789)
+                    .vxlan(VNI_B)
+                    .payload(&inner)
+                    .build();
+                f.truncate(50 + inner.len());
+                f
+            },
+            Expect::Drop,
+            drop_(DropReason::Ipv6UnparsedProtected),
+        ),
+        Fixture::new(
+            // An extension header whose length runs past the packet: not walked either.
+            "vlan_ipv6_ext_header_past_the_packet_to_protected",
+            {
+                let mut f = ipv6_ext_chain(Some(TENANT_VLAN_A), 1, "2001:db8:2::7");
+                // The header's length field (8-octet units beyond the first 8).
+                f[18 + 40 + 1] = 200;
+                f
+            },
+            Expect::Drop,
+            drop_(DropReason::Ipv6UnparsedProtected),
+        ),
         Fixture::new(
             "no_tenant_xsk_socket",
             vlan_frame(TENANT_VLAN_A, "10.2.0.6"),
@@ -1145,9 +1319,10 @@ fn tenant_ingress_fixtures(carrier: Carrier) -> Result<()> {
 }
 
 /// Fuzz-style robustness check: thousands of mutated and truncated frames, derived from valid
-/// ESP, VLAN and VXLAN frames, through both programs. Whatever the bytes, the verdict is one
-/// of pass/drop/redirect, exactly one counter moves, a passed frame is untouched and a
-/// redirected one carries our metadata.
+/// ESP, VLAN and VXLAN frames (IPv6 extension chains among them), through both programs.
+/// Whatever the bytes, the verdict is one of pass/drop/redirect, exactly one counter moves, a
+/// passed frame is untouched, a redirected one carries our metadata, and no tenant frame
+/// headed for a PROTECT or DISCARD prefix is passed in clear.
 #[test]
 fn mutated_frames_always_get_one_counted_verdict_adjust_meta() -> Result<()> {
     require_root();
@@ -1192,12 +1367,33 @@ fn mutated_frames(carrier: Carrier) -> Result<()> {
     dp.add_peer(PeerKey::v4([192, 0, 2, 1]))?;
     dp.set_peer_flags(PeerKey::v4([198, 51, 100, 1]), PEER_F_KERNEL)?;
     dp.set_vlan_tenant(TENANT_VLAN_A, 7)?;
-    dp.set_vni_tenant(VNI_B, 8)?;
+    dp.set_vni_tenant(VNI_B, 8, vteps_b())?;
     dp.set_policy_v4(7, "10.2.0.0".parse()?, 24, protect(10))?;
     dp.set_policy_v4(8, "10.2.0.0".parse()?, 16, protect(11))?;
     dp.set_policy_v6(7, "2001:db8:2::".parse()?, 48, protect(13))?;
+    dp.set_policy_v6(8, "2001:db8:2::".parse()?, 48, protect(11))?;
+    dp.set_policy_v6(
+        7,
+        "2001:db8:66::".parse()?,
+        48,
+        PolicyValue {
+            sa_slot: 0,
+            action: POLICY_DISCARD,
+        },
+    )?;
     dp.set_policy_v4(7, "10.77.0.0".parse()?, 16, kernel(15))?;
 
+    let vxlan_v6_chain = {
+        let inner = ipv6_ext_chain(None, 4, "2001:db8:2::7");
+        let mut f = Packet::eth()
+            .ipv4("172.24.4.10", "172.24.4.226")
+            .udp(49152, 4789)
+            .vxlan(VNI_B)
+            .payload(&inner)
+            .build();
+        f.truncate(50 + inner.len());
+        f
+    };
     let seeds = [
         esp_v4(SPI_A, 1),
         Packet::eth()
@@ -1237,7 +1433,62 @@ fn mutated_frames(carrier: Carrier) -> Result<()> {
             .build(),
         esp_v4_fragment_from(V4_KERNEL_PEER, 10),
         vlan_frame(TENANT_VLAN_A, "10.77.1.1"),
+        // IPv6 extension chains at and past what the programs walk (four), toward protected
+        // and held (DISCARD) prefixes: flipped next-header and length bytes lengthen them,
+        // shorten them, or run them past the packet.
+        ipv6_ext_chain(Some(TENANT_VLAN_A), 4, "2001:db8:2::7"),
+        ipv6_ext_chain(Some(TENANT_VLAN_A), 5, "2001:db8:2::7"),
+        Packet::eth()
+            .vlan(TENANT_VLAN_A)
+            .ipv6_with("2001:db8:1::5", "2001:db8:66::7", |h| {
+                h.ext.push((IPV6_HOPOPTS, vec![1, 4, 0, 0, 0, 0]));
+                h.ext.push((43, vec![0, 0, 0, 0, 0, 0]));
+                h.ext.push((IPV6_FRAGMENT, vec![0, 1, 0, 0, 0, 9]));
+                h.ext.push((60, vec![1, 4, 0, 0, 0, 0]));
+            })
+            .payload_len(32)
+            .build(),
+        vxlan_v6_chain.clone(),
+        Packet::eth()
+            .ipv6_with(V6_PEER, V6_US, |h| {
+                for _ in 0..4 {
+                    h.ext.push((60, vec![1, 4, 0, 0, 0, 0]));
+                }
+            })
+            .esp(SPI_A, 11)
+            .payload_len(48)
+            .build(),
     ];
+    // Which policy a tenant frame meets, read independently of the program: the tenant from a
+    // VLAN tag (or from a VXLAN header left as the seed had it), the destination from the
+    // fixed IP header. Whatever else was mutated, a frame the program passes must not be
+    // headed for a PROTECT or DISCARD prefix of its tenant.
+    let vxlan_seeds = [vxlan_frame(VNI_B, "10.2.0.5"), vxlan_v6_chain];
+    let policy_of = |f: &[u8]| -> Result<Option<PolicyValue>> {
+        let (tenant, l3) = if f.len() >= 18 && f[12..14] == [0x81, 0x00] {
+            let vid = u16::from_be_bytes([f[14], f[15]]) & 0x0fff;
+            match vid {
+                TENANT_VLAN_A => (7, 18),
+                _ => return Ok(None),
+            }
+        } else if f.len() >= 64 && vxlan_seeds.iter().any(|s| s[..50] == f[..50]) {
+            (8, 64)
+        } else {
+            return Ok(None);
+        };
+        match u16::from_be_bytes([f[l3 - 2], f[l3 - 1]]) {
+            0x0800 if f.len() >= l3 + 20 => {
+                let d: [u8; 4] = f[l3 + 16..l3 + 20].try_into()?;
+                dp.lookup_policy_v4(tenant, d.into())
+            }
+            0x86dd if f.len() >= l3 + 40 => {
+                let d: [u8; 16] = f[l3 + 24..l3 + 40].try_into()?;
+                dp.lookup_policy_v6(tenant, d.into())
+            }
+            _ => Ok(None),
+        }
+    };
+    let mut held_back = 0;
     let mut x: u64 = 0x2545_f491_4f6c_dd1d;
     let mut next = move || {
         x ^= x << 13;
@@ -1246,7 +1497,7 @@ fn mutated_frames(carrier: Carrier) -> Result<()> {
         x
     };
     let mut verdicts = [0u32; 5];
-    for i in 0..3000 {
+    for i in 0..6000 {
         let mut f = seeds[i % seeds.len()].clone();
         // A few byte flips, biased to the headers, and sometimes a truncation.
         for _ in 0..(1 + next() % 4) {
@@ -1267,6 +1518,18 @@ fn mutated_frames(carrier: Carrier) -> Result<()> {
             let moved: u64 = before.iter().zip(&after).map(|(b, a)| a.1 - b.1).sum();
             let ctx = || format!("{prog} on {f:02x?}");
             assert_eq!(moved, 1, "exactly one counter per packet: {}", ctx());
+            if prog == programs::TENANT_INGRESS
+                && let Some(p) = policy_of(&f)?
+                && (p.action == POLICY_PROTECT || p.action == POLICY_DISCARD)
+            {
+                assert_ne!(
+                    r.action,
+                    XDP_PASS,
+                    "passed in clear toward a protected or held prefix ({p:?}): {}",
+                    ctx()
+                );
+                held_back += 1;
+            }
             match r.action {
                 XDP_PASS => assert_eq!(r.out, f, "passed frame modified: {}", ctx()),
                 XDP_DROP => {}
@@ -1283,7 +1546,14 @@ fn mutated_frames(carrier: Carrier) -> Result<()> {
     // The mutations must reach every verdict, or this test checks less than it claims.
     assert!(verdicts[XDP_PASS as usize] > 0 && verdicts[XDP_DROP as usize] > 0);
     assert!(verdicts[XDP_REDIRECT as usize] > 0);
-    println!("verdicts (aborted, drop, pass, tx, redirect): {verdicts:?}");
+    assert!(
+        held_back > 1000,
+        "only {held_back} frames met the policy check"
+    );
+    println!(
+        "verdicts (aborted, drop, pass, tx, redirect): {verdicts:?}; {held_back} tenant frames \
+         toward protected or held prefixes, none passed"
+    );
     drop(sock);
     Ok(())
 }

@@ -144,6 +144,18 @@ pub enum DropReason {
     HeadAdjustFailed = 20,
     /// An outbound policy with action DISCARD matched.
     PolicyDiscard = 21,
+    /// VXLAN whose outer source is not the remote VTEP of its VNI (`VXLAN_VTEPS`): a spoofed
+    /// frame that would inject into that VNI's tenant.
+    VxlanSourceNotVtep = 22,
+    /// VXLAN whose outer destination is not our (local) VTEP of its VNI.
+    VxlanDestNotVtep = 23,
+    /// A VNI with a tenant (`TENANT_BY_VNI`) but no VTEP pair (`VXLAN_VTEPS`): map contract
+    /// broken; the frame cannot be authenticated by its underlay addresses.
+    VxlanNoVtep = 24,
+    /// Tenant IPv6 whose extension-header chain the fast path does not walk (longer than it
+    /// walks, or running past the packet), toward a destination with a PROTECT policy: it
+    /// must not leave in clear, and is not handed to the worker unclassified.
+    Ipv6UnparsedProtected = 25,
 
     // ---- counted by the AF_XDP workers (user space), same numbering ----
     /// ICV verification failed (RFC 4303 3.4.4): forged, corrupted or wrong key.
@@ -176,10 +188,13 @@ pub enum DropReason {
     FragmentDuplicate = 45,
     /// A reassembled datagram that is not ESP (e.g. fragmented IKE, not handled yet).
     FragmentNotEsp = 46,
+    /// Outbound tenant packet whose source is outside the local traffic selectors of the SA
+    /// its destination chose (RFC 4301 5.1: the SPD entry must match both addresses).
+    SourceNotInSelectors = 47,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 36] = [
+    pub const ALL: [DropReason; 41] = [
         DropReason::TruncatedEthernet,
         DropReason::TruncatedVlan,
         DropReason::TruncatedIpv4,
@@ -201,6 +216,10 @@ impl DropReason {
         DropReason::BadVxlan,
         DropReason::HeadAdjustFailed,
         DropReason::PolicyDiscard,
+        DropReason::VxlanSourceNotVtep,
+        DropReason::VxlanDestNotVtep,
+        DropReason::VxlanNoVtep,
+        DropReason::Ipv6UnparsedProtected,
         DropReason::BadIcv,
         DropReason::BadPadding,
         DropReason::BadNextHeader,
@@ -216,6 +235,7 @@ impl DropReason {
         DropReason::FragmentTimeout,
         DropReason::FragmentDuplicate,
         DropReason::FragmentNotEsp,
+        DropReason::SourceNotInSelectors,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -241,6 +261,10 @@ impl DropReason {
             DropReason::BadVxlan => "bad_vxlan",
             DropReason::HeadAdjustFailed => "head_adjust_failed",
             DropReason::PolicyDiscard => "policy_discard",
+            DropReason::VxlanSourceNotVtep => "vxlan_source_not_vtep",
+            DropReason::VxlanDestNotVtep => "vxlan_dest_not_vtep",
+            DropReason::VxlanNoVtep => "vxlan_no_vtep",
+            DropReason::Ipv6UnparsedProtected => "ipv6_unparsed_protected",
             DropReason::BadIcv => "bad_icv",
             DropReason::BadPadding => "bad_padding",
             DropReason::BadNextHeader => "bad_next_header",
@@ -256,6 +280,7 @@ impl DropReason {
             DropReason::FragmentTimeout => "fragment_timeout",
             DropReason::FragmentDuplicate => "fragment_duplicate",
             DropReason::FragmentNotEsp => "fragment_not_esp",
+            DropReason::SourceNotInSelectors => "source_not_in_selectors",
         }
     }
 
@@ -319,14 +344,14 @@ mod tests {
 
     #[test]
     fn indices_are_unique_and_names_too() {
-        let all: [Counter; 54] = {
-            let mut a = [Counter::Outcome(Outcome::WirePassIke); 54];
+        let all: [Counter; 59] = {
+            let mut a = [Counter::Outcome(Outcome::WirePassIke); 59];
             for (slot, c) in a.iter_mut().zip(Counter::all()) {
                 *slot = c;
             }
             a
         };
-        assert_eq!(Counter::all().count(), 54);
+        assert_eq!(Counter::all().count(), 59);
         for (i, a) in all.iter().enumerate() {
             for b in &all[i + 1..] {
                 assert_ne!(a.index(), b.index());
@@ -343,6 +368,12 @@ mod tests {
         assert_eq!(DropReason::ReplayDuplicate as u32, 12);
         assert_eq!(DropReason::PolicyDiscard as u32, 21);
         assert_eq!(DropReason::UnknownSpi.counter(), 74);
+        assert_eq!(DropReason::VxlanSourceNotVtep as u32, 22);
+        assert_eq!(DropReason::VxlanDestNotVtep as u32, 23);
+        assert_eq!(DropReason::VxlanNoVtep as u32, 24);
+        assert_eq!(DropReason::Ipv6UnparsedProtected as u32, 25);
+        assert_eq!(DropReason::FragmentNotEsp as u32, 46);
+        assert_eq!(DropReason::SourceNotInSelectors as u32, 47);
     }
 
     #[test]

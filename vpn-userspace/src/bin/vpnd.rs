@@ -21,7 +21,7 @@ use anyhow::{Context, Result, bail};
 use aya::programs::XdpMode;
 use clap::Parser;
 use vpn_common::maps::{
-    AF_INET, ENCAP_UNTAGGED, ENCAP_VLAN, ENCAP_VXLAN, IfaceConfig, TenantEncap,
+    AF_INET, ENCAP_UNTAGGED, ENCAP_VLAN, ENCAP_VXLAN, IfaceConfig, TenantEncap, VtepPair,
 };
 use vpn_userspace::{
     config::{Config, parse_mac},
@@ -348,8 +348,9 @@ fn run() -> Result<()> {
             encap.vlan_id = vid;
             TenantLink::Vlan(vid)
         } else if let Some(vni) = t.vni {
-            dp.set_vni_tenant(vni, t.id)?;
             let (local, remote) = (t.local_vtep.expect("validated"), t.remote_vtep.expect("v"));
+            // Only frames from the tenant's VTEP to ours count as the tenant's.
+            dp.set_vni_tenant(vni, t.id, VtepPair::v4(local.octets(), remote.octets()))?;
             let vtep_mac = parse_mac(t.vtep_mac.as_deref().expect("validated")).expect("v");
             encap.kind = ENCAP_VXLAN;
             encap.vni = vni;
