@@ -154,7 +154,9 @@ pub fn try_tenant_ingress(ctx: &XdpContext) -> Result<Verdict, DropReason> {
         let vxlan = outer.proto == IPPROTO_UDP
             && !outer.fragment
             && u16_at(ctx, outer.l4_off + 2).ok_or(DropReason::TruncatedUdp)? == VXLAN_PORT;
-        if vxlan {
+        // A VNI of ours, else the frame is the untagged tenant's own UDP (to port 4789 of
+        // any host, a protected one too): classified below like the rest of its traffic.
+        let vni_tenant = if vxlan {
             let vx_off = outer.l4_off + 8;
             let vx = ptr_at::<[u8; VXLAN_LEN]>(ctx, vx_off).ok_or(DropReason::TruncatedVxlan)?;
             let vx = unsafe { *vx };
@@ -162,10 +164,11 @@ pub fn try_tenant_ingress(ctx: &XdpContext) -> Result<Verdict, DropReason> {
                 return Err(DropReason::BadVxlan);
             }
             let vni = u32::from_be_bytes([0, vx[4], vx[5], vx[6]]);
-            let Some(tenant) = (unsafe { TENANT_BY_VNI.get(&vni) }) else {
-                return Ok(Verdict::Pass(Outcome::TenantPassNoTenant));
-            };
-            let tenant = *tenant;
+            unsafe { TENANT_BY_VNI.get(&vni) }.map(|t| (*t, vni, vx_off))
+        } else {
+            None
+        };
+        if let Some((tenant, vni, vx_off)) = vni_tenant {
             check_vteps(ctx, &outer, vni)?;
             let inner_eth = vx_off + VXLAN_LEN;
             let inner = u16_at(ctx, inner_eth + 12).ok_or(DropReason::TruncatedVxlan)?;
