@@ -378,6 +378,21 @@ fn run() -> Result<()> {
                 iface_mac: ten_mac,
                 gateway_v4: t.gateway_ip,
                 gateway_v6: t.gateway_ip6,
+                // The local side of its manual SAs and connections as configured now (hosts
+                // of subnets a reload adds are learned from their traffic, which the SA's
+                // selectors check, not from ARP).
+                local_subnets: sas
+                    .iter()
+                    .filter(|s| s.tenant == t.id)
+                    .flat_map(|s| s.local_subnets.iter())
+                    .chain(
+                        conns
+                            .iter()
+                            .filter(|c| c.tenant == t.id)
+                            .flat_map(|c| c.conn.local_ts.iter()),
+                    )
+                    .copied()
+                    .collect(),
             },
         );
     }
