@@ -1343,10 +1343,11 @@ fn tenant_ingress_fixtures(carrier: Carrier) -> Result<()> {
 /// The mutation run (issue 14): seeded, structured mutations of tenant and wire frames
 /// through both programs. Each mutation starts from a generated tenant frame (untagged, VLAN
 /// of a known, unknown or random VID, VXLAN over IPv4 or IPv6 outers from the right VTEPs or
-/// spoofed ones, with known, unknown or random VNIs; inner IPv4 with options and fragments,
-/// or IPv6 behind an extension-header chain of random length and kinds; ARP) or from one of
-/// the wire seeds (ESP, ESP in UDP, fragments), then gets random next-header values, bit
-/// flips biased to the headers and truncations. Whatever the bytes:
+/// spoofed ones, or a tenant host's own UDP to port 4789 of a protected host, with known,
+/// unknown or random VNIs; inner IPv4 with options and fragments, or IPv6 behind an
+/// extension-header chain of random length and kinds; ARP) or from one of the wire seeds
+/// (ESP, ESP in UDP, fragments), then gets random next-header values, bit flips biased to
+/// the headers and truncations. Whatever the bytes:
 /// - the verdict is pass, drop or redirect, and `test_run` never fails;
 /// - a passed frame is untouched, a redirected one carries our metadata;
 /// - the counters add up: every run moves exactly one counter of its program, and the drop
@@ -1356,7 +1357,8 @@ fn tenant_ingress_fixtures(carrier: Carrier) -> Result<()> {
 ///   header between the VNI's VTEPs, or the interface's default tenant; destination from
 ///   the fixed IP header). This is the invariant H3 broke (IPv6 with five extension headers
 ///   passed unclassified): with that bug put back, the run failed after 22 to 1,596
-///   mutations (five seeds), well inside its 200,000.
+///   mutations (five seeds), well inside its 200,000; with the unknown-VNI leak put back
+///   (UDP to port 4789 with a VNI not ours passed in clear), after 4 to 30.
 ///
 /// `VPN_MUTATIONS` (default 200,000 per carrier: 2.5 s on an idle 2-vCPU machine, about
 /// 12 s on a loaded one) and `VPN_MUTATION_SEED` repeat or widen a run; the seed is printed.
@@ -1496,7 +1498,9 @@ fn mutant_tenant_frame(rng: &mut Rng) -> (Vec<u8>, Vec<usize>) {
                 ("172.24.4.226", "172.24.4.10", VNI_B)
             };
             let src = [theirs, theirs, if v6 { "fd00::11" } else { "172.24.4.99" }];
-            let (src, dst) = (rng.pick(&src), rng.pick(&[ours, ours, theirs]));
+            // Or a default-tenant host's own UDP to port 4789 of a protected host.
+            let protected = if v6 { "2001:db8:2::7" } else { "10.2.0.5" };
+            let (src, dst) = (rng.pick(&src), rng.pick(&[ours, ours, theirs, protected]));
             let r = rng.next() as u32 & 0xff_ffff;
             let vni = rng.pick(&[vni, vni, VNI_B6, 77, r]);
             let flags = rng.pick(&[0x08, 0x08, 0x08, 0]);
