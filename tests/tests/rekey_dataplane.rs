@@ -233,6 +233,7 @@ fn start_node(
             iface_mac,
             gateway_v4: None,
             gateway_v6: None,
+            local_subnets: spec.local_subnets.clone(),
         },
     );
     let mut installer = Installer::new(w.tables(), dp.replay_shared(), Backend::default());

@@ -19,7 +19,7 @@ use anyhow::{Context, Result};
 use aya::programs::XdpMode;
 use vpn_common::{
     Counter, DropReason, Outcome, ReplayWindow,
-    maps::{POLICY_PROTECT, PolicyValue, SaIn},
+    maps::{POLICY_PROTECT, PolicyValue, SaIn, VtepPair},
 };
 use vpn_tests::{
     netns::{NetNs, require_root, unique},
@@ -65,6 +65,21 @@ fn prefix6(a: &str, len: u8) -> Prefix {
         addr: IpAddr::V6(a.parse().expect("IPv6 prefix")),
         len,
     }
+}
+
+/// What SPI_EW carries, East's outbound SA and West's inbound one alike: 10.1/24 to 10.2/24,
+/// and IPv6 inside (6-in-4).
+fn ew_selectors() -> Vec<Selector> {
+    vec![
+        Selector {
+            src: prefix([10, 1, 0, 0], 24),
+            dst: prefix([10, 2, 0, 0], 24),
+        },
+        Selector {
+            src: prefix6("2001:db8:1::", 48),
+            dst: prefix6("2001:db8:2::", 48),
+        },
+    ]
 }
 
 fn prefix(a: [u8; 4], len: u8) -> Prefix {
@@ -236,6 +251,7 @@ fn east_vlan_to_west_vxlan_and_back_through_esp() -> Result<()> {
                 dst_mac: NextHop::new(MAC_WIRE_W),
                 src_mac: MAC_WIRE_E,
                 mtu: None,
+                selectors: ew_selectors(),
             },
         );
         dp.set_policy_v4(
@@ -254,6 +270,10 @@ fn east_vlan_to_west_vxlan_and_back_through_esp() -> Result<()> {
                 dst_mac: NextHop::new(MAC_WIRE_W),
                 src_mac: MAC_WIRE_E,
                 mtu: None,
+                selectors: vec![Selector {
+                    src: prefix([10, 1, 0, 0], 24),
+                    dst: prefix([10, 3, 0, 0], 24),
+                }],
             },
         );
         w.add_tenant(
@@ -265,6 +285,7 @@ fn east_vlan_to_west_vxlan_and_back_through_esp() -> Result<()> {
                 iface_mac: MAC_TEN_E,
                 gateway_v4: None,
                 gateway_v6: None,
+                local_subnets: vec![prefix([10, 1, 0, 0], 24), prefix6("2001:db8:1::", 48)],
             },
         );
         let host = RawSocket::new(east.ifindex("host")?)?;
@@ -290,7 +311,11 @@ fn east_vlan_to_west_vxlan_and_back_through_esp() -> Result<()> {
         dp.attach_tenant("ten", XdpMode::Driver)?;
         let wire = dp.bind_sockets(Side::Wire, "wire", 0, 1024)?;
         let ten = dp.bind_sockets(Side::Tenant, "ten", 0, 1024)?;
-        dp.set_vni_tenant(5001, 5)?;
+        dp.set_vni_tenant(
+            5001,
+            5,
+            VtepPair::v4([192, 168, 100, 1], [192, 168, 100, 2]),
+        )?;
         dp.set_policy_v4(
             5,
             "10.1.0.0".parse()?,
@@ -316,16 +341,7 @@ fn east_vlan_to_west_vxlan_and_back_through_esp() -> Result<()> {
             sa: InboundSa::new(SPI_EW, &key_ew, false),
             slot: 20,
             tenant: 5,
-            selectors: vec![
-                Selector {
-                    src: prefix([10, 1, 0, 0], 24),
-                    dst: prefix([10, 2, 0, 0], 24),
-                },
-                Selector {
-                    src: prefix6("2001:db8:1::", 48),
-                    dst: prefix6("2001:db8:2::", 48),
-                },
-            ],
+            selectors: ew_selectors(),
         });
         w.add_outbound(
             10,
@@ -334,6 +350,10 @@ fn east_vlan_to_west_vxlan_and_back_through_esp() -> Result<()> {
                 dst_mac: NextHop::new(MAC_WIRE_E),
                 src_mac: MAC_WIRE_W,
                 mtu: None,
+                selectors: vec![Selector {
+                    src: prefix([10, 2, 0, 0], 24),
+                    dst: prefix([10, 1, 0, 0], 24),
+                }],
             },
         );
         w.add_tenant(
@@ -350,6 +370,7 @@ fn east_vlan_to_west_vxlan_and_back_through_esp() -> Result<()> {
                 iface_mac: MAC_TEN_W,
                 gateway_v4: None,
                 gateway_v6: None,
+                local_subnets: vec![prefix([10, 2, 0, 0], 24)],
             },
         );
         let host = RawSocket::new(west.ifindex("host")?)?;
@@ -551,6 +572,25 @@ fn east_vlan_to_west_vxlan_and_back_through_esp() -> Result<()> {
         "came in on the IPv6 SA"
     );
 
+    // 2d. A tenant host sending from an address outside the SA's local selectors (another
+    //     subnet's, or another tenant's): the XDP policy matched its destination, the worker
+    //     drops it instead of encrypting it (H2).
+    let spoofed = Packet::eth()
+        .ipv4("10.9.0.5", "10.2.0.9")
+        .udp(40000, 7)
+        .payload_len(64)
+        .build()[14..]
+        .to_vec();
+    let mut vlan_spoofed = vlan_frame[..18].to_vec();
+    vlan_spoofed.extend_from_slice(&spoofed);
+    e_host.send(&vlan_spoofed)?;
+    assert!(
+        w_host
+            .recv_matching(Duration::from_millis(500), is_vxlan_with(&spoofed))
+            .is_none(),
+        "a packet from outside the SA's selectors went through the tunnel"
+    );
+
     // 3. An attacker on the wire: a valid packet, its replay, a tampered one.
     let attacker = OutboundSa::new(SPI_EW, &key_ew, false, out_ew);
     let esp_frame = |seq: u64| -> Vec<u8> {
@@ -624,6 +664,11 @@ fn east_vlan_to_west_vxlan_and_back_through_esp() -> Result<()> {
     assert_eq!(east_stats.decrypted, 1, "{east_stats:?}");
     assert_eq!(east_stats.encrypted, 3, "{east_stats:?}");
     assert_eq!(east_stats.icmp_too_big, 1, "{east_stats:?}");
+    assert_eq!(
+        east_stats.dropped(DropReason::SourceNotInSelectors),
+        1,
+        "{east_stats:?}"
+    );
     assert_eq!(west_stats.encrypted, 1, "{west_stats:?}");
     Ok(())
 }

@@ -183,7 +183,7 @@ fn vpnctl_with_vpnd_running() -> Result<()> {
     assert_eq!(st["daemon"]["instance"], east.as_str());
     assert_eq!(st["daemon"]["connections"], 1);
     assert_eq!(st["daemon"]["active"], 1);
-    assert_eq!(st["maps"]["pins_present"], 15);
+    assert_eq!(st["maps"]["pins_present"], 16);
     assert!(st["maps"]["inbound_sas"].as_u64().unwrap_or(0) >= 1);
     assert!(
         !st["maps"]["programs"]
@@ -341,7 +341,7 @@ fn vpnctl_with_vpnd_stopped_and_pins_kept() -> Result<()> {
             .unwrap_or_default()
             .contains("not running")
     );
-    assert_eq!(st["maps"]["pins_present"], 15);
+    assert_eq!(st["maps"]["pins_present"], 16);
     assert_eq!(st["maps"]["attached"], false);
 
     // Daemon-only commands fail clearly.

@@ -144,6 +144,18 @@ pub enum DropReason {
     HeadAdjustFailed = 20,
     /// An outbound policy with action DISCARD matched.
     PolicyDiscard = 21,
+    /// VXLAN whose outer source is not the remote VTEP of its VNI (`VXLAN_VTEPS`): a spoofed
+    /// frame that would inject into that VNI's tenant.
+    VxlanSourceNotVtep = 22,
+    /// VXLAN whose outer destination is not our (local) VTEP of its VNI.
+    VxlanDestNotVtep = 23,
+    /// A VNI with a tenant (`TENANT_BY_VNI`) but no VTEP pair (`VXLAN_VTEPS`): map contract
+    /// broken; the frame cannot be authenticated by its underlay addresses.
+    VxlanNoVtep = 24,
+    /// Tenant IPv6 whose extension-header chain the fast path does not walk (longer than it
+    /// walks, or running past the packet), toward a destination with a PROTECT policy: it
+    /// must not leave in clear, and is not handed to the worker unclassified.
+    Ipv6UnparsedProtected = 25,
 
     // ---- counted by the AF_XDP workers (user space), same numbering ----
     /// ICV verification failed (RFC 4303 3.4.4): forged, corrupted or wrong key.
@@ -174,7 +186,8 @@ pub enum DropReason {
     FragmentTimeout = 44,
     /// An exact duplicate fragment.
     FragmentDuplicate = 45,
-    /// A reassembled datagram that is not ESP (e.g. fragmented IKE, not handled yet).
+    /// A reassembled datagram that is neither ESP nor IKE for us (or IKE the IKE shell's
+    /// queue had no room for).
     FragmentNotEsp = 46,
     /// Outbound, manually keyed SA: the next sequence number lies beyond the block reserved
     /// durably in its state file (vpnd's state keeper is late, or cannot write the file).
@@ -188,10 +201,13 @@ pub enum DropReason {
     /// A manually keyed SA whose state file could not be trusted (unreadable, corrupt, wrong
     /// permissions): it neither sends nor accepts until the file is fixed or the key replaced.
     SaStateRefused = 49,
+    /// Outbound tenant packet whose source is outside the local traffic selectors of the SA
+    /// its destination chose (RFC 4301 5.1: the SPD entry must match both addresses).
+    SourceNotInSelectors = 50,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 39] = [
+    pub const ALL: [DropReason; 44] = [
         DropReason::TruncatedEthernet,
         DropReason::TruncatedVlan,
         DropReason::TruncatedIpv4,
@@ -213,6 +229,10 @@ impl DropReason {
         DropReason::BadVxlan,
         DropReason::HeadAdjustFailed,
         DropReason::PolicyDiscard,
+        DropReason::VxlanSourceNotVtep,
+        DropReason::VxlanDestNotVtep,
+        DropReason::VxlanNoVtep,
+        DropReason::Ipv6UnparsedProtected,
         DropReason::BadIcv,
         DropReason::BadPadding,
         DropReason::BadNextHeader,
@@ -231,6 +251,7 @@ impl DropReason {
         DropReason::SeqNotReserved,
         DropReason::InboundNotReserved,
         DropReason::SaStateRefused,
+        DropReason::SourceNotInSelectors,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -256,6 +277,10 @@ impl DropReason {
             DropReason::BadVxlan => "bad_vxlan",
             DropReason::HeadAdjustFailed => "head_adjust_failed",
             DropReason::PolicyDiscard => "policy_discard",
+            DropReason::VxlanSourceNotVtep => "vxlan_source_not_vtep",
+            DropReason::VxlanDestNotVtep => "vxlan_dest_not_vtep",
+            DropReason::VxlanNoVtep => "vxlan_no_vtep",
+            DropReason::Ipv6UnparsedProtected => "ipv6_unparsed_protected",
             DropReason::BadIcv => "bad_icv",
             DropReason::BadPadding => "bad_padding",
             DropReason::BadNextHeader => "bad_next_header",
@@ -274,6 +299,7 @@ impl DropReason {
             DropReason::SeqNotReserved => "seq_not_reserved",
             DropReason::InboundNotReserved => "inbound_not_reserved",
             DropReason::SaStateRefused => "sa_state_refused",
+            DropReason::SourceNotInSelectors => "source_not_in_selectors",
         }
     }
 
@@ -337,14 +363,14 @@ mod tests {
 
     #[test]
     fn indices_are_unique_and_names_too() {
-        let all: [Counter; 57] = {
-            let mut a = [Counter::Outcome(Outcome::WirePassIke); 57];
+        let all: [Counter; 62] = {
+            let mut a = [Counter::Outcome(Outcome::WirePassIke); 62];
             for (slot, c) in a.iter_mut().zip(Counter::all()) {
                 *slot = c;
             }
             a
         };
-        assert_eq!(Counter::all().count(), 57);
+        assert_eq!(Counter::all().count(), 62);
         for (i, a) in all.iter().enumerate() {
             for b in &all[i + 1..] {
                 assert_ne!(a.index(), b.index());
@@ -361,6 +387,11 @@ mod tests {
         assert_eq!(DropReason::ReplayDuplicate as u32, 12);
         assert_eq!(DropReason::PolicyDiscard as u32, 21);
         assert_eq!(DropReason::UnknownSpi.counter(), 74);
+        assert_eq!(DropReason::VxlanSourceNotVtep as u32, 22);
+        assert_eq!(DropReason::VxlanDestNotVtep as u32, 23);
+        assert_eq!(DropReason::VxlanNoVtep as u32, 24);
+        assert_eq!(DropReason::Ipv6UnparsedProtected as u32, 25);
+        assert_eq!(DropReason::SourceNotInSelectors as u32, 50);
         assert_eq!(DropReason::FragmentNotEsp as u32, 46);
         assert_eq!(DropReason::SeqNotReserved as u32, 47);
         assert_eq!(DropReason::InboundNotReserved as u32, 48);

@@ -25,9 +25,10 @@ pub mod names {
     pub const POLICY_V4: &str = "POLICY_V4";
     pub const POLICY_V6: &str = "POLICY_V6";
     pub const TENANT_ENCAP: &str = "TENANT_ENCAP";
+    pub const VXLAN_VTEPS: &str = "VXLAN_VTEPS";
 
     /// Every map, for pin clean-up and `vpnctl maps`.
-    pub const ALL: [&str; 15] = [
+    pub const ALL: [&str; 16] = [
         SA_IN,
         REPLAY,
         SA_STATS,
@@ -43,6 +44,7 @@ pub mod names {
         POLICY_V4,
         POLICY_V6,
         TENANT_ENCAP,
+        VXLAN_VTEPS,
     ];
 }
 
@@ -242,6 +244,53 @@ pub struct TenantEncap {
 }
 const _: () = assert!(core::mem::size_of::<TenantEncap>() == 44);
 
+/// `VXLAN_VTEPS` value, keyed by VNI (24 bits, host byte order): the underlay addresses a
+/// tenant's VXLAN frames must carry. `tenant_ingress` takes a VXLAN frame's tenant from its
+/// VNI (`TENANT_BY_VNI`) only when the outer source is `remote` and the outer destination
+/// `local` (same family); anyone else could otherwise inject into that tenant's tunnels by
+/// writing its VNI. A VNI in `TENANT_BY_VNI` without an entry here is dropped
+/// (`vxlan_no_vtep`): write this map first.
+///
+/// A map of its own rather than a wider `TENANT_BY_VNI` value, so that pins of an older
+/// release are adopted as they are (the new map is created beside them).
+#[repr(C)]
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
+pub struct VtepPair {
+    /// `AF_INET` or `AF_INET6`, of both addresses.
+    pub family: u32,
+    /// Our VTEP: the outer destination of the tenant's frames (IPv4 in the first 4 bytes,
+    /// the rest zero).
+    pub local: [u8; 16],
+    /// The tenant's VTEP: their outer source.
+    pub remote: [u8; 16],
+}
+const _: () = assert!(core::mem::size_of::<VtepPair>() == 36);
+
+impl VtepPair {
+    pub const fn v4(local: [u8; 4], remote: [u8; 4]) -> VtepPair {
+        let mut p = VtepPair {
+            family: AF_INET,
+            local: [0; 16],
+            remote: [0; 16],
+        };
+        let mut i = 0;
+        while i < 4 {
+            p.local[i] = local[i];
+            p.remote[i] = remote[i];
+            i += 1;
+        }
+        p
+    }
+
+    pub const fn v6(local: [u8; 16], remote: [u8; 16]) -> VtepPair {
+        VtepPair {
+            family: AF_INET6,
+            local,
+            remote,
+        }
+    }
+}
+
 pod!(
     SaIn,
     SaStats,
@@ -251,5 +300,6 @@ pod!(
     PolicyKeyV4,
     PolicyKeyV6,
     PolicyValue,
-    TenantEncap
+    TenantEncap,
+    VtepPair
 );

@@ -12,7 +12,7 @@ use vpn_common::{
     maps::{
         DEFAULT_SA_IN_ENTRIES, DEFAULT_SA_SLOTS, IfaceConfig, MAX_IFACES, MAX_PEERS, MAX_POLICIES,
         MAX_QUEUES, MAX_TENANTS, PeerKey, PolicyKeyV4, PolicyKeyV6, PolicyValue, SaIn, SaStats,
-        SpiKey, TENANT_XSK_ENTRIES, TenantEncap, WireConfig,
+        SpiKey, TENANT_XSK_ENTRIES, TenantEncap, VtepPair, WireConfig,
     },
 };
 
@@ -55,6 +55,10 @@ pub static TENANT_BY_VLAN: HashMap<u32, u32> = HashMap::pinned(MAX_TENANTS, 0);
 /// VXLAN VNI (24 bits) -> tenant.
 #[map]
 pub static TENANT_BY_VNI: HashMap<u32, u32> = HashMap::pinned(MAX_TENANTS, 0);
+
+/// VXLAN VNI -> the underlay addresses (our VTEP, the tenant's) its frames must carry.
+#[map]
+pub static VXLAN_VTEPS: HashMap<u32, VtepPair> = HashMap::pinned(MAX_TENANTS, 0);
 
 /// ifindex -> settings of a tenant-side interface.
 #[map]

@@ -91,8 +91,11 @@ pub struct L3 {
 
 pub enum L3Result {
     Ip(L3),
-    /// The IPv6 extension-header chain is longer than we walk.
-    Unparsed,
+    /// The IPv6 extension-header chain is longer than we walk, or runs past the packet. The
+    /// fixed header was checked: its destination address is at `dst_off`.
+    Unparsed {
+        dst_off: usize,
+    },
 }
 
 /// Largest IP length a frame can carry here: longer claims are truncated packets.
@@ -185,7 +188,7 @@ pub fn parse_ipv6(ctx: &XdpContext, off: usize) -> Result<L3Result, DropReason> 
         || next == IPV6_FRAGMENT
         || l4 > ip_end
     {
-        return Ok(L3Result::Unparsed);
+        return Ok(L3Result::Unparsed { dst_off: off + 24 });
     }
     Ok(L3Result::Ip(L3 {
         l4_off: l4,

@@ -70,7 +70,7 @@ fn l3(ctx: &XdpContext) -> Option<L3> {
     } else if proto == ETH_P_IPV6 {
         match parse_ipv6(ctx, off).ok()? {
             L3Result::Ip(l3) => Some(l3),
-            L3Result::Unparsed => None,
+            L3Result::Unparsed { .. } => None,
         }
     } else {
         None

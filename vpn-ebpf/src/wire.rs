@@ -39,7 +39,9 @@ pub fn try_esp_ingress(ctx: &XdpContext) -> Result<Verdict, DropReason> {
     } else if proto == ETH_P_IPV6 {
         match parse_ipv6(ctx, l3_off)? {
             L3Result::Ip(l3) => l3,
-            L3Result::Unparsed => return Ok(Verdict::Pass(Outcome::WirePassUnparsed)),
+            // Left to the stack as before: it cannot decrypt our SAs' ESP (nor skip their replay
+            // windows), and clear traffic from the wire passes anyway (`pass_not_esp`).
+            L3Result::Unparsed { .. } => return Ok(Verdict::Pass(Outcome::WirePassUnparsed)),
         }
     } else {
         return Ok(Verdict::Pass(Outcome::WirePassNotEsp));

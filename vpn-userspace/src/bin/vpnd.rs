@@ -21,7 +21,7 @@ use anyhow::{Context, Result, bail};
 use aya::programs::XdpMode;
 use clap::Parser;
 use vpn_common::maps::{
-    AF_INET, ENCAP_UNTAGGED, ENCAP_VLAN, ENCAP_VXLAN, IfaceConfig, TenantEncap,
+    AF_INET, ENCAP_UNTAGGED, ENCAP_VLAN, ENCAP_VXLAN, IfaceConfig, TenantEncap, VtepPair,
 };
 use vpn_userspace::{
     config::{Config, parse_mac},
@@ -372,8 +372,9 @@ fn run() -> Result<()> {
             encap.vlan_id = vid;
             TenantLink::Vlan(vid)
         } else if let Some(vni) = t.vni {
-            dp.set_vni_tenant(vni, t.id)?;
             let (local, remote) = (t.local_vtep.expect("validated"), t.remote_vtep.expect("v"));
+            // Only frames from the tenant's VTEP to ours count as the tenant's.
+            dp.set_vni_tenant(vni, t.id, VtepPair::v4(local.octets(), remote.octets()))?;
             let vtep_mac = parse_mac(t.vtep_mac.as_deref().expect("validated")).expect("v");
             encap.kind = ENCAP_VXLAN;
             encap.vni = vni;
@@ -401,6 +402,21 @@ fn run() -> Result<()> {
                 iface_mac: ten_mac,
                 gateway_v4: t.gateway_ip,
                 gateway_v6: t.gateway_ip6,
+                // The local side of its manual SAs and connections as configured now (hosts
+                // of subnets a reload adds are learned from their traffic, which the SA's
+                // selectors check, not from ARP).
+                local_subnets: sas
+                    .iter()
+                    .filter(|s| s.tenant == t.id)
+                    .flat_map(|s| s.local_subnets.iter())
+                    .chain(
+                        conns
+                            .iter()
+                            .filter(|c| c.tenant == t.id)
+                            .flat_map(|c| c.conn.local_ts.iter()),
+                    )
+                    .copied()
+                    .collect(),
             },
         );
     }

@@ -1006,7 +1006,7 @@ mod tests {
         let facts = MapFacts {
             instance: "east".into(),
             pin_dir: "/sys/fs/bpf/east".into(),
-            pins_present: 15,
+            pins_present: 16,
             pins_missing: vec![],
             inbound_sas: Some(1),
             policies: Some(1),
@@ -1023,7 +1023,7 @@ mod tests {
         );
         assert!(s.starts_with("ITEM "));
         assert!(s.contains("not running"));
-        assert!(s.contains("15 of 15 present"));
+        assert!(s.contains("16 of 16 present"));
         assert!(s.contains("\nattached      no\n"), "{s}");
     }
 

@@ -15,7 +15,7 @@ use vpn_common::{
         AF_INET, AF_INET6, ENCAP_UNTAGGED, ENCAP_VLAN, ENCAP_VXLAN, IfaceConfig, PEER_F_AFXDP,
         PEER_F_KERNEL, POLICY_BYPASS, POLICY_DISCARD, POLICY_KERNEL, POLICY_PROTECT, PeerKey,
         PolicyKeyV4, PolicyKeyV6, PolicyValue, SA_F_KERNEL, SA_F_UDP_ENCAP, SaIn, SaStats,
-        TenantEncap, WIRE_F_UNKNOWN_SPI_PASS, WireConfig, names,
+        TenantEncap, VtepPair, WIRE_F_UNKNOWN_SPI_PASS, WireConfig, names,
     },
 };
 
@@ -491,6 +491,17 @@ impl Pins {
                     "vtep_mac": mac_string(&e.vtep_mac)})
                 })
                 .collect(),
+            names::VXLAN_VTEPS => {
+                let m: HashMap<_, u32, VtepPair> = HashMap::try_from(&map)?;
+                let mut v = m.iter().collect::<Result<Vec<_>, _>>()?;
+                v.sort_by_key(|(vni, _)| *vni);
+                v.into_iter()
+                    .map(|(vni, p)| {
+                        json!({"vni": vni, "local_vtep": addr_string(p.family, &p.local),
+                        "remote_vtep": addr_string(p.family, &p.remote)})
+                    })
+                    .collect()
+            }
             _ => bail!("no decoder for {name}"),
         };
         let mut v = json!({

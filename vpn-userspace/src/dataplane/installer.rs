@@ -385,8 +385,11 @@ impl Installer {
                 spec.name
             );
         }
-        if spec.peer_subnets.is_empty() {
-            bail!("child {:?}: no peer subnets", spec.name);
+        if spec.peer_subnets.is_empty() || spec.local_subnets.is_empty() {
+            bail!(
+                "child {:?}: no peer subnets or no local subnets: the SA could carry nothing",
+                spec.name
+            );
         }
         if self.spis_in.contains(&spec.spi_in) {
             bail!(
@@ -396,21 +399,17 @@ impl Installer {
             );
         }
         let (slot_in, slot_out) = self.alloc_pair()?;
-        let selectors = spec
-            .peer_subnets
-            .iter()
-            .flat_map(|src| {
-                spec.local_subnets.iter().map(|dst| Selector {
-                    src: *src,
-                    dst: *dst,
-                })
-            })
-            .collect();
+        // Every (source, destination) pair of subnets, seen from the traffic's side.
+        let pairs = |srcs: &[Prefix], dsts: &[Prefix]| -> Vec<Selector> {
+            srcs.iter()
+                .flat_map(|&src| dsts.iter().map(move |&dst| Selector { src, dst }))
+                .collect()
+        };
         let inbound = Arc::new(InboundState {
             sa: InboundSa::with_backend(spec.spi_in, &spec.key_in, spec.esn, self.backend),
             slot: slot_in,
             tenant: spec.tenant,
-            selectors,
+            selectors: pairs(&spec.peer_subnets, &spec.local_subnets),
         });
         let outbound = Arc::new(OutboundState {
             sa: Arc::new(OutboundSa::with_backend(
@@ -428,6 +427,7 @@ impl Installer {
             dst_mac: spec.next_hop.clone(),
             src_mac: spec.src_mac,
             mtu: spec.mtu,
+            selectors: pairs(&spec.local_subnets, &spec.peer_subnets),
         });
         match resume.outbound {
             Some(s) if s.refused => outbound.sa.refuse(),

@@ -19,9 +19,9 @@ use aya::{
 use vpn_common::{
     Counter, ReplayWindow,
     maps::{
-        DEFAULT_SA_IN_ENTRIES, DEFAULT_SA_SLOTS, IfaceConfig, PEER_F_AFXDP, PIN_ROOT, PeerKey,
-        PolicyKeyV4, PolicyKeyV6, PolicyValue, SaIn, SaStats, TenantEncap, WireConfig, names,
-        policy_prefix_len, programs,
+        AF_INET, AF_INET6, DEFAULT_SA_IN_ENTRIES, DEFAULT_SA_SLOTS, IfaceConfig, PEER_F_AFXDP,
+        PIN_ROOT, PeerKey, PolicyKeyV4, PolicyKeyV6, PolicyValue, SaIn, SaStats, TenantEncap,
+        VtepPair, WireConfig, names, policy_prefix_len, programs,
     },
 };
 
@@ -346,6 +346,20 @@ impl Dataplane {
         not_found_as_none(m.get(&key, 0))
     }
 
+    /// As `lookup_policy_v4`, for IPv6.
+    pub fn lookup_policy_v6(&self, tenant: u32, dst: Ipv6Addr) -> Result<Option<PolicyValue>> {
+        let m: LpmTrie<_, PolicyKeyV6, PolicyValue> =
+            LpmTrie::try_from(self.map(names::POLICY_V6)?)?;
+        let key = Key::new(
+            policy_prefix_len(128),
+            PolicyKeyV6 {
+                tenant_be: tenant.to_be_bytes(),
+                addr: dst.octets(),
+            },
+        );
+        not_found_as_none(m.get(&key, 0))
+    }
+
     pub fn set_policy_v4(
         &mut self,
         tenant: u32,
@@ -405,13 +419,40 @@ impl Dataplane {
         Ok(())
     }
 
-    pub fn set_vni_tenant(&mut self, vni: u32, tenant: u32) -> Result<()> {
+    /// Maps a VNI to a tenant, for VXLAN frames between exactly these VTEPs: the pair goes in
+    /// first (`VXLAN_VTEPS`), so the program never finds the tenant without it.
+    pub fn set_vni_tenant(&mut self, vni: u32, tenant: u32, vteps: VtepPair) -> Result<()> {
         if vni >= 1 << 24 {
             bail!("VNI {vni} does not fit 24 bits");
         }
+        if vteps.family != AF_INET && vteps.family != AF_INET6 {
+            bail!("VNI {vni}: VTEP address family {} unknown", vteps.family);
+        }
+        if vteps.local == vteps.remote {
+            bail!("VNI {vni}: the local and remote VTEPs are the same address");
+        }
+        self.set_vni_vteps(vni, vteps)?;
         let mut m: HashMap<_, u32, u32> = HashMap::try_from(self.map_mut(names::TENANT_BY_VNI)?)?;
-        m.insert(vni, tenant, 0)?;
+        m.insert(vni, tenant, 0)
+            .with_context(|| format!("VNI {vni} -> tenant {tenant}"))?;
         Ok(())
+    }
+
+    /// Sets the VTEP pair of a VNI alone (a VTEP moved; tests).
+    pub fn set_vni_vteps(&mut self, vni: u32, vteps: VtepPair) -> Result<()> {
+        let mut m: HashMap<_, u32, VtepPair> =
+            HashMap::try_from(self.map_mut(names::VXLAN_VTEPS)?)?;
+        m.insert(vni, vteps, 0)
+            .with_context(|| format!("VTEPs of VNI {vni}"))?;
+        Ok(())
+    }
+
+    /// Removes the VTEP pair of a VNI: its frames are dropped (`vxlan_no_vtep`) while the VNI
+    /// still names a tenant. Returns whether there was one.
+    pub fn remove_vni_vteps(&mut self, vni: u32) -> Result<bool> {
+        let mut m: HashMap<_, u32, VtepPair> =
+            HashMap::try_from(self.map_mut(names::VXLAN_VTEPS)?)?;
+        not_found_as_false(m.remove(&vni))
     }
 
     pub fn set_iface(&mut self, ifindex: u32, cfg: IfaceConfig) -> Result<()> {

@@ -4,6 +4,7 @@
 mod carrier;
 pub mod installer;
 mod loader;
+pub mod macs;
 pub mod neigh;
 mod replay;
 pub mod sa_tables;

@@ -188,6 +188,7 @@ mod tests {
             dst_mac: NextHop::new([2, 0, 0, 0, 0, 1]),
             src_mac: [2, 0, 0, 0, 0, 2],
             mtu: None,
+            selectors: Vec::new(),
         }
     }
 

@@ -18,16 +18,15 @@ use vpn_common::{
     meta::{META_KIND_ARP, META_KIND_ESP_IN, META_KIND_FRAGMENT, META_KIND_OUTBOUND, META_MAGIC},
 };
 
-use arc_swap::ArcSwap;
-
 use super::{
     ReplayTable,
+    macs::{MacLimits, MacSnapshot, MacTable, Pending},
     sa_tables::{InboundTable, OutboundTable, SaTables},
     xsk::XskSocket,
 };
 use crate::esp::{
     InboundSa, OutboundSa,
-    packet::{IPPROTO_ESP, IPPROTO_UDP, inner_info, write_ipv4_header},
+    packet::{IPPROTO_ESP, IPPROTO_UDP, InnerInfo, inner_info, write_ipv4_header},
     pmtu::{fragment_v4, too_big},
     reassembly::{FragDrop, FragResult, Limits, Reassembler},
 };
@@ -68,11 +67,19 @@ impl Prefix {
 }
 
 /// Traffic selector pair of an SA (RFC 4301 4.4.2), from the point of view of the traffic
-/// it carries: inbound SAs check decrypted packets against it.
+/// it carries: inbound SAs check decrypted packets against it, outbound SAs tenant packets.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Selector {
     pub src: Prefix,
     pub dst: Prefix,
+}
+
+/// Whether a packet's addresses match one of an SA's selectors (none: not checked).
+fn allowed(selectors: &[Selector], info: &InnerInfo) -> bool {
+    selectors.is_empty()
+        || selectors
+            .iter()
+            .any(|s| s.src.contains(&info.src) && s.dst.contains(&info.dst))
 }
 
 /// How decrypted traffic reaches a tenant.
@@ -102,6 +109,9 @@ pub struct Tenant {
     /// (the packet's destination is used when unset).
     pub gateway_v4: Option<Ipv4Addr>,
     pub gateway_v6: Option<std::net::Ipv6Addr>,
+    /// The tenant's own subnets (the local side of its connections): ARP teaches us MACs of
+    /// these addresses only, so a host cannot claim a remote address, or another subnet's.
+    pub local_subnets: Vec<Prefix>,
 }
 
 pub struct InboundState {
@@ -146,6 +156,10 @@ pub struct OutboundState {
     pub src_mac: [u8; 6],
     /// Largest outer packet of this SA (the connection's `mtu`), below the wire's.
     pub mtu: Option<u16>,
+    /// (local source, peer destination) pairs this SA may carry (RFC 4301 5.1): the XDP
+    /// policy chose it by destination alone. Empty: not checked (tests only; the installer
+    /// always fills it).
+    pub selectors: Vec<Selector>,
 }
 
 /// Each worker's counters as it last published them, so that drops only a worker sees
@@ -199,6 +213,8 @@ pub struct WorkerStats {
     pub arp_ignored: u64,
     /// IKE messages that arrived as IP fragments, reassembled and handed to the IKE shell.
     pub ike_reassembled: u64,
+    /// Tenant hosts not learned because their tenant's MAC table was full (`MacLimits`).
+    pub macs_refused: u64,
     pub drops: HashMap<DropReason, u64>,
 }
 
@@ -214,6 +230,7 @@ impl WorkerStats {
         self.arp_replies += o.arp_replies;
         self.arp_ignored += o.arp_ignored;
         self.ike_reassembled += o.ike_reassembled;
+        self.macs_refused += o.macs_refused;
         for (r, n) in &o.drops {
             *self.drops.entry(*r).or_default() += n;
         }
@@ -246,6 +263,7 @@ impl WorkerStats {
             "arp_replies": self.arp_replies,
             "arp_ignored": self.arp_ignored,
             "ike_reassembled": self.ike_reassembled,
+            "macs_refused": self.macs_refused,
             "drops": drops,
         })
     }
@@ -265,9 +283,11 @@ pub struct Worker {
     tables: SaTables,
     // Shared by the workers of a node: read-only once they run (add_tenant before split).
     tenants: Arc<HashMap<u32, Tenant>>,
-    /// (tenant, host address) -> MAC, learned from tenant traffic and ARP. Read for every
-    /// decrypted packet without a lock; replaced (copy on write) when a new host appears.
-    learned: Arc<ArcSwap<LearnedMacs>>,
+    /// (tenant, host address) -> MAC, learned from tenant traffic and ARP, per tenant,
+    /// bounded and aged. Read for every decrypted packet without a lock; written once per
+    /// batch from `pending`.
+    macs: MacTable,
+    pending: Pending,
     /// Outer fragments from the peers, until their datagram is whole. One table for all the
     /// workers: the fragments of a datagram may arrive on different queues (a NIC hashing
     /// the first fragment by its ports, the others by addresses only). Fragments are rare;
@@ -282,28 +302,12 @@ pub struct Worker {
     pub stats: WorkerStats,
 }
 
-type LearnedMacs = HashMap<(u32, IpAddr), [u8; 6]>;
-const MAX_LEARNED: usize = 65_536;
-
-/// Records a tenant host's MAC if it is new or moved (rare: copies the table).
-fn learn(learned: &ArcSwap<LearnedMacs>, key: (u32, IpAddr), mac: [u8; 6]) {
-    let cur = learned.load();
-    if cur.get(&key) == Some(&mac) || cur.len() >= MAX_LEARNED {
-        return;
-    }
-    learned.rcu(|m| {
-        let mut m = HashMap::clone(m);
-        m.insert(key, mac);
-        m
-    });
-}
-
 /// What the inbound path needs besides the frame.
 struct InCtx<'a> {
     replay: &'a ReplayTable,
     inbound: &'a InboundTable,
     tenants: &'a HashMap<u32, Tenant>,
-    learned: &'a LearnedMacs,
+    learned: &'a MacSnapshot,
     ike: &'a IkeInbox,
 }
 
@@ -341,7 +345,8 @@ impl Worker {
             replay,
             tables: SaTables::new(),
             tenants: Arc::default(),
-            learned: Arc::default(),
+            macs: MacTable::new(MacLimits::default()),
+            pending: Pending::default(),
             reassembler: Arc::new(Mutex::new(Reassembler::new(Limits::default()))),
             ike_inbox: IkeInbox::default(),
             wire_mtu: 1500,
@@ -365,6 +370,11 @@ impl Worker {
     /// Adds an outbound SA at its slot (any time; same as `tables().insert_outbound`).
     pub fn add_outbound(&mut self, slot: u32, st: OutboundState) {
         self.tables.insert_outbound(slot, st);
+    }
+
+    /// Limits of the tenants' MAC tables (before `split`).
+    pub fn set_mac_limits(&mut self, limits: MacLimits) {
+        self.macs = MacTable::new(limits);
     }
 
     /// Adds a tenant (before `split`).
@@ -396,7 +406,8 @@ impl Worker {
                 replay: self.replay.clone(),
                 tables: self.tables.clone(),
                 tenants: self.tenants.clone(),
-                learned: self.learned.clone(),
+                macs: self.macs.clone(),
+                pending: Pending::default(),
                 reassembler: self.reassembler.clone(),
                 ike_inbox: self.ike_inbox.clone(),
                 wire_mtu: self.wire_mtu,
@@ -420,16 +431,17 @@ impl Worker {
             replay,
             tables,
             tenants,
-            learned,
+            macs,
             reassembler,
             ike_inbox,
             stats,
+            epoch,
             ..
         } = self;
         // One snapshot of the SA table per batch: SAs installed or removed meanwhile show up
         // in the next one.
         let inbound = tables.load_inbound();
-        let learned = learned.load();
+        let learned = macs.snapshot(epoch.elapsed().as_secs());
         let ctx = InCtx {
             replay,
             inbound: &inbound,
@@ -473,19 +485,27 @@ impl Worker {
             tenant,
             tables,
             tenants,
-            learned,
+            macs,
+            pending,
             stats,
             wire_mtu,
             replies,
+            epoch,
             ..
         } = self;
         let outbound = tables.load_outbound();
+        let now = epoch.elapsed().as_secs();
+        let known = macs.snapshot(now);
+        let mut learn = Learn {
+            known: &known,
+            pending: &mut *pending,
+        };
         let out = &mut wire[0];
         let mut n = 0;
         for rx in tenant.iter_mut() {
             n += rx.recv(BATCH, |f| {
                 if f.meta.kind == META_KIND_ARP {
-                    match arp_frame(f.meta, f.data, tenants, learned, replies) {
+                    match arp_frame(f.meta, f.data, tenants, &mut learn, replies) {
                         Ok(true) => stats.arp_replies += 1,
                         Ok(false) => stats.arp_ignored += 1,
                         Err(r) => stats.drop(r),
@@ -493,7 +513,7 @@ impl Worker {
                     return;
                 }
                 match outbound_frame(
-                    f.meta, f.data, &outbound, tenants, learned, out, *wire_mtu, replies,
+                    f.meta, f.data, &outbound, tenants, &mut learn, out, *wire_mtu, replies,
                 ) {
                     Ok(Sent::Esp(1)) => stats.encrypted += 1,
                     Ok(Sent::Esp(k)) => {
@@ -507,6 +527,7 @@ impl Worker {
             });
         }
         stats.no_room(out.flush());
+        stats.macs_refused += macs.commit(pending, now);
         // ICMP errors back toward the tenant hosts (rare: path MTU discovery).
         if !replies.is_empty() {
             let back = &mut tenant[0];
@@ -725,19 +746,13 @@ fn esp_packet(
     let inner = &ip[esp_off + d.inner.start..esp_off + d.inner.end];
     st.sa.count(inner.len());
     let info = inner_info(inner).ok_or(DropReason::BadInnerPacket)?;
-    if !st.selectors.is_empty()
-        && !st
-            .selectors
-            .iter()
-            .any(|s| s.src.contains(&info.src) && s.dst.contains(&info.dst))
-    {
+    if !allowed(&st.selectors, &info) {
         return Err(DropReason::PolicyMismatch);
     }
     let t = ctx.tenants.get(&st.tenant).ok_or(DropReason::WorkerNoSa)?;
     let host_mac = ctx
         .learned
-        .get(&(st.tenant, info.dst))
-        .copied()
+        .get(st.tenant, &info.dst)
         .unwrap_or(t.default_host_mac);
     let ethertype: u16 = if info.v6 { 0x86dd } else { 0x0800 };
     let sent = out.send(|buf| retag(t, host_mac, ethertype, inner, buf));
@@ -843,22 +858,17 @@ fn outbound_frame(
     frame: &mut [u8],
     outbound: &OutboundTable,
     tenants: &HashMap<u32, Tenant>,
-    learned: &ArcSwap<LearnedMacs>,
+    learn: &mut Learn<'_>,
     wire: &mut XskSocket,
     wire_mtu: usize,
     replies: &mut Vec<Reply>,
 ) -> Result<Sent, DropReason> {
-    check_meta(&meta, META_KIND_OUTBOUND)?;
-    let st = outbound.get(&meta.slot).ok_or(DropReason::WorkerNoSa)?;
+    let (st, info, host_mac) = outbound_checked(meta, frame, outbound)?;
+    // The return path's MAC, once the source is known to be the tenant's (by the SA).
+    if tenants.contains_key(&meta.tenant) {
+        learn.note(meta.tenant, info.src, host_mac);
+    }
     let l3 = meta.l3_off as usize;
-    let inner = frame.get(l3..).ok_or(DropReason::BadInnerPacket)?;
-    let info = inner_info(inner).ok_or(DropReason::BadInnerPacket)?;
-    let host_mac: [u8; 6] = frame
-        .get(6..12)
-        .and_then(|m| m.try_into().ok())
-        .ok_or(DropReason::BadInnerPacket)?;
-    // Learn the tenant host's MAC for the return path (bounded: one entry per host).
-    learn(learned, (meta.tenant, info.src), host_mac);
     let inner = &frame[l3..l3 + info.len];
 
     let wire_mtu = st.mtu.map_or(wire_mtu, |m| wire_mtu.min(m as usize));
@@ -902,13 +912,50 @@ fn outbound_frame(
     seal_one(st, inner, wire).map(|()| Sent::Esp(1))
 }
 
+/// Where a batch's learning goes: `known` is the table as the batch began, `pending` what it
+/// adds (`MacTable::commit` after the batch).
+struct Learn<'a> {
+    known: &'a MacSnapshot,
+    pending: &'a mut Pending,
+}
+
+impl Learn<'_> {
+    fn note(&mut self, tenant: u32, addr: IpAddr, mac: [u8; 6]) {
+        self.pending.note(self.known, tenant, addr, mac);
+    }
+}
+
+/// A tenant packet's SA, addresses and sender MAC, once its source is one the SA may carry
+/// (the XDP program chose the SA by destination; without this check a tenant host could send
+/// any source address, another tenant's subnet included, through the tunnel).
+fn outbound_checked<'a>(
+    meta: XdpMeta,
+    frame: &[u8],
+    outbound: &'a OutboundTable,
+) -> Result<(&'a OutboundState, InnerInfo, [u8; 6]), DropReason> {
+    check_meta(&meta, META_KIND_OUTBOUND)?;
+    let st = outbound.get(&meta.slot).ok_or(DropReason::WorkerNoSa)?;
+    let inner = frame
+        .get(meta.l3_off as usize..)
+        .ok_or(DropReason::BadInnerPacket)?;
+    let info = inner_info(inner).ok_or(DropReason::BadInnerPacket)?;
+    if !allowed(&st.selectors, &info) {
+        return Err(DropReason::SourceNotInSelectors);
+    }
+    let host_mac: [u8; 6] = frame
+        .get(6..12)
+        .and_then(|m| m.try_into().ok())
+        .ok_or(DropReason::BadInnerPacket)?;
+    Ok((st, info, host_mac))
+}
+
 /// Answers an ARP request for the tenant's gateway address (RFC 826), learning the asker's
-/// MAC. Returns whether a reply was queued.
+/// MAC if its address is in the tenant's subnets. Returns whether a reply was queued.
 fn arp_frame(
     meta: XdpMeta,
     frame: &[u8],
     tenants: &HashMap<u32, Tenant>,
-    learned: &ArcSwap<LearnedMacs>,
+    learn: &mut Learn<'_>,
     replies: &mut Vec<Reply>,
 ) -> Result<bool, DropReason> {
     check_meta(&meta, META_KIND_ARP)?;
@@ -926,8 +973,11 @@ fn arp_frame(
     let Some(t) = tenants.get(&meta.tenant) else {
         return Ok(false);
     };
-    if !spa.is_unspecified() {
-        learn(learned, (meta.tenant, IpAddr::V4(spa)), sha);
+    // Only the tenant's own addresses: a spoofed sender could otherwise redirect the return
+    // traffic of any address (a remote one, another subnet's) to itself.
+    let spa_ip = IpAddr::V4(spa);
+    if t.local_subnets.iter().any(|p| p.contains(&spa_ip)) {
+        learn.note(meta.tenant, spa_ip, sha);
     }
     if op != 1 || Some(tpa) != t.gateway_v4 {
         return Ok(false);
@@ -979,7 +1029,9 @@ fn seal_one(st: &OutboundState, inner: &[u8], wire: &mut XskSocket) -> Result<()
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::esp::{Cipher, Outer, SaKey};
     use crate::pktgen::frame::udp_checksum;
+    use vpn_common::meta::NO_SLOT;
 
     /// An IPv4/UDP datagram from 192.0.2.2:sport to 192.0.2.1:dport with a valid checksum.
     fn udp4(sport: u16, dport: u16, payload: &[u8]) -> Vec<u8> {
@@ -1029,5 +1081,119 @@ mod tests {
         assert!(inbox.offer((local, remote, vec![1])));
         assert!(!inbox.offer((local, remote, vec![2])));
         assert_eq!(rx.try_recv().unwrap().2, [1]);
+    }
+
+    fn prefix(s: &str) -> Prefix {
+        crate::config::parse_prefix(s).expect("prefix")
+    }
+
+    fn meta(kind: u8, slot: u32) -> XdpMeta {
+        XdpMeta {
+            magic: META_MAGIC,
+            kind,
+            flags: 0,
+            slot,
+            tenant: 1,
+            l3_off: ETH_LEN as u16,
+            esp_off: 0,
+        }
+    }
+
+    /// Ethernet (from `host`) + a minimal IPv4 header.
+    fn ipv4_frame(host: [u8; 6], src: [u8; 4], dst: [u8; 4]) -> Vec<u8> {
+        let mut f = vec![2, 0, 0, 0, 0, 0xfe];
+        f.extend_from_slice(&host);
+        f.extend_from_slice(&[8, 0, 0x45, 0, 0, 28, 0, 0, 0, 0, 64, 17, 0, 0]);
+        f.extend_from_slice(&src);
+        f.extend_from_slice(&dst);
+        f.extend_from_slice(&[0; 8]);
+        f
+    }
+
+    #[test]
+    fn outbound_source_outside_the_sas_selectors_is_dropped() {
+        let key = SaKey::from_keymat(Cipher::Aes128Gcm16, &[7u8; 20]).unwrap();
+        let outer = Outer {
+            src: "192.0.2.1".parse().unwrap(),
+            dst: "192.0.2.2".parse().unwrap(),
+            udp: None,
+            ttl: 64,
+        };
+        let st = OutboundState {
+            sa: Arc::new(OutboundSa::new(0x1000, &key, false, outer)),
+            dst_mac: NextHop::new([2, 0, 0, 0, 0, 1]),
+            src_mac: [2, 0, 0, 0, 0, 2],
+            mtu: None,
+            selectors: vec![Selector {
+                src: prefix("10.1.0.0/24"),
+                dst: prefix("10.2.0.0/24"),
+            }],
+        };
+        let table: OutboundTable = [(10, Arc::new(st))].into();
+        let m = meta(META_KIND_OUTBOUND, 10);
+        let ok = ipv4_frame([2, 0, 0, 0, 0, 5], [10, 1, 0, 5], [10, 2, 0, 9]);
+        let (_, info, mac) = outbound_checked(m, &ok, &table).expect("in the selectors");
+        assert_eq!(
+            (info.src, mac),
+            ("10.1.0.5".parse().unwrap(), [2, 0, 0, 0, 0, 5])
+        );
+        // Another tenant's (or subnet's) address as the source: never encrypted.
+        let spoofed = ipv4_frame([2, 0, 0, 0, 0, 5], [10, 9, 0, 5], [10, 2, 0, 9]);
+        assert_eq!(
+            outbound_checked(m, &spoofed, &table).err(),
+            Some(DropReason::SourceNotInSelectors)
+        );
+    }
+
+    #[test]
+    fn arp_teaches_only_addresses_of_the_tenants_own_subnets() {
+        let tenant = Tenant {
+            link: TenantLink::Vlan(100),
+            gateway_mac: [2, 0, 0, 0, 0, 0xfe],
+            default_host_mac: [2, 0, 0, 0, 0, 0x99],
+            iface_mac: [2, 0, 0, 0, 0, 0xee],
+            gateway_v4: Some(Ipv4Addr::new(10, 1, 0, 1)),
+            gateway_v6: None,
+            local_subnets: vec![prefix("10.1.0.0/24")],
+        };
+        let tenants: HashMap<u32, Tenant> = [(1, tenant)].into();
+        let macs = MacTable::new(MacLimits::default());
+        let mut pending = Pending::default();
+        let mut replies = Vec::new();
+        let arp = |sha: [u8; 6], spa: [u8; 4]| {
+            let mut f = vec![0xff; 6];
+            f.extend_from_slice(&sha);
+            f.extend_from_slice(&[8, 6, 0, 1, 8, 0, 6, 4, 0, 1]);
+            f.extend_from_slice(&sha);
+            f.extend_from_slice(&spa);
+            f.extend_from_slice(&[0; 6]);
+            f.extend_from_slice(&[10, 1, 0, 1]);
+            f
+        };
+        let attacker = [2, 0, 0, 0, 0, 0x66];
+        let m = XdpMeta {
+            slot: NO_SLOT,
+            ..meta(META_KIND_ARP, 0)
+        };
+        for spa in [[10, 2, 0, 9], [10, 1, 1, 5], [10, 1, 0, 7]] {
+            let known = macs.snapshot(0);
+            let mut learn = Learn {
+                known: &known,
+                pending: &mut pending,
+            };
+            let f = arp(attacker, spa);
+            assert_eq!(
+                arp_frame(m, &f, &tenants, &mut learn, &mut replies),
+                Ok(true)
+            );
+        }
+        macs.commit(&mut pending, 0);
+        let s = macs.snapshot(0);
+        // A remote host's and another subnet's address: the return traffic of those would
+        // have gone to the attacker.
+        assert_eq!(s.get(1, &"10.2.0.9".parse().unwrap()), None);
+        assert_eq!(s.get(1, &"10.1.1.5".parse().unwrap()), None);
+        assert_eq!(s.get(1, &"10.1.0.7".parse().unwrap()), Some(attacker));
+        assert_eq!(replies.len(), 3, "the gateway still answers each");
     }
 }

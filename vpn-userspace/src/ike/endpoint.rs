@@ -2905,7 +2905,7 @@ impl Endpoint {
             .collect();
         want.sort();
         assert_eq!(spis, want, "half-open SAs tracked vs. in the table");
-        let mut count: HashMap<IpAddr, usize> = HashMap::new();
+        let mut count: std::collections::HashMap<IpAddr, usize> = Default::default();
         for spi in &want {
             *count.entry(self.sas[spi].remote.ip()).or_default() += 1;
         }
