@@ -352,13 +352,10 @@ impl Worker {
         let mut n = 0;
         for rx in wire.iter_mut() {
             n += rx.recv(BATCH, |f| {
-                let r = if f.meta.kind == META_KIND_FRAGMENT {
+                if f.meta.kind == META_KIND_FRAGMENT {
                     stats.fragments_seen += 1;
-                    fragment(f.meta, f.data, now, reassembler, &ctx, out)
-                } else {
-                    inbound_frame(f.meta, f.data, &ctx, out).map(Some)
-                };
-                match r {
+                }
+                match wire_frame(f.meta, f.data, now, reassembler, &ctx, out) {
                     Ok(Some(())) => stats.decrypted += 1,
                     Ok(None) => {}
                     Err(r) => stats.drop(r),
@@ -445,6 +442,62 @@ impl Worker {
     }
 }
 
+/// Where the inbound path writes tenant frames: the tenant-side AF_XDP socket, or a
+/// fuzzer's buffer.
+#[doc(hidden)]
+pub trait TxRing {
+    /// As [`XskSocket::send`]: `f` writes a frame into a free buffer and returns its length.
+    fn send(&mut self, f: impl FnOnce(&mut [u8]) -> Option<usize>) -> bool;
+}
+
+impl TxRing for XskSocket {
+    fn send(&mut self, f: impl FnOnce(&mut [u8]) -> Option<usize>) -> bool {
+        XskSocket::send(self, f)
+    }
+}
+
+/// One frame from the wire side: a fragment into the reassembler, anything else down the
+/// ESP path. `Ok(None)`: held for reassembly.
+fn wire_frame(
+    meta: XdpMeta,
+    frame: &mut [u8],
+    now: u64,
+    reassembler: &mut Reassembler,
+    ctx: &InCtx<'_>,
+    out: &mut impl TxRing,
+) -> Result<Option<()>, DropReason> {
+    if meta.kind == META_KIND_FRAGMENT {
+        fragment(meta, frame, now, reassembler, ctx, out)
+    } else {
+        inbound_frame(meta, frame, ctx, out).map(Some)
+    }
+}
+
+/// The worker's wire-side path for one frame and its metadata, without sockets: for the
+/// fuzzer (`esp_inbound`), which has no AF_XDP rings. No MAC has been learned.
+#[doc(hidden)]
+#[allow(clippy::too_many_arguments)]
+pub fn receive_wire_frame(
+    tables: &SaTables,
+    replay: &ReplayTable,
+    tenants: &HashMap<u32, Tenant>,
+    reassembler: &mut Reassembler,
+    now: u64,
+    meta: XdpMeta,
+    frame: &mut [u8],
+    out: &mut impl TxRing,
+) -> Result<Option<()>, DropReason> {
+    let inbound = tables.load_inbound();
+    let learned = LearnedMacs::new();
+    let ctx = InCtx {
+        replay,
+        inbound: &inbound,
+        tenants,
+        learned: &learned,
+    };
+    wire_frame(meta, frame, now, reassembler, &ctx, out)
+}
+
 fn check_meta(meta: &XdpMeta, kind: u8) -> Result<(), DropReason> {
     if meta.magic != META_MAGIC || meta.kind != kind {
         return Err(DropReason::MetadataFailed);
@@ -456,7 +509,7 @@ fn inbound_frame(
     meta: XdpMeta,
     frame: &mut [u8],
     ctx: &InCtx<'_>,
-    out: &mut XskSocket,
+    out: &mut impl TxRing,
 ) -> Result<(), DropReason> {
     check_meta(&meta, META_KIND_ESP_IN)?;
     let st = ctx.inbound.get(&meta.slot).ok_or(DropReason::WorkerNoSa)?;
@@ -475,7 +528,7 @@ fn fragment(
     now: u64,
     reassembler: &mut Reassembler,
     ctx: &InCtx<'_>,
-    out: &mut XskSocket,
+    out: &mut impl TxRing,
 ) -> Result<Option<()>, DropReason> {
     check_meta(&meta, META_KIND_FRAGMENT)?;
     let ip = frame
@@ -547,7 +600,7 @@ fn esp_packet(
     ip: &mut [u8],
     esp_off: usize,
     ctx: &InCtx<'_>,
-    out: &mut XskSocket,
+    out: &mut impl TxRing,
 ) -> Result<(), DropReason> {
     let outer = inner_info(ip).ok_or(DropReason::BadIpv4Header)?;
     let end = outer.len;
