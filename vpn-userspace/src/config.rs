@@ -479,15 +479,22 @@ impl Config {
     }
 
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let file = path.display().to_string();
         // The file may hold PSKs and keys inline: its text is zeroized when dropped.
         let text = Zeroizing::new(std::fs::read_to_string(path).map_err(|e| ConfigError {
-            file: file.clone(),
+            file: path.display().to_string(),
             entry: "-".into(),
             field: "-".into(),
             msg: e.to_string(),
         })?);
-        let cfg: Config = toml::from_str(&text).map_err(|e| {
+        Config::from_text(&text, path)
+    }
+
+    /// [`Config::load`] of a text already read from `path` (key files named in it are read
+    /// relative to `path`). Public for the fuzzer, which feeds it text without a file.
+    #[doc(hidden)]
+    pub fn from_text(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let file = path.display().to_string();
+        let cfg: Config = toml::from_str(text).map_err(|e| {
             // Not toml's Display: it quotes the source line, which may hold a key or a PSK.
             let Some(span) = e.span() else {
                 return ConfigError {
@@ -499,7 +506,7 @@ impl Config {
             };
             let at = span.start.min(text.len());
             let root = span.start == 0 && span.end == 0;
-            let (entry, field) = locate(&text, at, root, e.message());
+            let (entry, field) = locate(text, at, root, e.message());
             let before = text.get(..at).unwrap_or("");
             let line = before.matches('\n').count() + 1;
             let column = before.rsplit('\n').next().unwrap_or("").chars().count() + 1;

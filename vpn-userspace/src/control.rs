@@ -163,7 +163,7 @@ async fn answer(stream: &mut UnixStream, tx: &mpsc::Sender<Pending>, limits: Lim
     let mut line = String::new();
     let mut rd = BufReader::new(stream).take(MAX_REQUEST);
     match tokio::time::timeout(limits.read, rd.read_line(&mut line)).await {
-        Ok(Ok(n)) if n > 0 => match serde_json::from_str::<Request>(line.trim()) {
+        Ok(Ok(n)) if n > 0 => match parse_request(&line) {
             Ok(req) => {
                 let (otx, orx) = oneshot::channel();
                 if tx.send((req, otx)).await.is_err() {
@@ -175,7 +175,7 @@ async fn answer(stream: &mut UnixStream, tx: &mpsc::Sender<Pending>, limits: Lim
                     }
                 }
             }
-            Err(e) => Response::err(format!("bad request: {e}")),
+            Err(e) => e,
         },
         Err(_) => Response::err(format!(
             "no request line within {} s",
@@ -183,6 +183,12 @@ async fn answer(stream: &mut UnixStream, tx: &mpsc::Sender<Pending>, limits: Lim
         )),
         _ => Response::err("no request line"),
     }
+}
+
+/// One request line (newline included or not), or the answer to a bad one.
+pub fn parse_request(line: &str) -> Result<Request, Response> {
+    serde_json::from_str::<Request>(line.trim())
+        .map_err(|e| Response::err(format!("bad request: {e}")))
 }
 
 /// Writes `resp` as one line; gives up (closing the connection) after `timeout`.

@@ -18,6 +18,7 @@ use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 
 mod backend_bench;
+mod fuzz;
 mod kernel_lane;
 mod node;
 
@@ -118,6 +119,16 @@ enum Cmd {
     /// and the newest trixie-backports kernel, fetched into target/kernel-lane/ (not installed);
     /// installs QEMU, busybox and kmod if missing. Also a step of `test`.
     TestKernel(kernel_lane::Args),
+    /// The cargo-fuzz targets of vpn-userspace/fuzz (see FUZZING.md there), one after the
+    /// other, each for `--time` seconds from its committed seed corpus (new inputs go to
+    /// target/fuzz-corpus/, crashes to vpn-userspace/fuzz/artifacts/). Also a step of `test`.
+    Fuzz {
+        /// Seconds per target.
+        #[arg(long, default_value_t = fuzz::CI_SECS)]
+        time: u64,
+        /// Only this target (default: all of them).
+        target: Option<String>,
+    },
     /// Traffic generator (vpn-pktgen): plain tenant UDP through kernel pktgen where the kernel
     /// has it, else XDP live frames; valid ESP toward an SA over AF_XDP. Builds it first; the
     /// arguments are vpn-pktgen's (`cargo xtask pktgen --help`), e.g.
@@ -142,6 +153,9 @@ fn main() -> ExitCode {
         Cmd::Unload(a) => node::unload(&a),
         Cmd::TestKernel(a) => kernel_lane::test_kernel(&a),
         Cmd::Pktgen { args } => pktgen(&args),
+        Cmd::Fuzz { time, target } => {
+            ensure_toolchain().and_then(|()| fuzz::run_targets(target.as_deref(), time))
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -159,6 +173,7 @@ fn main() -> ExitCode {
 fn ensure_toolchain() -> Result<()> {
     ensure_deb_packages()?;
     ensure_bpf_linker()?;
+    fuzz::ensure_cargo_fuzz()?;
     ensure_rustup_toolchain()?;
     if !Path::new(RUST_SRC).is_dir() {
         bail!("{RUST_SRC} does not exist although rust-web-src is installed");
@@ -246,6 +261,16 @@ fn test(extra: &[String]) -> Result<()> {
         if result.is_err() {
             break;
         }
+    }
+
+    // Every fuzz target for a short while: the seeds (regression inputs included) and what
+    // the first seconds find.
+    if result.is_ok() {
+        let name = "cargo fuzz (every target, short)";
+        header(name);
+        let start = Instant::now();
+        result = fuzz::run_targets(None, fuzz::CI_SECS);
+        times.push((name, start.elapsed()));
     }
 
     // The kernel lane: the root-only tests again on Debian's 6.1, 6.12 and newest backports

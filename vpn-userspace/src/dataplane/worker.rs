@@ -453,13 +453,17 @@ impl Worker {
         let mut n = 0;
         for rx in wire.iter_mut() {
             n += rx.recv(BATCH, |f| {
-                let r = if f.meta.kind == META_KIND_FRAGMENT {
+                if f.meta.kind == META_KIND_FRAGMENT {
                     stats.fragments_seen += 1;
-                    let mut re = reassembler.lock().unwrap_or_else(|e| e.into_inner());
-                    fragment(f.meta, f.data, now, &mut re, &ctx, out)
-                } else {
-                    inbound_frame(f.meta, f.data, &ctx, out).map(|()| Reassembled::Esp)
-                };
+                }
+                let r = wire_frame(
+                    f.meta,
+                    f.data,
+                    now,
+                    || reassembler.lock().unwrap_or_else(|e| e.into_inner()),
+                    &ctx,
+                    out,
+                );
                 match r {
                     Ok(Reassembled::Esp) => stats.decrypted += 1,
                     Ok(Reassembled::Ike) => stats.ike_reassembled += 1,
@@ -561,6 +565,66 @@ impl Worker {
     }
 }
 
+/// Where the inbound path writes tenant frames: the tenant-side AF_XDP socket, or a
+/// fuzzer's buffer.
+#[doc(hidden)]
+pub trait TxRing {
+    /// As [`XskSocket::send`]: `f` writes a frame into a free buffer and returns its length.
+    fn send(&mut self, f: impl FnOnce(&mut [u8]) -> Option<usize>) -> bool;
+}
+
+impl TxRing for XskSocket {
+    fn send(&mut self, f: impl FnOnce(&mut [u8]) -> Option<usize>) -> bool {
+        XskSocket::send(self, f)
+    }
+}
+
+/// One frame from the wire side: a fragment into the reassembler (`reassembler` is called,
+/// e.g. to take its lock, only then), anything else down the ESP path.
+fn wire_frame<R: std::ops::DerefMut<Target = Reassembler>>(
+    meta: XdpMeta,
+    frame: &mut [u8],
+    now: u64,
+    reassembler: impl FnOnce() -> R,
+    ctx: &InCtx<'_>,
+    out: &mut impl TxRing,
+) -> Result<Reassembled, DropReason> {
+    if meta.kind == META_KIND_FRAGMENT {
+        fragment(meta, frame, now, &mut reassembler(), ctx, out)
+    } else {
+        inbound_frame(meta, frame, ctx, out).map(|()| Reassembled::Esp)
+    }
+}
+
+/// The worker's wire-side path for one frame and its metadata, without sockets: for the
+/// fuzzer (`esp_inbound`), which has no AF_XDP rings. No MAC has been learned.
+#[doc(hidden)]
+#[allow(clippy::too_many_arguments)]
+pub fn receive_wire_frame(
+    tables: &SaTables,
+    replay: &ReplayTable,
+    tenants: &HashMap<u32, Tenant>,
+    reassembler: &mut Reassembler,
+    now: u64,
+    meta: XdpMeta,
+    frame: &mut [u8],
+    out: &mut impl TxRing,
+) -> Result<Option<()>, DropReason> {
+    let inbound = tables.load_inbound();
+    let learned = super::macs::MacTable::default().snapshot(0);
+    let ike = IkeInbox::default();
+    let ctx = InCtx {
+        replay,
+        inbound: &inbound,
+        tenants,
+        learned: &learned,
+        ike: &ike,
+    };
+    // Delivered (Some), or held or handed to IKE (None).
+    wire_frame(meta, frame, now, || reassembler, &ctx, out)
+        .map(|r| matches!(r, Reassembled::Esp).then_some(()))
+}
+
 fn check_meta(meta: &XdpMeta, kind: u8) -> Result<(), DropReason> {
     if meta.magic != META_MAGIC || meta.kind != kind {
         return Err(DropReason::MetadataFailed);
@@ -572,7 +636,7 @@ fn inbound_frame(
     meta: XdpMeta,
     frame: &mut [u8],
     ctx: &InCtx<'_>,
-    out: &mut XskSocket,
+    out: &mut impl TxRing,
 ) -> Result<(), DropReason> {
     check_meta(&meta, META_KIND_ESP_IN)?;
     let st = ctx.inbound.get(&meta.slot).ok_or(DropReason::WorkerNoSa)?;
@@ -601,7 +665,7 @@ fn fragment(
     now: u64,
     reassembler: &mut Reassembler,
     ctx: &InCtx<'_>,
-    out: &mut XskSocket,
+    out: &mut impl TxRing,
 ) -> Result<Reassembled, DropReason> {
     check_meta(&meta, META_KIND_FRAGMENT)?;
     let ip = frame
@@ -709,7 +773,7 @@ fn esp_packet(
     ip: &mut [u8],
     esp_off: usize,
     ctx: &InCtx<'_>,
-    out: &mut XskSocket,
+    out: &mut impl TxRing,
 ) -> Result<(), DropReason> {
     let outer = inner_info(ip).ok_or(DropReason::BadIpv4Header)?;
     let end = outer.len;

@@ -1346,31 +1346,41 @@ impl Endpoint {
         let keys = sa.keys.as_mut().expect("established");
         let mut inner = Vec::new();
         let first = wire::emit_chain(payloads, &mut inner)?;
-        let body_len = keys.out.sealed_len(inner.len());
-        let sk_len: u16 = wire::field(4 + body_len, "SK payload")?;
-        let total = wire::IKE_HEADER_LEN + 4 + body_len;
-        let length: u32 = wire::field(total, "IKE message")?;
-        let mut f = if sa.initiator { flags::INITIATOR } else { 0 };
-        if response {
-            f |= flags::RESPONSE;
-        }
-        let hdr = Header {
-            ispi: sa.spi_i,
-            rspi: sa.spi_r,
-            next_payload: PayloadType::SK,
-            major: 2,
-            minor: 0,
-            exchange,
-            flags: f,
-            message_id: msg_id,
-            length,
+        let f = if sa.initiator { flags::INITIATOR } else { 0 };
+        let ids = (sa.spi_i, sa.spi_r, exchange, f, msg_id);
+        seal_message(&mut keys.out, ids, response, first, &inner)
+    }
+
+    /// Fuzzing only: a message on `conn`'s established IKE SA as the peer would send it,
+    /// sealed with the peer's keys (our inbound ones): a request with the message ID we expect
+    /// next, or the response to our request in flight. `first` and `chain` are the plaintext
+    /// payload chain, taken as given. Returns (our address, the peer's, the datagram) for
+    /// [`Endpoint::handle`], or None without such an SA (or, for a response, a request).
+    #[doc(hidden)]
+    pub fn forge_from_peer(
+        &mut self,
+        conn: ConnId,
+        exchange: ExchangeType,
+        response: bool,
+        first: PayloadType,
+        chain: &[u8],
+    ) -> Option<(SocketAddr, SocketAddr, Vec<u8>)> {
+        let spi = self.established_sa(conn)?;
+        let sa = self.sas.get_mut(&spi)?;
+        let msg_id = if response {
+            sa.inflight.as_ref()?.msg_id
+        } else {
+            sa.peer_expect
         };
-        let mut out = Vec::with_capacity(total);
-        hdr.emit(&mut out);
-        wire::emit_generic_header(first, false, sk_len, &mut out);
-        let aad = out.clone();
-        keys.out.seal(&aad, &inner, &mut out);
-        Ok(out)
+        // The peer's role: the I flag is set when we are not the original initiator.
+        let f = if sa.initiator { 0 } else { flags::INITIATOR };
+        let ids = (sa.spi_i, sa.spi_r, exchange, f, msg_id);
+        let mut data =
+            seal_message(&mut sa.keys.as_mut()?.inb, ids, response, first, chain).ok()?;
+        if sa.local.port() == self.settings.natt_port {
+            data.splice(0..0, [0u8; 4]);
+        }
+        Some((sa.local, sa.remote, data))
     }
 
     /// Answers a request. False when the answer cannot be encoded: then nothing is sent (the
@@ -3837,6 +3847,38 @@ impl Negotiated {
             Payload::TsR(ts::to_ts(&self.local_ts)),
         ]
     }
+}
+
+/// An encrypted message: IKE header (SPIs, exchange, flags, message ID), then one SK payload
+/// sealing the payload chain `inner` whose first payload is `first`.
+fn seal_message(
+    cipher: &mut SkCipher,
+    (ispi, rspi, exchange, f, msg_id): (u64, u64, ExchangeType, u8, u32),
+    response: bool,
+    first: PayloadType,
+    inner: &[u8],
+) -> Result<Vec<u8>, wire::EncodeError> {
+    let body_len = cipher.sealed_len(inner.len());
+    let sk_len: u16 = wire::field(4 + body_len, "SK payload")?;
+    let total = wire::IKE_HEADER_LEN + 4 + body_len;
+    let length: u32 = wire::field(total, "IKE message")?;
+    let hdr = Header {
+        ispi,
+        rspi,
+        next_payload: PayloadType::SK,
+        major: 2,
+        minor: 0,
+        exchange,
+        flags: if response { f | flags::RESPONSE } else { f },
+        message_id: msg_id,
+        length,
+    };
+    let mut out = Vec::with_capacity(total);
+    hdr.emit(&mut out);
+    wire::emit_generic_header(first, false, sk_len, &mut out);
+    let aad = out.clone();
+    cipher.seal(&aad, inner, &mut out);
+    Ok(out)
 }
 
 fn make_keys(suite: &IkeSuite, k: IkeSaKeys, initiator: bool) -> Option<Keys> {

@@ -257,6 +257,14 @@ impl<S: SaSink> Shell<S> {
         Ok(())
     }
 
+    /// A shell without IKE sockets (nothing bound, nothing received): the fuzzer drives its
+    /// control requests through [`Shell::control`].
+    #[doc(hidden)]
+    pub fn unbound(ep: Endpoint, sink: S) -> Result<Shell<S>> {
+        let (tx, rx) = mpsc::channel(1);
+        Self::finish(ep, sink, HashMap::new(), tx, rx)
+    }
+
     fn finish(
         ep: Endpoint,
         sink: S,
@@ -592,7 +600,8 @@ impl<S: SaSink> Shell<S> {
     }
 
     /// Answers one control-socket request.
-    async fn control(&mut self, req: Request) -> Response {
+    #[doc(hidden)]
+    pub async fn control(&mut self, req: Request) -> Response {
         let now = self.now();
         let by_name = |ep: &Endpoint, name: &str| {
             ep.conn_by_name(name)
