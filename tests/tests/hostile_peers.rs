@@ -364,31 +364,7 @@ fn hostile_peers_and_floods_leave_the_other_tenant_untouched() -> Result<()> {
         &["ike.dropped_no_conn"],
     )?;
 
-    // 5. The attacker authenticates (it holds the PSK) and proposes 200 separate selectors,
-    //    far beyond the per-CHILD_SA limit: each would become policy in the node-wide tries
-    //    and a linear scan per decrypted packet. (Ranges that narrowing splits into more than
-    //    255 blocks are covered in the IKE core's tests: our codec cannot send them.)
-    let mut peer = IkePeer::new(&x.b, SocketAddr::from((ATTACKER, 500)), {
-        let mut c = evil.clone();
-        c.local_ts = scattered_selectors(200);
-        c
-    })?;
-    attack(
-        "oversized selectors",
-        &mut || {
-            peer.ep.initiate(0, Instant::now());
-            let _ = peer.run_until(Duration::from_secs(10), |ep, _| {
-                ep.conn_status(0) != ConnStatus::Connecting
-            });
-            Ok(format!("attacker saw {:?}", peer.statuses()))
-        },
-        // Its IKE_AUTH is larger than the wire's MTU: IP fragments, which the XDP program
-        // hands to the workers, which reassemble it and hand it to IKE.
-        &["worker.ike_reassembled", "ike.ike_established"],
-    )?;
-    drop(peer);
-
-    // 6. Overlapping selectors, then an authenticated connection to abuse.
+    // 5. Overlapping selectors, then an authenticated connection to abuse.
     let mut peer = IkePeer::new(&x.b, SocketAddr::from((ATTACKER, 500)), {
         let mut c = evil.clone();
         c.local_ts = ["10.4.0.0/22", "10.4.0.0/24", "10.4.1.0/24", "10.4.0.128/25"]
@@ -408,6 +384,30 @@ fn hostile_peers_and_floods_leave_the_other_tenant_untouched() -> Result<()> {
         },
         &["ike.ike_established", "ike.child_established"],
     )?;
+
+    // 6. A second IKE SA of the attacker (another port) proposes 200 separate selectors, far
+    //    beyond `max_selectors`: each would become policy in the node-wide tries and a linear
+    //    scan per decrypted packet. (Ranges that narrowing splits into more than 255 blocks
+    //    are covered in the IKE core's tests: our codec cannot send them.) Its IKE_AUTH is
+    //    larger than the wire's MTU: IP fragments from a peer with SAs, which the XDP program
+    //    hands to the workers, which reassemble it and hand it to IKE.
+    let mut big = IkePeer::new(&x.b, SocketAddr::from((ATTACKER, 501)), {
+        let mut c = evil.clone();
+        c.local_ts = scattered_selectors(200);
+        c
+    })?;
+    attack(
+        "oversized selectors",
+        &mut || {
+            big.ep.initiate(0, Instant::now());
+            let _ = big.run_until(Duration::from_secs(10), |ep, _| {
+                ep.conn_status(0) != ConnStatus::Connecting
+            });
+            Ok(format!("attacker saw {:?}", big.statuses()))
+        },
+        &["worker.ike_reassembled", "ike.ts_over_limit"],
+    )?;
+    drop(big);
 
     // 7. A flood of CREATE_CHILD_SA (rekeys, each with a DH) on the attacker's IKE SA.
     attack(
